@@ -1,0 +1,85 @@
+//! The composition root: builds every component from a validated `Config`
+//! and owns them. Nothing else constructs components or holds global state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::mirror::Mirror;
+use crate::registry::route::Router;
+use crate::registry::Registry;
+use crate::server::{self, Listener};
+use crate::store::BlobStore;
+
+/// Why the app could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened.
+    #[error("cannot open the store")]
+    Store(#[from] crate::store::Error),
+    /// An upstream client could not be built.
+    #[error("cannot build an upstream client")]
+    Upstream(#[from] crate::upstream::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The running mirror's components.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    mirror: Arc<Mirror>,
+    registry: Arc<Registry>,
+}
+
+impl App {
+    /// Opens the store (sweeping stale temporary files) and builds the
+    /// mirror and the registry API.
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        let store = BlobStore::open(&config.storage_root).await?;
+        let mirror = Arc::new(Mirror::build(&config, store)?);
+        let registry = Arc::new(Registry::new(mirror.clone(), Router::new(&config)));
+        Ok(Self {
+            config,
+            mirror,
+            registry,
+        })
+    }
+
+    /// The mirror.
+    pub fn mirror(&self) -> &Arc<Mirror> {
+        &self.mirror
+    }
+
+    /// The registry API service.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Binds every configured listener.
+    pub async fn bind(&self) -> Result<Vec<Listener>, Error> {
+        let mut out = Vec::new();
+        for l in &self.config.listeners {
+            let tcp = tokio::net::TcpListener::bind(l.addr)
+                .await
+                .map_err(|source| Error::Bind { addr: l.addr, source })?;
+            out.push(Listener {
+                tcp,
+                pinned: l.upstream.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Serves `listeners` until `shutdown` completes.
+    pub async fn run(&self, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) {
+        server::serve(listeners, self.registry.clone(), shutdown).await;
+    }
+}

@@ -1,0 +1,412 @@
+//! Configuration: load a TOML file, validate it once, and hand out a typed
+//! [`Config`] that the rest of the program trusts.
+//!
+//! Loading is `read → deserialize (unknown keys rejected) → validate`. All
+//! checks that can fail happen here, before anything binds a socket: URLs,
+//! duplicate names and ports, secrets from the environment or files, and CA
+//! files. Every error names the key it is about (`upstream[1].url`, ...).
+//!
+//! Relative paths in a file (`storage.root`, `ca_file`, `password.file`) are
+//! resolved against the directory holding the config file; for the embedded
+//! default config, against the current directory.
+
+mod file;
+mod secret;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use secret::Secret;
+
+use crate::oci::reference::is_name_component;
+
+/// The config used when `serve` is given no `--config`.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+/// Default time a tag→digest mapping is trusted before a HEAD revalidation.
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
+/// Default byte budget of the in-memory metadata cache.
+pub const DEFAULT_METADATA_MAX: u64 = 64 * 1024 * 1024;
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default upstream read timeout (longest wait for the next bytes).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where blobs, manifests and the tag map live.
+    pub storage_root: PathBuf,
+    /// Metadata cache settings.
+    pub cache: CacheConfig,
+    /// Listeners, in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstreams, in file order. Names are unique.
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// How long a tag's digest is trusted before a HEAD revalidation.
+    pub tag_ttl: Duration,
+    /// Byte budget of the in-memory metadata cache (tags and manifests).
+    pub metadata_max_bytes: u64,
+}
+
+/// `[[listener]]`
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Socket address to bind.
+    pub addr: SocketAddr,
+    /// Every request on this listener goes to this upstream unless `?ns=` or a
+    /// path prefix says otherwise.
+    pub upstream: Option<UpstreamId>,
+}
+
+/// The name of an upstream (`docker.io`). Also its `?ns=` value and path
+/// prefix. Invariant: a valid repository-name component, so it is safe as a
+/// directory name.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpstreamId(Arc<str>);
+
+impl UpstreamId {
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UpstreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for UpstreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// `[[upstream]]`
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Unique name.
+    pub id: UpstreamId,
+    /// Base URL of the registry API (`https://registry-1.docker.io`).
+    pub url: url::Url,
+    /// Other names that select this upstream by `?ns=` or path prefix
+    /// (lowercase).
+    pub aliases: Vec<String>,
+    /// Chosen when nothing else selects an upstream.
+    pub default: bool,
+    /// Extra trust roots (PEM bytes, already read and checked).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Upstream credentials.
+    pub credentials: Option<Credentials>,
+    /// Add Docker Hub's implicit `library/` to one-component names.
+    pub implicit_library: bool,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of a response.
+    pub read_timeout: Duration,
+    /// Per-upstream override of `[cache] tag_ttl`.
+    pub tag_ttl: Duration,
+}
+
+/// Username and password for an upstream.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: Secret,
+}
+
+/// A config error; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type, or an unknown key.
+    #[error("{0}")]
+    Parse(String),
+    /// A value that parsed but is not acceptable.
+    #[error("{key}: {problem}")]
+    Invalid {
+        /// The key, such as `upstream[1].url`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Error {
+    Error::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base)
+    }
+
+    /// The embedded default config, with relative paths under the current
+    /// directory.
+    pub fn embedded_default() -> Result<Self, Error> {
+        Self::from_toml(DEFAULT_CONFIG, Path::new("."))
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, Error> {
+        let raw: file::File = toml::from_str(text).map_err(|e| Error::Parse(e.to_string()))?;
+        validate(raw, base)
+    }
+
+    /// The upstream with this name.
+    pub fn upstream(&self, id: &UpstreamId) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| &u.id == id)
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, Error> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let d = humantime::parse_duration(s)
+                .map_err(|e| invalid(key, format!("invalid duration {s:?}: {e}")))?;
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
+    let storage_root = resolve(base, &raw.storage.root.unwrap_or_else(|| "./data".into()));
+    let tag_ttl = duration("cache.tag_ttl", raw.cache.tag_ttl.as_deref(), DEFAULT_TAG_TTL)?;
+    let metadata_max_bytes = match raw.cache.metadata_max_size.as_deref() {
+        None => DEFAULT_METADATA_MAX,
+        Some(s) => {
+            let b = bytesize::ByteSize::from_str(s)
+                .map_err(|e| invalid("cache.metadata_max_size", format!("invalid size {s:?}: {e}")))?;
+            if b.as_u64() < 1024 * 1024 {
+                return Err(invalid("cache.metadata_max_size", "must be at least 1MiB"));
+            }
+            b.as_u64()
+        }
+    };
+
+    let mut upstreams = Vec::new();
+    let mut names = HashSet::new();
+    for (i, u) in raw.upstreams.into_iter().enumerate() {
+        let up = validate_upstream(i, u, base, tag_ttl)?;
+        for n in std::iter::once(up.id.as_str()).chain(up.aliases.iter().map(String::as_str)) {
+            if !names.insert(n.to_owned()) {
+                return Err(invalid(
+                    format!("upstream[{i}]"),
+                    format!("duplicate upstream name or alias {n:?}"),
+                ));
+            }
+        }
+        upstreams.push(up);
+    }
+    if upstreams.is_empty() {
+        return Err(invalid("upstream", "at least one [[upstream]] is required"));
+    }
+    if upstreams.iter().filter(|u| u.default).count() > 1 {
+        return Err(invalid("upstream.default", "only one upstream may be the default"));
+    }
+
+    let mut listeners = Vec::new();
+    let mut ports = HashSet::new();
+    for (i, l) in raw.listeners.into_iter().enumerate() {
+        let key = format!("listener[{i}]");
+        let addr: SocketAddr = l.addr.parse().map_err(|e| {
+            invalid(
+                format!("{key}.addr"),
+                format!("invalid socket address {:?}: {e}", l.addr),
+            )
+        })?;
+        if !ports.insert(addr.port()) && addr.port() != 0 {
+            return Err(invalid(
+                format!("{key}.addr"),
+                format!("duplicate listener port {}", addr.port()),
+            ));
+        }
+        let upstream = match l.upstream {
+            None => None,
+            Some(name) => Some(
+                upstreams
+                    .iter()
+                    .find(|u| u.id.as_str() == name || u.aliases.contains(&name))
+                    .map(|u| u.id.clone())
+                    .ok_or_else(|| {
+                        invalid(format!("{key}.upstream"), format!("no upstream named {name:?}"))
+                    })?,
+            ),
+        };
+        listeners.push(ListenerConfig { addr, upstream });
+    }
+    if listeners.is_empty() {
+        return Err(invalid("listener", "at least one [[listener]] is required"));
+    }
+
+    Ok(Config {
+        storage_root,
+        cache: CacheConfig {
+            tag_ttl,
+            metadata_max_bytes,
+        },
+        listeners,
+        upstreams,
+    })
+}
+
+fn validate_upstream(
+    i: usize,
+    u: file::Upstream,
+    base: &Path,
+    tag_ttl: Duration,
+) -> Result<UpstreamConfig, Error> {
+    let key = format!("upstream[{i}]");
+    let name = u.name.to_ascii_lowercase();
+    if !is_name_component(&name) {
+        return Err(invalid(
+            format!("{key}.name"),
+            format!(
+                "{:?} is not a valid name (lowercase letters, digits and . _ - separators)",
+                u.name
+            ),
+        ));
+    }
+    let url = url::Url::parse(&u.url)
+        .map_err(|e| invalid(format!("{key}.url"), format!("invalid URL {:?}: {e}", u.url)))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(
+            format!("{key}.url"),
+            format!("{:?} must be an http:// or https:// URL with a host", u.url),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(invalid(
+            format!("{key}.url"),
+            "must not carry a query, fragment or user info (use username/password)",
+        ));
+    }
+    let mut aliases = Vec::new();
+    for (j, a) in u.aliases.iter().enumerate() {
+        let a = a.to_ascii_lowercase();
+        if !is_name_component(&a) {
+            return Err(invalid(
+                format!("{key}.aliases[{j}]"),
+                format!("{a:?} is not a valid name"),
+            ));
+        }
+        aliases.push(a);
+    }
+    let ca_pem = match u.ca_file {
+        None => None,
+        Some(p) => {
+            let p = resolve(base, &p);
+            let bytes = std::fs::read(&p).map_err(|e| {
+                invalid(
+                    format!("{key}.ca_file"),
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?;
+            if crate::upstream::parse_pem_certs(&bytes).is_empty() {
+                return Err(invalid(
+                    format!("{key}.ca_file"),
+                    format!("{} holds no PEM certificate", p.display()),
+                ));
+            }
+            Some(bytes)
+        }
+    };
+    let password = match u.password {
+        None => None,
+        Some(file::Password::Inline(s)) => Some(Secret::new(s)),
+        Some(file::Password::Env { env }) => Some(Secret::new(std::env::var(&env).map_err(
+            |_| {
+                invalid(
+                    format!("{key}.password"),
+                    format!("environment variable {env:?} is not set"),
+                )
+            },
+        )?)),
+        Some(file::Password::File { file }) => {
+            let p = resolve(base, &file);
+            let s = std::fs::read_to_string(&p).map_err(|e| {
+                invalid(
+                    format!("{key}.password"),
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?;
+            Some(Secret::new(s.trim_end_matches(['\r', '\n'])))
+        }
+    };
+    let credentials = match (u.username, password) {
+        (Some(username), Some(password)) => Some(Credentials { username, password }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(format!("{key}.password"), "username is set but password is not"));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(format!("{key}.username"), "password is set but username is not"));
+        }
+    };
+    Ok(UpstreamConfig {
+        implicit_library: u.implicit_library.unwrap_or(name == "docker.io"),
+        id: UpstreamId(name.into()),
+        url,
+        aliases,
+        default: u.default,
+        ca_pem,
+        credentials,
+        connect_timeout: duration(
+            &format!("{key}.connect_timeout"),
+            u.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        )?,
+        read_timeout: duration(
+            &format!("{key}.read_timeout"),
+            u.read_timeout.as_deref(),
+            DEFAULT_READ_TIMEOUT,
+        )?,
+        tag_ttl: duration(&format!("{key}.tag_ttl"), u.tag_ttl.as_deref(), tag_ttl)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

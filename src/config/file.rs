@@ -1,0 +1,86 @@
+//! The raw TOML shape of the config file, deserialized with
+//! `deny_unknown_fields` so a misspelt key is an error, not a silent default.
+//! Every key is documented in `config/mirrorgate.example.toml`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    #[serde(default)]
+    pub(crate) storage: Storage,
+    #[serde(default)]
+    pub(crate) cache: Cache,
+    #[serde(default, rename = "listener")]
+    pub(crate) listeners: Vec<Listener>,
+    #[serde(default, rename = "upstream")]
+    pub(crate) upstreams: Vec<Upstream>,
+}
+
+/// `[storage]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Storage {
+    pub(crate) root: Option<PathBuf>,
+}
+
+/// `[cache]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Cache {
+    pub(crate) tag_ttl: Option<String>,
+    pub(crate) metadata_max_size: Option<String>,
+}
+
+/// `[[listener]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Listener {
+    pub(crate) addr: String,
+    pub(crate) upstream: Option<String>,
+}
+
+/// `[[upstream]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Upstream {
+    pub(crate) name: String,
+    pub(crate) url: String,
+    #[serde(default)]
+    pub(crate) aliases: Vec<String>,
+    #[serde(default)]
+    pub(crate) default: bool,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Password>,
+    pub(crate) implicit_library: Option<bool>,
+    pub(crate) connect_timeout: Option<String>,
+    pub(crate) read_timeout: Option<String>,
+    pub(crate) tag_ttl: Option<String>,
+}
+
+/// A password: inline, from an environment variable, or from a file.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Password {
+    Inline(String),
+    Env {
+        env: String,
+    },
+    File {
+        file: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("Inline(<redacted>)"),
+            Self::Env { env } => f.debug_struct("Env").field("env", env).finish(),
+            Self::File { file } => f.debug_struct("File").field("file", file).finish(),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, Error> {
+    Config::from_toml(text, Path::new("/base"))
+}
+
+const MINIMAL: &str = r#"
+[[listener]]
+addr = "127.0.0.1:5000"
+[[upstream]]
+name = "docker.io"
+url = "https://registry-1.docker.io"
+default = true
+"#;
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::embedded_default().unwrap();
+    assert_eq!(c.upstreams.len(), 3);
+    assert_eq!(c.listeners.len(), 3);
+    assert_eq!(c.listeners[1].upstream.as_ref().unwrap().as_str(), "ghcr.io");
+    assert_eq!(c.listeners[2].upstream.as_ref().unwrap().as_str(), "quay.io");
+    assert!(c.upstreams[0].default && c.upstreams[0].implicit_library);
+    assert!(!c.upstreams[1].implicit_library);
+    assert_eq!(c.cache.tag_ttl, Duration::from_secs(300));
+}
+
+#[test]
+fn minimal_and_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.storage_root, Path::new("/base/./data"));
+    assert_eq!(c.cache.metadata_max_bytes, DEFAULT_METADATA_MAX);
+    assert_eq!(c.upstreams[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let e = err(&format!("{MINIMAL}\n[cache]\ntag_tll = \"5m\"\n"));
+    assert!(e.contains("tag_tll"), "{e}");
+    let e = err(&MINIMAL.replace("default = true", "defualt = true"));
+    assert!(e.contains("defualt"), "{e}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let cases = [
+        (MINIMAL.replace("https://registry-1.docker.io", "not a url"), "upstream[0].url"),
+        (MINIMAL.replace("https://registry-1.docker.io", "ftp://x"), "upstream[0].url"),
+        (MINIMAL.replace("127.0.0.1:5000", "localhost"), "listener[0].addr"),
+        (format!("{MINIMAL}\n[cache]\ntag_ttl = \"soon\"\n"), "cache.tag_ttl"),
+        (
+            format!("{MINIMAL}[[upstream]]\nname = \"docker.io\"\nurl = \"https://x\"\n"),
+            "duplicate upstream name",
+        ),
+        (
+            format!("{MINIMAL}[[upstream]]\nname = \"x\"\nurl = \"https://x\"\naliases = [\"docker.io\"]\n"),
+            "duplicate upstream name or alias",
+        ),
+        (
+            format!("{MINIMAL}[[listener]]\naddr = \"0.0.0.0:5000\"\n"),
+            "duplicate listener port 5000",
+        ),
+        (
+            format!("{MINIMAL}[[listener]]\naddr = \"0.0.0.0:5001\"\nupstream = \"nope\"\n"),
+            "listener[1].upstream",
+        ),
+        (
+            MINIMAL.replace("default = true", "default = true\nca_file = \"/nonexistent/ca.pem\""),
+            "upstream[0].ca_file",
+        ),
+        (
+            MINIMAL.replace("default = true", "default = true\nusername = \"u\""),
+            "upstream[0].password",
+        ),
+        (
+            MINIMAL.replace(
+                "default = true",
+                "default = true\nusername = \"u\"\npassword = { env = \"MIRRORGATE_TEST_UNSET_VAR\" }",
+            ),
+            "MIRRORGATE_TEST_UNSET_VAR",
+        ),
+        (
+            format!("{MINIMAL}[[upstream]]\nname = \"b\"\nurl = \"https://x\"\ndefault = true\n"),
+            "only one upstream may be the default",
+        ),
+        (MINIMAL.replace("docker.io\"", "Docker IO\""), "upstream[0].name"),
+    ];
+    for (text, want) in cases {
+        let e = err(&text);
+        assert!(e.contains(want), "want {want:?} in {e:?}");
+    }
+}
+
+#[test]
+fn passwords_from_file_and_inline_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    let text = MINIMAL.replace(
+        "default = true",
+        "default = true\nusername = \"u\"\npassword = { file = \"pw\" }",
+    );
+    let c = Config::from_toml(&text, dir.path()).unwrap();
+    let creds = c.upstreams[0].credentials.as_ref().unwrap();
+    assert_eq!(creds.password.expose(), "s3cret");
+    assert!(!format!("{c:?}").contains("s3cret"));
+
+    let text = MINIMAL.replace("default = true", "default = true\nusername = \"u\"\npassword = \"inl1ne\"");
+    let c = parse(&text).unwrap();
+    assert!(!format!("{c:?}").contains("inl1ne"));
+}
+
+#[test]
+fn example_file_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mirrorgate.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // The example reads its password from HUB_TOKEN and its CA from a file:
+    // give it a base directory where that file exists.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/extra-roots.pem"),
+        dir.path().join("extra-roots.pem"),
+    )
+    .unwrap();
+    let text = text.replace("{ env = \"HUB_TOKEN\" }", "\"example\"");
+    let c = Config::from_toml(&text, dir.path()).unwrap();
+    assert!(c.upstreams.len() >= 3);
+}

@@ -1,0 +1,63 @@
+//! mirrorgate: a pull-through mirror for container registries.
+//!
+//! One process mirrors many upstream registries (docker.io, ghcr.io,
+//! quay.io, ...). Clients name the upstream with containerd's `?ns=` query, a
+//! path prefix, or a dedicated port; otherwise the default upstream serves.
+//! Manifests and blobs are verified against their digests and stored in a
+//! content-addressed store on disk; hot metadata is cached in memory.
+//! Concurrent misses for one object cause one upstream request.
+//!
+//! # Layout
+//!
+//! The layers point one way; each only uses those above it in this list:
+//!
+//! - [`oci`]: pure types (digests, names, tags, media types).
+//! - [`config`]: the validated configuration.
+//! - [`store`]: the content-addressed store on disk (no HTTP).
+//! - [`cache`]: the in-memory metadata cache (moka).
+//! - [`upstream`]: one long-lived client per upstream registry: tokens,
+//!   redirects, timeouts (knows nothing of the store or cache).
+//! - [`mirror`]: the pull-through policy; the only module that combines
+//!   cache, store and upstream. Owns blob download coalescing.
+//! - [`registry`]: the OCI distribution pull API over `mirror`: path parsing,
+//!   routing, responses, and the single error→response mapping.
+//! - [`server`]: accept loops and HTTP connections.
+//! - [`app`]: the composition root.
+//! - [`cli`], [`telemetry`]: the binary's front.
+//!
+//! # One request
+//!
+//! `GET /v2/library/alpine/blobs/sha256:…?ns=docker.io`: `server` accepts
+//! the connection and hands the request to `registry`, which parses the path
+//! into `Endpoint::Blob`, lets `route` pick `docker.io` from `ns`, and asks
+//! `mirror` for the blob. A stored blob streams from disk. Otherwise `mirror`
+//! starts (or joins) the one download of that digest: the upstream client
+//! fetches it (bearer token, CDN redirect without `Authorization`), a
+//! background task hashes and writes it to a temporary file, and every
+//! waiting client streams that file as it grows. The blob is committed to the
+//! store only after its size and digest check out.
+
+pub mod app;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod mirror;
+pub mod oci;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod upstream;
+
+/// Formats an error with its chain of sources (`a: b: c`), for log lines:
+/// each error's `Display` describes only its own level.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

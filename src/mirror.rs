@@ -1,0 +1,188 @@
+//! The pull-through policy: the only module that knows the cache, the store
+//! and the upstream clients together.
+//!
+//! - **Manifests by digest** are immutable: cache, then store, then one
+//!   upstream GET (coalesced), verified against the digest before they are
+//!   stored. Never revalidated.
+//! - **Tags** are trusted for the upstream's `tag_ttl` after upstream last
+//!   confirmed them; then one HEAD revalidates (Docker Hub does not count
+//!   HEADs against its rate limit), and a GET happens only when the digest is
+//!   new. When upstream cannot be reached, the last known mapping is served
+//!   and marked stale. Concurrent resolutions of one tag are coalesced.
+//! - **Blobs**: see [`blob`]. A hit streams the stored file; a miss starts
+//!   (or joins) one upstream download that is written, hashed and verified
+//!   in the background while every waiting client streams it as it arrives.
+//!
+//! This module knows nothing about HTTP requests or responses; `registry`
+//! turns its results and errors into responses.
+
+pub mod blob;
+mod inflight;
+mod manifest;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cache::MetadataCache;
+use crate::config::{Config, UpstreamConfig, UpstreamId};
+use crate::oci::{Digest, RepoName};
+use crate::store::BlobStore;
+use crate::upstream::{self, UpstreamClient};
+
+pub use blob::{BlobBody, BlobHead};
+pub use manifest::ManifestResponse;
+
+/// How a request was answered, for the access log and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from memory or disk without contacting upstream.
+    Hit,
+    /// Fetched from (or revalidated with) upstream by this request.
+    Miss,
+    /// Joined a fetch that another request had started.
+    Coalesced,
+    /// Upstream failed; the last known value was served.
+    Stale,
+    /// Passed through to upstream without caching (tags/list, referrers).
+    Pass,
+}
+
+impl CacheStatus {
+    /// The lowercase label used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Coalesced => "coalesced",
+            Self::Stale => "stale",
+            Self::Pass => "pass",
+        }
+    }
+}
+
+/// A mirror error. Cheap to clone, because one failed upstream fetch is
+/// reported to every request that was waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The upstream request failed or upstream answered with an error.
+    #[error("upstream request failed")]
+    Upstream(#[source] Arc<upstream::Error>),
+    /// Local storage failed.
+    #[error("storage failed")]
+    Store(#[source] Arc<crate::store::Error>),
+    /// Upstream sent content that does not match the digest it was asked by
+    /// (or announced). Nothing was stored.
+    #[error("upstream content does not match digest {expected}")]
+    Corrupt {
+        /// The expected digest.
+        expected: Digest,
+    },
+    /// The upstream stream ended early or broke; nothing was stored.
+    #[error("upstream stream broke off")]
+    Interrupted,
+    /// No upstream with this id (a routing bug or a config change).
+    #[error("no upstream {0}")]
+    NoUpstream(UpstreamId),
+}
+
+impl From<upstream::Error> for Error {
+    fn from(e: upstream::Error) -> Self {
+        Self::Upstream(Arc::new(e))
+    }
+}
+
+impl From<crate::store::Error> for Error {
+    fn from(e: crate::store::Error) -> Self {
+        Self::Store(Arc::new(e))
+    }
+}
+
+/// One upstream's client and policy settings.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub(crate) client: UpstreamClient,
+    pub(crate) config: UpstreamConfig,
+}
+
+/// The pull-through mirror for every configured upstream.
+#[derive(Debug)]
+pub struct Mirror {
+    upstreams: HashMap<UpstreamId, Arc<Upstream>>,
+    store: BlobStore,
+    cache: MetadataCache,
+    fills: Arc<inflight::Fills>,
+}
+
+impl Mirror {
+    /// Builds the mirror: one long-lived client per upstream.
+    pub fn build(config: &Config, store: BlobStore) -> Result<Self, upstream::Error> {
+        let mut upstreams = HashMap::new();
+        for u in &config.upstreams {
+            let client = UpstreamClient::build(u)?;
+            upstreams.insert(
+                u.id.clone(),
+                Arc::new(Upstream {
+                    client,
+                    config: u.clone(),
+                }),
+            );
+        }
+        Ok(Self {
+            upstreams,
+            store,
+            cache: MetadataCache::new(config.cache.metadata_max_bytes),
+            fills: Arc::new(inflight::Fills::default()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    fn upstream(&self, id: &UpstreamId) -> Result<&Arc<Upstream>, Error> {
+        self.upstreams
+            .get(id)
+            .ok_or_else(|| Error::NoUpstream(id.clone()))
+    }
+
+    /// The repository name as sent upstream: Docker Hub's implicit
+    /// `library/` is added to one-component names when the upstream wants it.
+    pub fn upstream_repo(&self, id: &UpstreamId, repo: &RepoName) -> RepoName {
+        match self.upstreams.get(id) {
+            Some(u) if u.config.implicit_library => repo.with_library_prefix(),
+            _ => repo.clone(),
+        }
+    }
+
+    /// Passes `tags/list` through to upstream (`n`/`last` preserved).
+    pub async fn tags(
+        &self,
+        id: &UpstreamId,
+        repo: &RepoName,
+        query: &[(String, String)],
+    ) -> Result<upstream::Passthrough, Error> {
+        let up = self.upstream(id)?;
+        Ok(up.client.get_tags(&self.upstream_repo(id, repo), query).await?)
+    }
+
+    /// Passes the referrers API through; an upstream 404 stays an error so
+    /// clients fall back to the referrers tag schema.
+    pub async fn referrers(
+        &self,
+        id: &UpstreamId,
+        repo: &RepoName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<upstream::Passthrough, Error> {
+        let up = self.upstream(id)?;
+        let repo = self.upstream_repo(id, repo);
+        Ok(up.client.get_referrers(&repo, digest, artifact_type).await?)
+    }
+
+    /// Repositories of `id` that have cached content, sorted.
+    pub async fn catalog(&self, id: &UpstreamId) -> Result<Vec<String>, Error> {
+        self.upstream(id)?;
+        Ok(self.store.repos(id).await?)
+    }
+}

@@ -1,0 +1,373 @@
+//! Blobs: stored hits, and coalesced, verified, streaming misses.
+//!
+//! A miss starts one background download (see `inflight`) that hashes and
+//! writes the blob to a temporary file, then checks size and digest and
+//! commits it. Every client of that blob — the one that caused the download
+//! and any that arrive while it runs — streams the temporary file as it grows.
+//!
+//! A client must never receive a complete body that fails its digest: until
+//! the download is verified, readers hold back the blob's final byte. If
+//! verification fails, their streams end with an error, which aborts the
+//! HTTP response (the connection is closed short of `Content-Length`).
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{FutureExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
+
+use super::inflight::{Fill, FillState, Fills, Joined};
+use super::{CacheStatus, Error, Mirror, Upstream};
+use crate::config::UpstreamId;
+use crate::oci::{Digest, RepoName};
+use crate::store::{self, BlobStore};
+
+/// Read size for streaming stored or in-flight blobs.
+const CHUNK: usize = 256 * 1024;
+/// Largest batch of upstream chunks written with one blocking call.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+/// The answer to a blob HEAD.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobHead {
+    /// The blob's size, when known.
+    pub size: Option<u64>,
+    /// How it was answered.
+    pub status: CacheStatus,
+}
+
+/// A blob ready to stream.
+#[derive(Debug)]
+pub struct BlobBody {
+    /// The blob's size, when known (upstream may omit Content-Length).
+    pub size: Option<u64>,
+    /// How it was obtained.
+    pub status: CacheStatus,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    File(tokio::fs::File),
+    Fill(Arc<Fill>),
+}
+
+impl BlobBody {
+    /// Streams bytes `start..end` (`end` exclusive; `None` = to the end).
+    pub fn into_stream(self, start: u64, end: Option<u64>) -> BoxStream<'static, io::Result<Bytes>> {
+        match self.source {
+            Source::File(file) => {
+                let len = end.or(self.size).unwrap_or(u64::MAX).saturating_sub(start);
+                file_stream(file, start, len)
+            }
+            Source::Fill(fill) => fill_stream(fill, start, end.or(self.size)),
+        }
+    }
+}
+
+fn file_stream(mut file: tokio::fs::File, start: u64, len: u64) -> BoxStream<'static, io::Result<Bytes>> {
+    let open = async move {
+        if start > 0 {
+            file.seek(io::SeekFrom::Start(start)).await?;
+        }
+        Ok::<_, io::Error>(tokio_util::io::ReaderStream::with_capacity(file.take(len), CHUNK))
+    };
+    open.into_stream()
+        .map(|r| match r {
+            Ok(s) => s.boxed(),
+            Err(e) => stream::once(async { Err(e) }).boxed(),
+        })
+        .flatten()
+        .boxed()
+}
+
+struct Reader {
+    fill: Arc<Fill>,
+    rx: watch::Receiver<FillState>,
+    pos: u64,
+    end: Option<u64>,
+    finished: bool,
+}
+
+/// What a reader may read now, from a snapshot of the fill's state.
+enum Readable {
+    Upto(u64),
+    Complete(u64),
+    Failed(Error),
+}
+
+fn readable(state: &FillState) -> Readable {
+    match state {
+        FillState::Starting => Readable::Upto(0),
+        // Hold back the final byte (and anything past the announced size)
+        // until the blob is verified.
+        FillState::Streaming {
+            size: Some(size),
+            written,
+        } => Readable::Upto((*written).min(size.saturating_sub(1))),
+        FillState::Streaming {
+            size: None,
+            written,
+        } => Readable::Upto(*written),
+        FillState::Done { size } => Readable::Complete(*size),
+        FillState::Failed(e) => Readable::Failed(e.clone()),
+    }
+}
+
+fn fill_stream(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BoxStream<'static, io::Result<Bytes>> {
+    let rx = fill.state.subscribe();
+    let reader = Reader {
+        fill,
+        rx,
+        pos: start,
+        end,
+        finished: false,
+    };
+    stream::unfold(reader, |mut r| async move {
+        if r.finished {
+            return None;
+        }
+        loop {
+            let snapshot = readable(&r.rx.borrow_and_update());
+            let (limit, complete) = match snapshot {
+                Readable::Upto(n) => (n, None),
+                Readable::Complete(n) => (n, Some(n)),
+                Readable::Failed(e) => {
+                    r.finished = true;
+                    return Some((Err(io::Error::other(e)), r));
+                }
+            };
+            let limit = r.end.map_or(limit, |e| e.min(limit));
+            if r.pos < limit {
+                let Some(file) = r.fill.reader.get().cloned() else {
+                    r.finished = true;
+                    return Some((Err(io::Error::other("fill has no reader")), r));
+                };
+                let (pos, len) = (r.pos, (limit - r.pos).min(CHUNK as u64) as usize);
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0; len];
+                    file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
+                match read {
+                    Ok(b) => {
+                        r.pos += b.len() as u64;
+                        return Some((Ok(b), r));
+                    }
+                    Err(e) => {
+                        r.finished = true;
+                        return Some((Err(e), r));
+                    }
+                }
+            }
+            let at_end = r.end.is_some_and(|e| r.pos >= e) || complete.is_some_and(|c| r.pos >= c);
+            if at_end {
+                return None;
+            }
+            if r.rx.changed().await.is_err() {
+                r.finished = true;
+                return Some((Err(io::Error::other("blob download vanished")), r));
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Waits until upstream answered: returns the announced size or the error.
+async fn ready(fill: &Fill) -> Result<Option<u64>, Error> {
+    let mut rx = fill.state.subscribe();
+    loop {
+        match &*rx.borrow_and_update() {
+            FillState::Starting => {}
+            FillState::Streaming { size, .. } => return Ok(*size),
+            FillState::Done { size } => return Ok(Some(*size)),
+            FillState::Failed(e) => return Err(e.clone()),
+        }
+        if rx.changed().await.is_err() {
+            return Err(Error::Interrupted);
+        }
+    }
+}
+
+impl Mirror {
+    /// Answers a blob HEAD without downloading the blob.
+    pub async fn head_blob(&self, id: &UpstreamId, repo: &RepoName, digest: &Digest) -> Result<BlobHead, Error> {
+        if let Some(size) = self.store.stat(digest).await? {
+            return Ok(BlobHead {
+                size: Some(size),
+                status: CacheStatus::Hit,
+            });
+        }
+        if let Some(fill) = self.fills.get(digest)
+            && let Ok(size @ Some(_)) = ready(&fill).await
+        {
+            return Ok(BlobHead {
+                size,
+                status: CacheStatus::Coalesced,
+            });
+        }
+        let up = self.upstream(id)?;
+        let head = up.client.head_blob(&self.upstream_repo(id, repo), digest).await?;
+        Ok(BlobHead {
+            size: head.size,
+            status: CacheStatus::Miss,
+        })
+    }
+
+    /// Opens a blob: from the store, or by starting or joining its download.
+    /// Returns once the bytes can start flowing (or upstream refused).
+    pub async fn blob(&self, id: &UpstreamId, repo: &RepoName, digest: &Digest) -> Result<BlobBody, Error> {
+        // Two rounds at most: a fill can finish between our store check and
+        // the table lookup, in which case the store has the blob.
+        for _ in 0..2 {
+            if let Some((file, len)) = self.store.open_blob(digest).await? {
+                return Ok(BlobBody {
+                    size: Some(len),
+                    status: CacheStatus::Hit,
+                    source: Source::File(file),
+                });
+            }
+            let path = self.store.layout().blob(digest);
+            let (fill, status) = match self.fills.join(digest, || path.exists()) {
+                None => continue,
+                Some(Joined::Follower(f)) => (f, CacheStatus::Coalesced),
+                Some(Joined::Leader(f)) => {
+                    let up = self.upstream(id)?.clone();
+                    let task = FillTask {
+                        fill: f.clone(),
+                        fills: self.fills.clone(),
+                        up,
+                        repo: self.upstream_repo(id, repo),
+                        digest: digest.clone(),
+                        store: self.store.clone(),
+                    };
+                    tokio::spawn(task.run());
+                    (f, CacheStatus::Miss)
+                }
+            };
+            let size = ready(&fill).await?;
+            return Ok(BlobBody {
+                size,
+                status,
+                source: Source::Fill(fill),
+            });
+        }
+        Err(Error::Interrupted)
+    }
+}
+
+/// The background download of one blob.
+struct FillTask {
+    fill: Arc<Fill>,
+    fills: Arc<Fills>,
+    up: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+    store: BlobStore,
+}
+
+impl FillTask {
+    async fn run(self) {
+        // If this task panics or is dropped mid-way, readers must not hang:
+        // the guard publishes a failure and leaves the table.
+        let guard = FillGuard {
+            fill: self.fill.clone(),
+            fills: self.fills.clone(),
+            digest: self.digest.clone(),
+        };
+        let result = self.download().await;
+        let state = match result {
+            Ok(size) => {
+                tracing::debug!(upstream = %self.up.config.id, digest = %self.digest, bytes = size, "blob cached");
+                FillState::Done { size }
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %self.up.config.id, repo = %self.repo, digest = %self.digest,
+                    error = %crate::error_chain(&e), "blob download failed; nothing stored");
+                FillState::Failed(e)
+            }
+        };
+        self.fill.state.send_replace(state);
+        drop(guard);
+    }
+
+    async fn download(&self) -> Result<u64, Error> {
+        let resp = self.up.client.get_blob(&self.repo, &self.digest).await?;
+        let size = resp.size;
+        let writer = self.store.writer(&self.digest).await?;
+        let reader = writer.open_reader()?;
+        // invariant: only this task sets the reader, once.
+        let _ = self.fill.reader.set(Arc::new(reader));
+        self.fill.state.send_replace(FillState::Streaming { size, written: 0 });
+        let mut body = resp.body;
+        let mut writer = Some(writer);
+        let mut written = 0u64;
+        while let Some(first) = body.next().await {
+            let mut batch = vec![first.map_err(|_| Error::Interrupted)?];
+            let mut n = batch[0].len();
+            while n < WRITE_BATCH {
+                match body.next().now_or_never() {
+                    Some(Some(Ok(c))) => {
+                        n += c.len();
+                        batch.push(c);
+                    }
+                    Some(Some(Err(_))) => return Err(Error::Interrupted),
+                    _ => break,
+                }
+            }
+            if size.is_some_and(|s| written + n as u64 > s) {
+                // More bytes than upstream announced: not the blob we want.
+                return Err(Error::Interrupted);
+            }
+            let mut w = writer.take().ok_or(Error::Interrupted)?;
+            let w = tokio::task::spawn_blocking(move || {
+                batch.iter().try_for_each(|c| w.write(c)).map(|()| w)
+            })
+            .await
+            .map_err(|_| Error::Interrupted)??;
+            writer = Some(w);
+            written += n as u64;
+            self.fill.state.send_modify(|s| {
+                if let FillState::Streaming { written: w, .. } = s {
+                    *w = written;
+                }
+            });
+        }
+        let mut w = writer.take().ok_or(Error::Interrupted)?;
+        let finished = tokio::task::spawn_blocking(move || w.finish(size))
+            .await
+            .map_err(|_| Error::Interrupted)?;
+        match finished {
+            Ok(n) => Ok(n),
+            Err(store::Error::DigestMismatch { .. }) => Err(Error::Corrupt {
+                expected: self.digest.clone(),
+            }),
+            Err(store::Error::SizeMismatch { .. }) => Err(Error::Interrupted),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+struct FillGuard {
+    fill: Arc<Fill>,
+    fills: Arc<Fills>,
+    digest: Digest,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.fill.state.send_if_modified(|s| match s {
+            FillState::Starting | FillState::Streaming { .. } => {
+                *s = FillState::Failed(Error::Interrupted);
+                true
+            }
+            FillState::Done { .. } | FillState::Failed(_) => false,
+        });
+        self.fills.remove(&self.digest, &self.fill);
+    }
+}

@@ -1,0 +1,227 @@
+//! Manifests: tag resolution with TTL + HEAD revalidation, and immutable
+//! manifests by digest.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::{CacheStatus, Error, Mirror, Upstream};
+use crate::cache::{Key, ManifestEntry, TagEntry, Value};
+use crate::config::UpstreamId;
+use crate::oci::{AcceptClass, Digest, MediaType, Reference, RepoName, Tag};
+use crate::store::{TagKey, TagRecord, tags_epoch_ms};
+
+/// A manifest ready to serve.
+#[derive(Debug, Clone)]
+pub struct ManifestResponse {
+    /// The manifest's digest (over exactly `bytes`).
+    pub digest: Digest,
+    /// The bytes, verbatim from upstream.
+    pub bytes: Bytes,
+    /// The media type upstream sent.
+    pub media_type: MediaType,
+    /// How it was obtained.
+    pub status: CacheStatus,
+}
+
+/// Runs a cache load and reports whether this call ran the loader (miss),
+/// waited on another call's loader (coalesced) or found the entry (hit).
+async fn cached<F>(mirror: &Mirror, key: Key, load: F) -> Result<(Value, CacheStatus), Error>
+where
+    F: Future<Output = Result<Value, Error>>,
+{
+    if let Some(v) = mirror.cache.get(&key).await {
+        return Ok((v, CacheStatus::Hit));
+    }
+    let ran = AtomicBool::new(false);
+    let v = mirror
+        .cache
+        .try_get_with(key, async {
+            ran.store(true, Ordering::Relaxed);
+            load.await
+        })
+        .await
+        .map_err(|e| (*e).clone())?;
+    let status = if ran.load(Ordering::Relaxed) {
+        CacheStatus::Miss
+    } else {
+        CacheStatus::Coalesced
+    };
+    Ok((v, status))
+}
+
+impl Mirror {
+    /// Resolves and returns a manifest by tag or digest.
+    pub async fn manifest(
+        &self,
+        id: &UpstreamId,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: AcceptClass,
+    ) -> Result<ManifestResponse, Error> {
+        let up = self.upstream(id)?.clone();
+        let repo = self.upstream_repo(id, repo);
+        match reference {
+            Reference::Digest(d) => self.manifest_by_digest(&up, &repo, d).await,
+            Reference::Tag(tag) => {
+                let (entry, status) = self.resolve_tag(&up, &repo, tag, accept).await?;
+                let mut m = self.manifest_by_digest(&up, &repo, &entry.record.digest).await?;
+                // The tag's status is what the client cares about: a tag hit
+                // whose manifest had to be read from disk is still a hit.
+                m.status = if entry.stale { CacheStatus::Stale } else { status };
+                Ok(m)
+            }
+        }
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<ManifestResponse, Error> {
+        let key = Key::Manifest(digest.clone());
+        let (v, status) = cached(self, key, async {
+            if let Some((bytes, rec)) = self.store.manifest(digest).await? {
+                return Ok(manifest_value(bytes, MediaType::new(&rec.media_type)));
+            }
+            // Ask with every modern type: by digest there is only one answer.
+            let m = up
+                .client
+                .get_manifest(repo, &Reference::Digest(digest.clone()), AcceptClass::all_modern())
+                .await?;
+            if !digest.verify(&m.bytes) {
+                tracing::warn!(upstream = %up.config.id, %repo, %digest, "manifest does not match its digest");
+                return Err(Error::Corrupt {
+                    expected: digest.clone(),
+                });
+            }
+            self.store.put_manifest(digest, m.bytes.clone(), &m.media_type).await?;
+            self.store.mark_repo(&up.config.id, repo).await?;
+            Ok(manifest_value(m.bytes, m.media_type))
+        })
+        .await?;
+        let Value::Manifest(m) = v else {
+            // invariant: Key::Manifest entries only ever hold Value::Manifest.
+            unreachable!("manifest key holds a tag value")
+        };
+        Ok(ManifestResponse {
+            digest: digest.clone(),
+            bytes: m.bytes.clone(),
+            media_type: m.media_type.clone(),
+            status,
+        })
+    }
+
+    async fn resolve_tag(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepoName,
+        tag: &Tag,
+        accept: AcceptClass,
+    ) -> Result<(Arc<TagEntry>, CacheStatus), Error> {
+        let key = TagKey {
+            upstream: up.config.id.clone(),
+            repo: repo.clone(),
+            tag: tag.clone(),
+            class: accept,
+        };
+        let (v, status) = cached(self, Key::Tag(key.clone()), async {
+            self.load_tag(up, &key).await.map(Value::Tag)
+        })
+        .await?;
+        let Value::Tag(t) = v else {
+            // invariant: Key::Tag entries only ever hold Value::Tag.
+            unreachable!("tag key holds a manifest value")
+        };
+        Ok((t, status))
+    }
+
+    /// Loads a tag mapping: from disk while fresh, else revalidated with a
+    /// HEAD, else fetched with a GET.
+    async fn load_tag(&self, up: &Arc<Upstream>, key: &TagKey) -> Result<Arc<TagEntry>, Error> {
+        let ttl = up.config.tag_ttl;
+        let entry = |record, stale| Arc::new(TagEntry { record, ttl, stale });
+        let disk = self.store.tag(key).await?;
+        if let Some(rec) = &disk
+            && rec.age(SystemTime::now()) < ttl
+        {
+            return Ok(entry(rec.clone(), false));
+        }
+        let reference = Reference::Tag(key.tag.clone());
+        let Some(old) = disk else {
+            // Never seen: a GET answers in one round trip.
+            return Ok(entry(self.fetch_tag(up, key).await?, false));
+        };
+        match up.client.head_manifest(&key.repo, &reference, key.class).await {
+            Ok(head) => match head.digest {
+                Some(d) if d == old.digest => {
+                    let rec = TagRecord {
+                        checked_at_ms: tags_epoch_ms(SystemTime::now()),
+                        ..old
+                    };
+                    self.store.put_tag(key, &rec).await?;
+                    Ok(entry(rec, false))
+                }
+                Some(d) => {
+                    // The tag moved: fetch the new manifest by digest.
+                    let m = self.manifest_by_digest(up, &key.repo, &d).await?;
+                    let rec = TagRecord {
+                        digest: d,
+                        media_type: m.media_type.as_str().to_owned(),
+                        size: m.bytes.len() as u64,
+                        checked_at_ms: tags_epoch_ms(SystemTime::now()),
+                    };
+                    self.store.put_tag(key, &rec).await?;
+                    Ok(entry(rec, false))
+                }
+                // No digest header: only a GET can tell.
+                None => Ok(entry(self.fetch_tag(up, key).await?, false)),
+            },
+            Err(e) if e.is_not_found() => {
+                self.store.remove_tag(key).await?;
+                Err(e.into())
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %up.config.id, repo = %key.repo, tag = %key.tag, error = %e,
+                    "tag revalidation failed; serving the last known digest");
+                Ok(entry(old, true))
+            }
+        }
+    }
+
+    /// GETs a manifest by tag, verifies it against the digest upstream
+    /// announced (if any), stores it and records the tag.
+    async fn fetch_tag(&self, up: &Arc<Upstream>, key: &TagKey) -> Result<TagRecord, Error> {
+        let reference = Reference::Tag(key.tag.clone());
+        let m = up.client.get_manifest(&key.repo, &reference, key.class).await?;
+        let digest = match &m.digest_header {
+            Some(d) if d.verify(&m.bytes) => d.clone(),
+            Some(d) => {
+                tracing::warn!(upstream = %up.config.id, repo = %key.repo, digest = %d,
+                    "manifest does not match Docker-Content-Digest");
+                return Err(Error::Corrupt { expected: d.clone() });
+            }
+            None => Digest::sha256_of(&m.bytes),
+        };
+        self.store.put_manifest(&digest, m.bytes.clone(), &m.media_type).await?;
+        self.store.mark_repo(&up.config.id, &key.repo).await?;
+        let rec = TagRecord {
+            digest: digest.clone(),
+            media_type: m.media_type.as_str().to_owned(),
+            size: m.bytes.len() as u64,
+            checked_at_ms: tags_epoch_ms(SystemTime::now()),
+        };
+        self.store.put_tag(key, &rec).await?;
+        self.cache
+            .insert(Key::Manifest(digest), manifest_value(m.bytes, m.media_type))
+            .await;
+        Ok(rec)
+    }
+}
+
+fn manifest_value(bytes: Bytes, media_type: MediaType) -> Value {
+    Value::Manifest(Arc::new(ManifestEntry { bytes, media_type }))
+}

@@ -1,0 +1,429 @@
+//! The OCI distribution pull API over [`Mirror`].
+//!
+//! A request is parsed into a typed endpoint (`path`), routed to an upstream
+//! (`route`), answered by the mirror, and rendered with the registry headers
+//! (`response`). Errors from every layer become OCI error envelopes in
+//! exactly one place (`error`). This module never touches the store or an
+//! upstream client directly: everything goes through `Mirror`.
+
+pub mod access_log;
+pub mod error;
+pub mod path;
+pub mod range;
+pub mod response;
+pub mod route;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+
+use self::access_log::{AccessLog, LoggedBody};
+use self::error::{ApiError, Subject, from_mirror};
+use self::path::{Endpoint, ParsedPath};
+use self::range::RangeDecision;
+use self::response::{API_VERSION, CONTENT_DIGEST, set};
+use self::route::{Router, Selection};
+use crate::config::UpstreamId;
+use crate::mirror::{CacheStatus, Mirror};
+use crate::oci::{AcceptClass, Digest, Reference, RepoName};
+
+/// The response body type of the registry API.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, io::Error>;
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listener's address.
+    pub local: SocketAddr,
+    /// The upstream this listener is pinned to, if any.
+    pub pinned: Option<UpstreamId>,
+}
+
+/// The registry API service.
+#[derive(Debug)]
+pub struct Registry {
+    mirror: Arc<Mirror>,
+    router: Router,
+}
+
+/// The query parameters the API uses.
+#[derive(Debug, Default)]
+struct Query {
+    ns: Option<String>,
+    n: Option<String>,
+    last: Option<String>,
+    artifact_type: Option<String>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Self {
+        let mut out = Self::default();
+        for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+            let slot = match &*k {
+                "ns" => &mut out.ns,
+                "n" => &mut out.n,
+                "last" => &mut out.last,
+                "artifactType" => &mut out.artifact_type,
+                _ => continue,
+            };
+            *slot = Some(v.into_owned());
+        }
+        out
+    }
+
+    fn paging(&self) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        if let Some(n) = &self.n {
+            v.push(("n".to_owned(), n.clone()));
+        }
+        if let Some(l) = &self.last {
+            v.push(("last".to_owned(), l.clone()));
+        }
+        v
+    }
+}
+
+/// Everything a handler needs to know about one request.
+struct Ctx<'a> {
+    head: bool,
+    headers: &'a HeaderMap,
+    path: &'a str,
+    query: Query,
+    log: &'a mut AccessLog,
+}
+
+impl Registry {
+    /// A registry over `mirror`, routing with `router`.
+    pub fn new(mirror: Arc<Mirror>, router: Router) -> Self {
+        Self { mirror, router }
+    }
+
+    /// Answers one request. Never fails: errors become OCI error responses.
+    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<LoggedBody> {
+        let mut log = AccessLog {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+            peer: conn.peer,
+            upstream: None,
+            cache: None,
+            status: 0,
+            start: Instant::now(),
+        };
+        let head = req.method() == Method::HEAD;
+        let mut resp = match self.dispatch(&req, conn, &mut log).await {
+            Ok(r) => r,
+            Err(e) => response::error(&e, head),
+        };
+        resp.headers_mut()
+            .insert(API_VERSION, http::HeaderValue::from_static("registry/2.0"));
+        log.status = resp.status().as_u16();
+        resp.map(|b| LoggedBody::new(b, log))
+    }
+
+    async fn dispatch<B>(
+        &self,
+        req: &Request<B>,
+        conn: &ConnInfo,
+        log: &mut AccessLog,
+    ) -> Result<Response<Body>, ApiError> {
+        let ParsedPath { prefix, endpoint } = path::parse(req.uri().path())?;
+        let method = req.method();
+        if endpoint == Endpoint::Upload || (method != Method::GET && method != Method::HEAD) {
+            return Err(ApiError::read_only());
+        }
+        let query = Query::parse(req.uri().query());
+        let name = match &endpoint {
+            Endpoint::Manifest(n, _) | Endpoint::Blob(n, _) | Endpoint::Tags(n) | Endpoint::Referrers(n, _) => {
+                Some(n.clone())
+            }
+            Endpoint::Ping | Endpoint::Catalog | Endpoint::Upload => None,
+        };
+        if endpoint == Endpoint::Ping {
+            return Ok(response::json(StatusCode::OK, "{}".into(), method == Method::HEAD));
+        }
+        let sel = self.router.select(
+            query.ns.as_deref(),
+            prefix.as_deref(),
+            name,
+            conn.pinned.as_ref(),
+        )?;
+        log.upstream = Some(sel.upstream.to_string());
+        let ns = query.ns.clone();
+        let mut ctx = Ctx {
+            head: method == Method::HEAD,
+            headers: req.headers(),
+            path: req.uri().path(),
+            query,
+            log,
+        };
+        let mut resp = self.endpoint(&mut ctx, &sel, endpoint).await?;
+        if let Some(ns) = ns {
+            set(&mut resp, "oci-namespace", &ns);
+        }
+        Ok(resp)
+    }
+
+    async fn endpoint(
+        &self,
+        ctx: &mut Ctx<'_>,
+        sel: &Selection,
+        endpoint: Endpoint,
+    ) -> Result<Response<Body>, ApiError> {
+        let id = &sel.upstream;
+        // invariant: every endpoint with a name had it passed to select(),
+        // which returns it (possibly stripped of a prefix).
+        let name = || sel.name.clone().ok_or_else(|| ApiError::from(path::PathError::Name));
+        match endpoint {
+            Endpoint::Manifest(_, reference) => self.manifest(ctx, id, &name()?, &reference).await,
+            Endpoint::Blob(_, digest) => self.blob(ctx, id, &name()?, &digest).await,
+            Endpoint::Tags(_) => {
+                ctx.log.cache = Some(CacheStatus::Pass);
+                let p = self
+                    .mirror
+                    .tags(id, &name()?, &ctx.query.paging())
+                    .await
+                    .map_err(|e| from_mirror(&e, Subject::Repository))?;
+                Ok(passthrough(ctx, p))
+            }
+            Endpoint::Referrers(_, digest) => {
+                ctx.log.cache = Some(CacheStatus::Pass);
+                let p = self
+                    .mirror
+                    .referrers(id, &name()?, &digest, ctx.query.artifact_type.as_deref())
+                    .await
+                    .map_err(|e| from_mirror(&e, Subject::Manifest))?;
+                Ok(passthrough(ctx, p))
+            }
+            Endpoint::Catalog => self.catalog(ctx, id).await,
+            // Handled in dispatch.
+            Endpoint::Ping | Endpoint::Upload => Err(ApiError::read_only()),
+        }
+    }
+
+    async fn manifest(
+        &self,
+        ctx: &mut Ctx<'_>,
+        id: &UpstreamId,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<Response<Body>, ApiError> {
+        let accept = AcceptClass::from_accept(
+            ctx.headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        let m = self
+            .mirror
+            .manifest(id, name, reference, accept)
+            .await
+            .map_err(|e| from_mirror(&e, Subject::Manifest))?;
+        ctx.log.cache = Some(m.status);
+        let len = m.bytes.len();
+        let body = if ctx.head { response::empty() } else { response::full(m.bytes) };
+        let mut r = response::with_body(StatusCode::OK, body);
+        set(&mut r, header::CONTENT_TYPE, m.media_type.as_str());
+        set(&mut r, CONTENT_DIGEST, &m.digest.to_string());
+        set(&mut r, header::ETAG, &format!("\"{}\"", m.digest));
+        r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+        if m.status == CacheStatus::Stale {
+            set(
+                &mut r,
+                header::WARNING,
+                "110 mirrorgate \"upstream unreachable: tag served from cache\"",
+            );
+        }
+        Ok(r)
+    }
+
+    async fn blob(
+        &self,
+        ctx: &mut Ctx<'_>,
+        id: &UpstreamId,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<Response<Body>, ApiError> {
+        let blob_headers = |r: &mut Response<Body>| {
+            set(r, header::CONTENT_TYPE, "application/octet-stream");
+            set(r, CONTENT_DIGEST, &digest.to_string());
+            set(r, header::ETAG, &format!("\"{digest}\""));
+            set(r, header::ACCEPT_RANGES, "bytes");
+        };
+        if ctx.head {
+            let h = self
+                .mirror
+                .head_blob(id, name, digest)
+                .await
+                .map_err(|e| from_mirror(&e, Subject::Blob))?;
+            ctx.log.cache = Some(h.status);
+            let mut r = response::with_body(StatusCode::OK, response::empty());
+            blob_headers(&mut r);
+            if let Some(size) = h.size {
+                r.headers_mut().insert(header::CONTENT_LENGTH, size.into());
+            }
+            return Ok(r);
+        }
+        let b = self
+            .mirror
+            .blob(id, name, digest)
+            .await
+            .map_err(|e| from_mirror(&e, Subject::Blob))?;
+        ctx.log.cache = Some(b.status);
+        let range_header = ctx.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+        let decision = match b.size {
+            Some(size) => range::decide(range_header, size),
+            None => RangeDecision::Full,
+        };
+        let mut r = match (decision, b.size) {
+            (RangeDecision::Unsatisfiable, Some(size)) => {
+                let mut r = response::error(
+                    &ApiError::new(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        error::Code::RangeInvalid,
+                        error::Origin::Downstream,
+                        "requested range is not satisfiable",
+                    ),
+                    false,
+                );
+                set(&mut r, header::CONTENT_RANGE, &format!("bytes */{size}"));
+                return Ok(r);
+            }
+            (RangeDecision::Partial { start, end }, Some(size)) => {
+                let mut r = response::with_body(
+                    StatusCode::PARTIAL_CONTENT,
+                    response::stream(b.into_stream(start, Some(end))),
+                );
+                set(&mut r, header::CONTENT_RANGE, &format!("bytes {start}-{}/{size}", end - 1));
+                r.headers_mut().insert(header::CONTENT_LENGTH, (end - start).into());
+                r
+            }
+            (_, size) => {
+                let mut r = response::with_body(StatusCode::OK, response::stream(b.into_stream(0, None)));
+                if let Some(size) = size {
+                    r.headers_mut().insert(header::CONTENT_LENGTH, size.into());
+                }
+                r
+            }
+        };
+        blob_headers(&mut r);
+        Ok(r)
+    }
+
+    async fn catalog(&self, ctx: &mut Ctx<'_>, id: &UpstreamId) -> Result<Response<Body>, ApiError> {
+        ctx.log.cache = Some(CacheStatus::Hit);
+        let repos = self
+            .mirror
+            .catalog(id)
+            .await
+            .map_err(|e| from_mirror(&e, Subject::Repository))?;
+        let n = ctx.query.n.as_deref().and_then(|n| n.parse::<usize>().ok());
+        let after: Vec<&String> = repos
+            .iter()
+            .filter(|r| ctx.query.last.as_ref().is_none_or(|l| r.as_str() > l.as_str()))
+            .collect();
+        let page: Vec<&String> = after.iter().take(n.unwrap_or(usize::MAX)).copied().collect();
+        let body = serde_json::json!({ "repositories": page }).to_string();
+        let mut r = response::json(StatusCode::OK, body, ctx.head);
+        if let (Some(n), Some(last)) = (n, page.last())
+            && n > 0
+            && after.len() > page.len()
+        {
+            let q = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("n", &n.to_string())
+                .append_pair("last", last)
+                .finish();
+            set(&mut r, header::LINK, &format!("<{}?{q}>; rel=\"next\"", ctx.path));
+        }
+        Ok(r)
+    }
+}
+
+/// Relays an upstream response for tags/list or referrers, with its `Link`
+/// rewritten to the path shape this client used.
+fn passthrough(ctx: &Ctx<'_>, p: crate::upstream::Passthrough) -> Response<Body> {
+    let len = p.body.len();
+    let body = if ctx.head { response::empty() } else { response::full(p.body) };
+    let mut r = response::with_body(p.status, body);
+    r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+    if let Some(ct) = &p.content_type {
+        set(&mut r, header::CONTENT_TYPE, ct);
+    }
+    for (k, v) in &p.headers {
+        if k.as_str().eq_ignore_ascii_case("oci-filters-applied") {
+            r.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    if let Some(link) = p.link.as_deref().and_then(|l| rewrite_link(l, ctx.path, ctx.query.ns.as_deref())) {
+        set(&mut r, header::LINK, &link);
+    }
+    r
+}
+
+/// Rewrites an upstream `Link: <url?query>; rel="next"` to point at the
+/// client's own request path, keeping the upstream's query (`n`, `last`,
+/// ...) and the client's `ns`.
+pub fn rewrite_link(link: &str, client_path: &str, ns: Option<&str>) -> Option<String> {
+    let start = link.find('<')?;
+    let end = start + link[start..].find('>')?;
+    let target = &link[start + 1..end];
+    let rest = &link[end + 1..];
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let mut ser = url::form_urlencoded::Serializer::new(String::new());
+    let mut has_ns = false;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        has_ns |= k == "ns";
+        ser.append_pair(&k, &v);
+    }
+    if let (Some(ns), false) = (ns, has_ns) {
+        ser.append_pair("ns", ns);
+    }
+    let q = ser.finish();
+    let sep = if q.is_empty() { "" } else { "?" };
+    Some(format!("<{client_path}{sep}{q}>{rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_rewrite() {
+        assert_eq!(
+            rewrite_link(
+                "</v2/library/alpine/tags/list?n=2&last=b>; rel=\"next\"",
+                "/v2/docker.io/alpine/tags/list",
+                None
+            )
+            .unwrap(),
+            "</v2/docker.io/alpine/tags/list?n=2&last=b>; rel=\"next\""
+        );
+        assert_eq!(
+            rewrite_link(
+                "<https://up.example/v2/x/tags/list?last=a%2Bb&n=1>; rel=\"next\"",
+                "/dh/v2/x/tags/list",
+                Some("docker.io")
+            )
+            .unwrap(),
+            "</dh/v2/x/tags/list?last=a%2Bb&n=1&ns=docker.io>; rel=\"next\""
+        );
+        assert_eq!(rewrite_link("garbage", "/v2/x/tags/list", None), None);
+    }
+
+    #[test]
+    fn query_parsing() {
+        let q = Query::parse(Some("ns=docker.io&n=10&last=a%2Fb&x=1&artifactType=t"));
+        assert_eq!(q.ns.as_deref(), Some("docker.io"));
+        assert_eq!(q.last.as_deref(), Some("a/b"));
+        assert_eq!(q.paging().len(), 2);
+        assert_eq!(q.artifact_type.as_deref(), Some("t"));
+    }
+}

@@ -1,0 +1,114 @@
+//! One access-log line per request, written when the response body is done
+//! (fully sent, aborted, or dropped), so it carries the real byte count.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+
+use super::Body;
+use crate::mirror::CacheStatus;
+
+/// What the access-log line says about a request.
+#[derive(Debug)]
+pub struct AccessLog {
+    /// Request method.
+    pub method: http::Method,
+    /// Request path and query.
+    pub path: String,
+    /// Client address.
+    pub peer: std::net::SocketAddr,
+    /// The upstream chosen, once routing ran.
+    pub upstream: Option<String>,
+    /// How the response was produced.
+    pub cache: Option<CacheStatus>,
+    /// Response status.
+    pub status: u16,
+    /// When the request arrived.
+    pub start: Instant,
+}
+
+/// A response body that counts the bytes it yields and writes the access-log
+/// line when it is dropped.
+pub struct LoggedBody {
+    inner: Body,
+    log: AccessLog,
+    bytes: u64,
+    outcome: &'static str,
+}
+
+impl std::fmt::Debug for LoggedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoggedBody").field("log", &self.log).finish()
+    }
+}
+
+impl LoggedBody {
+    /// Wraps `inner`.
+    pub fn new(inner: Body, log: AccessLog) -> Self {
+        Self {
+            inner,
+            log,
+            bytes: 0,
+            outcome: "aborted",
+        }
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.outcome = "error",
+            Poll::Ready(None) => this.outcome = "complete",
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // A body known to be empty (HEAD, errors) may be dropped unpolled.
+        if self.outcome == "aborted" && self.inner.is_end_stream() {
+            self.outcome = "complete";
+        }
+        let l = &self.log;
+        tracing::info!(
+            target: "mirrorgate::access",
+            method = %l.method,
+            path = %l.path,
+            upstream = l.upstream.as_deref().unwrap_or("-"),
+            status = l.status,
+            bytes = self.bytes,
+            duration_ms = l.start.elapsed().as_secs_f64() * 1000.0,
+            cache = l.cache.map_or("-", CacheStatus::as_str),
+            body = self.outcome,
+            peer = %l.peer,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! The one place where errors become HTTP responses: the OCI error envelope
+//! `{"errors":[{"code","message","detail"}]}` with the code's status.
+//!
+//! Every error is classified by origin. Downstream (the client's request was
+//! bad) logs at debug; upstream (the registry we mirror failed) at warn;
+//! internal (our disk or a bug) at error, and the client sees a generic
+//! message without internals.
+
+use http::{HeaderValue, StatusCode, header};
+
+use super::path::PathError;
+use super::route::NoRoute;
+use crate::mirror;
+use crate::upstream;
+
+/// OCI distribution error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// 404: blob unknown.
+    BlobUnknown,
+    /// 404: manifest unknown.
+    ManifestUnknown,
+    /// 404: repository unknown.
+    NameUnknown,
+    /// 400: invalid repository name.
+    NameInvalid,
+    /// 400: invalid tag.
+    TagInvalid,
+    /// 400: invalid digest.
+    DigestInvalid,
+    /// 403: access denied.
+    Denied,
+    /// 405 (or 404 for unknown endpoints): not supported by a pull-only mirror.
+    Unsupported,
+    /// 429: rate limited.
+    TooManyRequests,
+    /// 502/503/504: upstream unavailable.
+    Unavailable,
+    /// 416: unsatisfiable range.
+    RangeInvalid,
+    /// 500/502: anything else.
+    Unknown,
+}
+
+impl Code {
+    /// The code string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BlobUnknown => "BLOB_UNKNOWN",
+            Self::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Self::NameUnknown => "NAME_UNKNOWN",
+            Self::NameInvalid => "NAME_INVALID",
+            Self::TagInvalid => "TAG_INVALID",
+            Self::DigestInvalid => "DIGEST_INVALID",
+            Self::Denied => "DENIED",
+            Self::Unsupported => "UNSUPPORTED",
+            Self::TooManyRequests => "TOOMANYREQUESTS",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::RangeInvalid => "RANGE_INVALID",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+
+    fn from_upstream(s: &str) -> Option<Self> {
+        Some(match s {
+            "BLOB_UNKNOWN" => Self::BlobUnknown,
+            "MANIFEST_UNKNOWN" => Self::ManifestUnknown,
+            "NAME_UNKNOWN" => Self::NameUnknown,
+            "NAME_INVALID" => Self::NameInvalid,
+            "TAG_INVALID" => Self::TagInvalid,
+            "DIGEST_INVALID" => Self::DigestInvalid,
+            "DENIED" => Self::Denied,
+            _ => return None,
+        })
+    }
+}
+
+/// Who is to blame for an error; picks the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The client's request.
+    Downstream,
+    /// The upstream registry.
+    Upstream,
+    /// This process.
+    Internal,
+}
+
+/// What kind of object a request was about, so an upstream 404 becomes the
+/// right `*_UNKNOWN` code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// A manifest.
+    Manifest,
+    /// A blob.
+    Blob,
+    /// A repository (tags, referrers, catalog).
+    Repository,
+}
+
+/// An error ready to be rendered.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OCI code.
+    pub code: Code,
+    /// Human-readable message (no internals).
+    pub message: String,
+    /// Origin, for logging.
+    pub origin: Origin,
+    /// `Retry-After` to relay (429).
+    pub retry_after: Option<String>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: Code, origin: Origin, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            origin,
+            retry_after: None,
+        }
+    }
+
+    /// 405 for any write to this pull-only mirror.
+    pub fn read_only() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Code::Unsupported,
+            Origin::Downstream,
+            "this registry is a pull-through mirror: push and delete are not supported",
+        )
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> String {
+        serde_json::json!({
+            "errors": [{ "code": self.code.as_str(), "message": self.message, "detail": null }]
+        })
+        .to_string()
+    }
+
+    /// Extra response headers this error carries.
+    pub fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
+        let mut h = Vec::new();
+        if let Some(v) = self.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            h.push((header::RETRY_AFTER, v));
+        }
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            h.push((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
+        }
+        h
+    }
+}
+
+impl From<PathError> for ApiError {
+    fn from(e: PathError) -> Self {
+        let (status, code) = match e {
+            PathError::NotFound => (StatusCode::NOT_FOUND, Code::Unsupported),
+            PathError::Name => (StatusCode::BAD_REQUEST, Code::NameInvalid),
+            PathError::Tag => (StatusCode::BAD_REQUEST, Code::TagInvalid),
+            PathError::Digest => (StatusCode::BAD_REQUEST, Code::DigestInvalid),
+        };
+        Self::new(status, code, Origin::Downstream, e.to_string())
+    }
+}
+
+impl From<NoRoute> for ApiError {
+    fn from(e: NoRoute) -> Self {
+        Self::new(StatusCode::NOT_FOUND, Code::NameUnknown, Origin::Downstream, e.to_string())
+    }
+}
+
+fn unknown_code(subject: Subject) -> Code {
+    match subject {
+        Subject::Manifest => Code::ManifestUnknown,
+        Subject::Blob => Code::BlobUnknown,
+        Subject::Repository => Code::NameUnknown,
+    }
+}
+
+/// Maps a mirror error for a request about `subject`.
+pub fn from_mirror(e: &mirror::Error, subject: Subject) -> ApiError {
+    use mirror::Error as M;
+    let up = |status, code, msg: &str| ApiError::new(status, code, Origin::Upstream, msg);
+    match e {
+        M::Upstream(u) => from_upstream(u, subject),
+        M::Corrupt { expected } => up(
+            StatusCode::BAD_GATEWAY,
+            Code::Unknown,
+            &format!("upstream sent content that does not match {expected}; nothing was stored"),
+        ),
+        M::Interrupted => up(
+            StatusCode::BAD_GATEWAY,
+            Code::Unavailable,
+            "the upstream transfer broke off; nothing was stored",
+        ),
+        M::Store(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unknown,
+            Origin::Internal,
+            "internal storage error",
+        ),
+        M::NoUpstream(id) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            Code::NameUnknown,
+            Origin::Internal,
+            format!("no upstream {id}"),
+        ),
+    }
+}
+
+fn from_upstream(e: &upstream::Error, subject: Subject) -> ApiError {
+    use upstream::Error as U;
+    let up = |status, code, msg: String| ApiError::new(status, code, Origin::Upstream, msg);
+    match e {
+        U::Status {
+            status,
+            code,
+            retry_after,
+            ..
+        } => {
+            let upstream_code = code.as_deref().and_then(Code::from_upstream);
+            match *status {
+                404 => up(
+                    StatusCode::NOT_FOUND,
+                    upstream_code.unwrap_or(unknown_code(subject)),
+                    format!("{} not found upstream", subject_name(subject)),
+                ),
+                // Docker Hub answers 401 for repositories that do not exist.
+                401 => up(
+                    StatusCode::NOT_FOUND,
+                    Code::NameUnknown,
+                    "repository does not exist upstream or requires authorization".into(),
+                ),
+                403 => up(StatusCode::FORBIDDEN, Code::Denied, "upstream denied access".into()),
+                429 => ApiError {
+                    retry_after: retry_after.clone(),
+                    ..up(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        Code::TooManyRequests,
+                        "upstream rate limit reached".into(),
+                    )
+                },
+                s if (400..500).contains(&s) => up(
+                    StatusCode::BAD_GATEWAY,
+                    Code::Unknown,
+                    format!("upstream rejected the request with status {s}"),
+                ),
+                s => up(
+                    StatusCode::BAD_GATEWAY,
+                    Code::Unavailable,
+                    format!("upstream failed with status {s}"),
+                ),
+            }
+        }
+        U::Unauthorized => up(
+            StatusCode::NOT_FOUND,
+            Code::NameUnknown,
+            "repository does not exist upstream or requires authorization".into(),
+        ),
+        U::Timeout => up(
+            StatusCode::GATEWAY_TIMEOUT,
+            Code::Unavailable,
+            "upstream timed out".into(),
+        ),
+        U::Connect { .. } => up(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "upstream unreachable".into(),
+        ),
+        _ => up(
+            StatusCode::BAD_GATEWAY,
+            Code::Unknown,
+            "upstream sent an invalid response".into(),
+        ),
+    }
+}
+
+fn subject_name(s: Subject) -> &'static str {
+    match s {
+        Subject::Manifest => "manifest",
+        Subject::Blob => "blob",
+        Subject::Repository => "repository",
+    }
+}

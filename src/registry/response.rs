@@ -1,0 +1,70 @@
+//! Response builders: registry headers and bodies.
+
+use std::io;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+
+use super::Body;
+use super::error::{ApiError, Origin};
+
+/// `Docker-Distribution-API-Version`, sent on every response.
+pub const API_VERSION: &str = "docker-distribution-api-version";
+/// `Docker-Content-Digest`.
+pub const CONTENT_DIGEST: &str = "docker-content-digest";
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body of fixed bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A streaming body.
+pub fn stream(s: futures_util::stream::BoxStream<'static, io::Result<Bytes>>) -> Body {
+    StreamBody::new(s.map_ok(http_body::Frame::data).boxed()).boxed_unsync()
+}
+
+/// A response with `status` and `body`.
+pub fn with_body(status: StatusCode, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r
+}
+
+/// Sets a header from a string, skipping values that are not valid header
+/// values (they come from upstream).
+pub fn set(resp: &mut Response<Body>, name: impl header::IntoHeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: String, head: bool) -> Response<Body> {
+    let len = body.len();
+    let mut r = with_body(status, if head { empty() } else { full(body) });
+    set(&mut r, header::CONTENT_TYPE, "application/json");
+    r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+    r
+}
+
+/// Renders an error as the OCI envelope, and logs it once at the level its
+/// origin calls for.
+pub fn error(e: &ApiError, head: bool) -> Response<Body> {
+    match e.origin {
+        Origin::Downstream => tracing::debug!(code = e.code.as_str(), message = %e.message, "bad request"),
+        Origin::Upstream => tracing::warn!(code = e.code.as_str(), message = %e.message, "upstream error"),
+        Origin::Internal => tracing::error!(code = e.code.as_str(), message = %e.message, "internal error"),
+    }
+    let mut r = json(e.status, e.body(), head);
+    for (k, v) in e.headers() {
+        r.headers_mut().insert(k, v);
+    }
+    r
+}

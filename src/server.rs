@@ -1,0 +1,118 @@
+//! Accept loops and HTTP connections (HTTP/1.1 and h2c on plain listeners).
+//!
+//! `serve` takes already-bound listeners and a shutdown future (the
+//! mini-redis shape), so tests bind `127.0.0.1:0` and the caller decides when
+//! to stop. On shutdown it stops accepting, lets in-flight requests finish
+//! for a grace period, then returns.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::UpstreamId;
+use crate::registry::{ConnInfo, Registry};
+
+/// Longest time a client may take to send request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight requests may run after shutdown begins.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// A bound listener and its routing facts.
+#[derive(Debug)]
+pub struct Listener {
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// The upstream this listener is pinned to.
+    pub pinned: Option<UpstreamId>,
+}
+
+/// Serves every listener until `shutdown` completes, then drains.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut loops = Vec::new();
+    for l in listeners {
+        loops.push(tokio::spawn(accept_loop(
+            l,
+            registry.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    shutdown.await;
+    tracing::info!("shutting down: no new connections");
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+async fn accept_loop(
+    l: Listener,
+    registry: Arc<Registry>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let local = match l.tcp.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "listener has no local address");
+            return;
+        }
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            r = l.tcp.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, %local, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_info = Arc::new(ConnInfo {
+            peer,
+            local,
+            pinned: l.pinned.clone(),
+        });
+        let registry = registry.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let registry = registry.clone();
+            let conn_info = conn_info.clone();
+            async move { Ok::<_, Infallible>(registry.handle(req, &conn_info).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,270 @@
+//! The content-addressed store on disk: blobs (layers, configs and manifest
+//! bytes), manifest records, and the persisted tag map.
+//!
+//! ```text
+//! <root>/
+//! ├── blobs/sha256/ab/ab12…ef          verified content, named by its digest
+//! ├── manifests/sha256/ab/ab12…ef      manifest record: media type + size (JSON)
+//! ├── repos/<upstream>/<repo…>/
+//! │   └── _tags/<tag>.<accept-class>   tag record: digest, media type, checked-at (JSON)
+//! └── tmp/                             in-progress writes; swept at start
+//! ```
+//!
+//! Invariants:
+//! - A file under `blobs/` always hashes to its name. Writers hash while they
+//!   write, check size and digest, fsync, and only then rename from `tmp/`
+//!   (same filesystem, so the rename is atomic), and fsync the directory.
+//! - Every path is built from validated types (`Digest`, `RepoName`, `Tag`,
+//!   `UpstreamId`), whose grammars exclude `.`, `..` and separators, so no
+//!   path can leave the root.
+//! - Blobs are shared by all upstreams: one copy per digest.
+//!
+//! The store knows nothing about HTTP or upstreams. Blocking file I/O runs on
+//! tokio's blocking pool.
+
+mod layout;
+mod tags;
+mod writer;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::oci::{Digest, MediaType};
+
+pub use layout::Layout;
+pub use tags::TagRecord;
+pub use writer::BlobWriter;
+
+/// A store error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A filesystem operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The bytes written do not hash to the expected digest.
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The digest the content was requested by.
+        expected: Digest,
+        /// The digest of what arrived.
+        actual: Digest,
+    },
+    /// More or fewer bytes than announced.
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Announced size.
+        expected: u64,
+        /// Bytes received.
+        actual: u64,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self + use<> {
+        let path = path.to_owned();
+        move |source| Self::Io { op, path, source }
+    }
+}
+
+/// What the store remembers about a manifest besides its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    /// The `Content-Type` upstream sent, verbatim.
+    pub media_type: String,
+    /// Length of the manifest bytes.
+    pub size: u64,
+}
+
+/// The blob and metadata store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    layout: Arc<Layout>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        // The closure panicked or the runtime is shutting down.
+        Err(e) => Err(Error::Io {
+            op: "blocking task",
+            path: PathBuf::new(),
+            source: io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) a store at `root` and sweeps stale
+    /// temporary files left by a previous process.
+    pub async fn open(root: &Path) -> Result<Self, Error> {
+        let layout = Arc::new(Layout::new(root));
+        let l = layout.clone();
+        let swept = blocking(move || l.init()).await?;
+        if swept > 0 {
+            tracing::info!(swept, "removed stale temporary files");
+        }
+        Ok(Self { layout })
+    }
+
+    /// The path layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The size of a stored blob, or `None` when absent.
+    pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>, Error> {
+        let path = self.layout.blob(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("stat", &path)(e)),
+        }
+    }
+
+    /// Opens a stored blob for reading, with its size.
+    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<(tokio::fs::File, u64)>, Error> {
+        let path = self.layout.blob(digest);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &path)(e)),
+        };
+        let len = file
+            .metadata()
+            .await
+            .map_err(Error::io("stat", &path))?
+            .len();
+        Ok(Some((file, len)))
+    }
+
+    /// Starts writing a blob that must hash to `digest`.
+    pub async fn writer(&self, digest: &Digest) -> Result<BlobWriter, Error> {
+        let layout = self.layout.clone();
+        let digest = digest.clone();
+        blocking(move || BlobWriter::create(layout, digest)).await
+    }
+
+    /// Reads a stored manifest: its bytes and record.
+    pub async fn manifest(&self, digest: &Digest) -> Result<Option<(Bytes, ManifestRecord)>, Error> {
+        let rec_path = self.layout.manifest_record(digest);
+        let blob_path = self.layout.blob(digest);
+        let digest = digest.clone();
+        blocking(move || {
+            let Some(rec) = read_json::<ManifestRecord>(&rec_path)? else {
+                return Ok(None);
+            };
+            let bytes = match std::fs::read(&blob_path) {
+                Ok(b) => Bytes::from(b),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io("read", &blob_path)(e)),
+            };
+            // Manifests are small: re-check them on every load from disk, so a
+            // bit flip on disk is never served.
+            if bytes.len() as u64 != rec.size || !digest.verify(&bytes) {
+                tracing::warn!(%digest, "stored manifest fails its digest; ignoring it");
+                return Ok(None);
+            }
+            Ok(Some((bytes, rec)))
+        })
+        .await
+    }
+
+    /// Stores manifest bytes (verified against `digest`) and its record.
+    pub async fn put_manifest(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+        media_type: &MediaType,
+    ) -> Result<(), Error> {
+        let mut w = self.writer(digest).await?;
+        let rec = ManifestRecord {
+            media_type: media_type.as_str().to_owned(),
+            size: bytes.len() as u64,
+        };
+        let rec_path = self.layout.manifest_record(digest);
+        let layout = self.layout.clone();
+        blocking(move || {
+            w.write(&bytes)?;
+            w.finish(Some(bytes.len() as u64))?;
+            layout.write_json_atomic(&rec_path, &rec)
+        })
+        .await
+    }
+
+    /// Loads a tag record.
+    pub async fn tag(&self, key: &tags::TagKey) -> Result<Option<TagRecord>, Error> {
+        let path = self.layout.tag(key);
+        blocking(move || read_json(&path)).await
+    }
+
+    /// Saves a tag record atomically.
+    pub async fn put_tag(&self, key: &tags::TagKey, rec: &TagRecord) -> Result<(), Error> {
+        let path = self.layout.tag(key);
+        let layout = self.layout.clone();
+        let rec = rec.clone();
+        blocking(move || layout.write_json_atomic(&path, &rec)).await
+    }
+
+    /// Forgets a tag (it was deleted upstream).
+    pub async fn remove_tag(&self, key: &tags::TagKey) -> Result<(), Error> {
+        let path = self.layout.tag(key);
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path)(e)),
+        })
+        .await
+    }
+
+    /// Records that a repository has cached content (for `_catalog`).
+    pub async fn mark_repo(
+        &self,
+        upstream: &crate::config::UpstreamId,
+        repo: &crate::oci::RepoName,
+    ) -> Result<(), Error> {
+        let dir = self.layout.repo_tags_dir(upstream, repo);
+        blocking(move || std::fs::create_dir_all(&dir).map_err(Error::io("mkdir", &dir))).await
+    }
+
+    /// Repositories of `upstream` with cached content, sorted.
+    pub async fn repos(&self, upstream: &crate::config::UpstreamId) -> Result<Vec<String>, Error> {
+        let layout = self.layout.clone();
+        let upstream = upstream.clone();
+        blocking(move || layout.list_repos(&upstream)).await
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, Error> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path)(e)),
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Ok(Some(v)),
+        Err(_) => {
+            // A torn or foreign file: treat as absent, it will be rewritten.
+            tracing::warn!(path = %path.display(), "ignoring unreadable record");
+            Ok(None)
+        }
+    }
+}
+
+pub use tags::{TagKey, epoch_ms as tags_epoch_ms};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! `BlobWriter`: writes a blob to a temporary file while hashing it, and
+//! commits it under its digest only when size and digest check out.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::layout::{Layout, rename_into_place};
+use super::Error;
+use crate::oci::{Digest, Digester};
+
+/// An in-progress blob write. Blocking I/O: call from the blocking pool.
+///
+/// Dropping a writer that was not successfully finished removes its temporary
+/// file, so an abandoned or failed write never leaves anything that could be
+/// served.
+#[derive(Debug)]
+pub struct BlobWriter {
+    layout: Arc<Layout>,
+    digest: Digest,
+    tmp: PathBuf,
+    file: Option<std::fs::File>,
+    hasher: Option<Digester>,
+    written: u64,
+}
+
+impl BlobWriter {
+    pub(super) fn create(layout: Arc<Layout>, digest: Digest) -> Result<Self, Error> {
+        let tmp = layout.tmp_file(digest.hex());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(Error::io("create", &tmp))?;
+        Ok(Self {
+            hasher: Some(Digester::new(digest.algorithm())),
+            layout,
+            digest,
+            tmp,
+            file: Some(file),
+            written: 0,
+        })
+    }
+
+    /// The digest the content must hash to.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Opens the temporary file for reading, for streaming the blob to clients
+    /// while it is being written. The handle stays valid after the file is
+    /// renamed or removed.
+    pub fn open_reader(&self) -> Result<std::fs::File, Error> {
+        std::fs::File::open(&self.tmp).map_err(Error::io("open", &self.tmp))
+    }
+
+    /// Hashes and appends bytes. After this returns, the bytes are visible to
+    /// readers of the temporary file.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let (Some(file), Some(hasher)) = (self.file.as_mut(), self.hasher.as_mut()) else {
+            return Err(Error::io("write", &self.tmp)(std::io::Error::other("writer finished")));
+        };
+        hasher.update(bytes);
+        file.write_all(bytes).map_err(Error::io("write", &self.tmp))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Checks size (when known) and digest, fsyncs and renames the file into
+    /// place. On any error the temporary file is removed and nothing is
+    /// stored. Returns the blob's size.
+    pub fn finish(&mut self, expected_size: Option<u64>) -> Result<u64, Error> {
+        let (Some(file), Some(hasher)) = (self.file.take(), self.hasher.take()) else {
+            return Err(Error::io("finish", &self.tmp)(std::io::Error::other("writer finished")));
+        };
+        if let Some(expected) = expected_size
+            && expected != self.written
+        {
+            return Err(Error::SizeMismatch {
+                expected,
+                actual: self.written,
+            });
+        }
+        let actual = hasher.finish();
+        if actual != self.digest {
+            return Err(Error::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        file.sync_all().map_err(Error::io("fsync", &self.tmp))?;
+        drop(file);
+        rename_into_place(&self.tmp, &self.layout.blob(&self.digest))?;
+        // The temporary path no longer exists: nothing for Drop to remove.
+        self.tmp = PathBuf::new();
+        Ok(self.written)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
