@@ -82,7 +82,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listeners = app.bind().await?;
     for l in &listeners {
         let addr = l.tcp.local_addr()?;
-        let pinned = l.pinned.as_ref().map_or("-".to_owned(), ToString::to_string);
+        let pinned = l.pinned.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
         tracing::info!(%addr, pinned, "listening (http)");
     }
     tracing::info!(root = %root.display(), "mirrorgate ready");
@@ -94,12 +94,10 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
         };
         tokio::select! {
             _ = ctrl_c => {}

@@ -227,7 +227,7 @@ fn from_upstream(e: &upstream::Error, subject: Subject) -> ApiError {
             match *status {
                 404 => up(
                     StatusCode::NOT_FOUND,
-                    upstream_code.unwrap_or(unknown_code(subject)),
+                    upstream_code.unwrap_or_else(|| unknown_code(subject)),
                     format!("{} not found upstream", subject_name(subject)),
                 ),
                 // Docker Hub answers 401 for repositories that do not exist.

@@ -160,7 +160,8 @@ url = "https://quay.io"
         let ghcr = &c.upstreams[1].id;
         let quay = &c.upstreams[2].id;
         // (ns, prefix, name, pinned) -> (upstream, via, name after stripping)
-        let cases: Vec<(Option<&str>, Option<&str>, &str, Option<&UpstreamId>, &str, Via, &str)> = vec![
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, &'a str, Option<&'a UpstreamId>, &'a str, Via, &'a str);
+        let cases: Vec<Case<'_>> = vec![
             (None, None, "library/alpine", None, "docker.io", Via::Default, "library/alpine"),
             (None, None, "org/app", Some(ghcr), "ghcr.io", Via::Pinned, "org/app"),
             (None, None, "quay.io/org/app", Some(ghcr), "quay.io", Via::Prefix, "org/app"),

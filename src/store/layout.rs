@@ -129,7 +129,7 @@ impl Layout {
     pub(crate) fn list_repos(&self, upstream: &UpstreamId) -> Result<Vec<String>, Error> {
         let base = self.root.join("repos").join(upstream.as_str());
         let mut out = Vec::new();
-        let mut stack = vec![(base.clone(), String::new())];
+        let mut stack = vec![(base, String::new())];
         while let Some((dir, name)) = stack.pop() {
             let rd = match std::fs::read_dir(&dir) {
                 Ok(rd) => rd,
@@ -160,7 +160,7 @@ impl Layout {
 /// Renames `tmp` to `dest` (creating `dest`'s directory) and fsyncs the
 /// directory so the rename survives a crash.
 pub(crate) fn rename_into_place(tmp: &Path, dest: &Path) -> Result<(), Error> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
+    let dir = dest.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io("mkdir", dir))?;
     std::fs::rename(tmp, dest).map_err(Error::io("rename", dest))?;
     let d = std::fs::File::open(dir).map_err(Error::io("open dir", dir))?;

@@ -1,0 +1,11 @@
+//! Hermetic end-to-end tests: the real mirror on loopback against in-process
+//! fake upstream registries (with fault knobs). One test binary, to keep
+//! link time down.
+
+mod support;
+
+mod coalesce;
+mod faults;
+mod pull;
+mod routing;
+mod tags;

@@ -1,0 +1,28 @@
+//! Test support: fake upstream registries, test images, and a running mirror.
+#![allow(dead_code)]
+
+pub mod fake_upstream;
+pub mod gateway;
+pub mod image;
+
+pub use fake_upstream::{Auth, FakeUpstream, Options};
+pub use gateway::{Gateway, assert_store_verified, client, files_under, upstream_toml};
+
+/// The Accept header containerd sends when resolving a tag.
+pub const ACCEPT_ALL: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+
+/// A mirror with one listener, in front of one fake upstream named
+/// `docker.io` (the default).
+pub async fn single(up: &FakeUpstream, dir: &std::path::Path, extra: &str) -> Gateway {
+    let cfg = format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+        upstream_toml("docker.io", &up.url(), &format!("default = true\n{extra}"))
+    );
+    Gateway::start(&cfg, dir).await
+}
+
+/// Parses an OCI error envelope and returns its first code.
+pub async fn error_code(resp: reqwest::Response) -> String {
+    let v: serde_json::Value = resp.json().await.expect("error body is JSON");
+    v["errors"][0]["code"].as_str().expect("code").to_owned()
+}

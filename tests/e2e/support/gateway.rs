@@ -1,0 +1,120 @@
+//! Starts the real mirrorgate `App` on 127.0.0.1:0 against fake upstreams,
+//! and a plain HTTP client for talking to it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mirrorgate::app::App;
+use mirrorgate::config::Config;
+use tokio::sync::oneshot;
+
+/// A running mirror.
+pub struct Gateway {
+    /// Listener addresses, in config order.
+    pub addrs: Vec<SocketAddr>,
+    /// The data directory.
+    pub root: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts a mirror from TOML config text. Listener addresses in the text
+    /// should use port 0.
+    pub async fn start(config: &str, root: &Path) -> Self {
+        let text = format!("[storage]\nroot = {:?}\n{config}", root.display().to_string());
+        let config = Config::from_toml(&text, root).expect("test config is valid");
+        let app = Arc::new(App::build(config).await.expect("app builds"));
+        let listeners = app.bind().await.expect("bind");
+        let addrs = listeners
+            .iter()
+            .map(|l| l.tcp.local_addr().expect("local addr"))
+            .collect();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run(listeners, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Self {
+            addrs,
+            root: root.to_owned(),
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// `http://addr` of listener `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.addrs[i])
+    }
+
+    /// Stops the mirror and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// One upstream section for a test config.
+pub fn upstream_toml(name: &str, url: &str, extra: &str) -> String {
+    format!("[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n")
+}
+
+/// An HTTP client for talking to the mirror (no redirects, no proxy).
+pub fn client() -> reqwest::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Asserts every file in the blob store hashes to its name.
+pub fn assert_store_verified(root: &Path) {
+    for f in files_under(&root.join("blobs")) {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        let bytes = std::fs::read(&f).unwrap();
+        let got = mirrorgate::oci::Digest::sha256_of(&bytes);
+        assert_eq!(got.hex(), name, "stored blob {} fails its digest", f.display());
+    }
+}
