@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::mirror::Mirror;
-use crate::registry::route::Router;
 use crate::registry::Registry;
+use crate::registry::route::Router;
 use crate::server::{self, Listener};
 use crate::store::BlobStore;
 
@@ -69,7 +69,10 @@ impl App {
         for l in &self.config.listeners {
             let tcp = tokio::net::TcpListener::bind(l.addr)
                 .await
-                .map_err(|source| Error::Bind { addr: l.addr, source })?;
+                .map_err(|source| Error::Bind {
+                    addr: l.addr,
+                    source,
+                })?;
             out.push(Listener {
                 tcp,
                 pinned: l.upstream.clone(),

@@ -220,8 +220,14 @@ mod tests {
         };
         let fresh = remaining(&entry(Duration::from_secs(100), false)).unwrap();
         assert!(fresh <= Duration::from_secs(200) && fresh > Duration::from_secs(190));
-        assert_eq!(remaining(&entry(Duration::from_secs(400), false)), Some(Duration::ZERO));
-        assert_eq!(remaining(&entry(Duration::ZERO, true)), Some(Duration::ZERO));
+        assert_eq!(
+            remaining(&entry(Duration::from_secs(400), false)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            remaining(&entry(Duration::ZERO, true)),
+            Some(Duration::ZERO)
+        );
         assert_eq!(remaining(&manifest(1)), None);
     }
 }

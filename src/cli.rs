@@ -44,7 +44,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { file } => {
-            let c = Config::load(&file).with_context(|| format!("invalid config {}", file.display()))?;
+            let c = Config::load(&file)
+                .with_context(|| format!("invalid config {}", file.display()))?;
             println!(
                 "{}: ok ({} upstreams, {} listeners)",
                 file.display(),
@@ -59,7 +60,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { config, data_dir } => {
             let mut c = match &config {
-                Some(p) => Config::load(p).with_context(|| format!("invalid config {}", p.display()))?,
+                Some(p) => {
+                    Config::load(p).with_context(|| format!("invalid config {}", p.display()))?
+                }
                 None => Config::embedded_default().context("invalid embedded config")?,
             };
             if let Some(d) = data_dir {
@@ -82,7 +85,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listeners = app.bind().await?;
     for l in &listeners {
         let addr = l.tcp.local_addr()?;
-        let pinned = l.pinned.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
+        let pinned = l
+            .pinned
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string);
         tracing::info!(%addr, pinned, "listening (http)");
     }
     tracing::info!(root = %root.display(), "mirrorgate ready");
@@ -94,7 +100,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         else {
             let _ = ctrl_c.await;
             return;

@@ -214,12 +214,20 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, E
 
 fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
     let storage_root = resolve(base, &raw.storage.root.unwrap_or_else(|| "./data".into()));
-    let tag_ttl = duration("cache.tag_ttl", raw.cache.tag_ttl.as_deref(), DEFAULT_TAG_TTL)?;
+    let tag_ttl = duration(
+        "cache.tag_ttl",
+        raw.cache.tag_ttl.as_deref(),
+        DEFAULT_TAG_TTL,
+    )?;
     let metadata_max_bytes = match raw.cache.metadata_max_size.as_deref() {
         None => DEFAULT_METADATA_MAX,
         Some(s) => {
-            let b = bytesize::ByteSize::from_str(s)
-                .map_err(|e| invalid("cache.metadata_max_size", format!("invalid size {s:?}: {e}")))?;
+            let b = bytesize::ByteSize::from_str(s).map_err(|e| {
+                invalid(
+                    "cache.metadata_max_size",
+                    format!("invalid size {s:?}: {e}"),
+                )
+            })?;
             if b.as_u64() < 1024 * 1024 {
                 return Err(invalid("cache.metadata_max_size", "must be at least 1MiB"));
             }
@@ -245,7 +253,10 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
         return Err(invalid("upstream", "at least one [[upstream]] is required"));
     }
     if upstreams.iter().filter(|u| u.default).count() > 1 {
-        return Err(invalid("upstream.default", "only one upstream may be the default"));
+        return Err(invalid(
+            "upstream.default",
+            "only one upstream may be the default",
+        ));
     }
 
     let mut listeners = Vec::new();
@@ -272,7 +283,10 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
                     .find(|u| u.id.as_str() == name || u.aliases.contains(&name))
                     .map(|u| u.id.clone())
                     .ok_or_else(|| {
-                        invalid(format!("{key}.upstream"), format!("no upstream named {name:?}"))
+                        invalid(
+                            format!("{key}.upstream"),
+                            format!("no upstream named {name:?}"),
+                        )
                     })?,
             ),
         };
@@ -310,8 +324,12 @@ fn validate_upstream(
             ),
         ));
     }
-    let url = url::Url::parse(&u.url)
-        .map_err(|e| invalid(format!("{key}.url"), format!("invalid URL {:?}: {e}", u.url)))?;
+    let url = url::Url::parse(&u.url).map_err(|e| {
+        invalid(
+            format!("{key}.url"),
+            format!("invalid URL {:?}: {e}", u.url),
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(invalid(
             format!("{key}.url"),
@@ -357,14 +375,14 @@ fn validate_upstream(
     let password = match u.password {
         None => None,
         Some(file::Password::Inline(s)) => Some(Secret::new(s)),
-        Some(file::Password::Env { env }) => Some(Secret::new(std::env::var(&env).map_err(
-            |_| {
+        Some(file::Password::Env { env }) => {
+            Some(Secret::new(std::env::var(&env).map_err(|_| {
                 invalid(
                     format!("{key}.password"),
                     format!("environment variable {env:?} is not set"),
                 )
-            },
-        )?)),
+            })?))
+        }
         Some(file::Password::File { file }) => {
             let p = resolve(base, &file);
             let s = std::fs::read_to_string(&p).map_err(|e| {
@@ -380,10 +398,16 @@ fn validate_upstream(
         (Some(username), Some(password)) => Some(Credentials { username, password }),
         (None, None) => None,
         (Some(_), None) => {
-            return Err(invalid(format!("{key}.password"), "username is set but password is not"));
+            return Err(invalid(
+                format!("{key}.password"),
+                "username is set but password is not",
+            ));
         }
         (None, Some(_)) => {
-            return Err(invalid(format!("{key}.username"), "password is set but username is not"));
+            return Err(invalid(
+                format!("{key}.username"),
+                "password is set but username is not",
+            ));
         }
     };
     Ok(UpstreamConfig {

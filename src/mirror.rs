@@ -163,7 +163,10 @@ impl Mirror {
         query: &[(String, String)],
     ) -> Result<upstream::Passthrough, Error> {
         let up = self.upstream(id)?;
-        Ok(up.client.get_tags(&self.upstream_repo(id, repo), query).await?)
+        Ok(up
+            .client
+            .get_tags(&self.upstream_repo(id, repo), query)
+            .await?)
     }
 
     /// Passes the referrers API through; an upstream 404 stays an error so
@@ -177,7 +180,10 @@ impl Mirror {
     ) -> Result<upstream::Passthrough, Error> {
         let up = self.upstream(id)?;
         let repo = self.upstream_repo(id, repo);
-        Ok(up.client.get_referrers(&repo, digest, artifact_type).await?)
+        Ok(up
+            .client
+            .get_referrers(&repo, digest, artifact_type)
+            .await?)
     }
 
     /// Repositories of `id` that have cached content, sorted.

@@ -142,13 +142,18 @@ impl Registry {
         }
         let query = Query::parse(req.uri().query());
         let name = match &endpoint {
-            Endpoint::Manifest(n, _) | Endpoint::Blob(n, _) | Endpoint::Tags(n) | Endpoint::Referrers(n, _) => {
-                Some(n.clone())
-            }
+            Endpoint::Manifest(n, _)
+            | Endpoint::Blob(n, _)
+            | Endpoint::Tags(n)
+            | Endpoint::Referrers(n, _) => Some(n.clone()),
             Endpoint::Ping | Endpoint::Catalog | Endpoint::Upload => None,
         };
         if endpoint == Endpoint::Ping {
-            return Ok(response::json(StatusCode::OK, "{}".into(), method == Method::HEAD));
+            return Ok(response::json(
+                StatusCode::OK,
+                "{}".into(),
+                method == Method::HEAD,
+            ));
         }
         let sel = self.router.select(
             query.ns.as_deref(),
@@ -181,7 +186,11 @@ impl Registry {
         let id = &sel.upstream;
         // invariant: every endpoint with a name had it passed to select(),
         // which returns it (possibly stripped of a prefix).
-        let name = || sel.name.clone().ok_or_else(|| ApiError::from(path::PathError::Name));
+        let name = || {
+            sel.name
+                .clone()
+                .ok_or_else(|| ApiError::from(path::PathError::Name))
+        };
         match endpoint {
             Endpoint::Manifest(_, reference) => self.manifest(ctx, id, &name()?, &reference).await,
             Endpoint::Blob(_, digest) => self.blob(ctx, id, &name()?, &digest).await,
@@ -229,7 +238,11 @@ impl Registry {
             .map_err(|e| from_mirror(&e, Subject::Manifest))?;
         ctx.log.cache = Some(m.status);
         let len = m.bytes.len();
-        let body = if ctx.head { response::empty() } else { response::full(m.bytes) };
+        let body = if ctx.head {
+            response::empty()
+        } else {
+            response::full(m.bytes)
+        };
         let mut r = response::with_body(StatusCode::OK, body);
         set(&mut r, header::CONTENT_TYPE, m.media_type.as_str());
         set(&mut r, CONTENT_DIGEST, &m.digest.to_string());
@@ -302,12 +315,18 @@ impl Registry {
                     StatusCode::PARTIAL_CONTENT,
                     response::stream(b.into_stream(start, Some(end))),
                 );
-                set(&mut r, header::CONTENT_RANGE, &format!("bytes {start}-{}/{size}", end - 1));
-                r.headers_mut().insert(header::CONTENT_LENGTH, (end - start).into());
+                set(
+                    &mut r,
+                    header::CONTENT_RANGE,
+                    &format!("bytes {start}-{}/{size}", end - 1),
+                );
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, (end - start).into());
                 r
             }
             (_, size) => {
-                let mut r = response::with_body(StatusCode::OK, response::stream(b.into_stream(0, None)));
+                let mut r =
+                    response::with_body(StatusCode::OK, response::stream(b.into_stream(0, None)));
                 if let Some(size) = size {
                     r.headers_mut().insert(header::CONTENT_LENGTH, size.into());
                 }
@@ -318,7 +337,11 @@ impl Registry {
         Ok(r)
     }
 
-    async fn catalog(&self, ctx: &mut Ctx<'_>, id: &UpstreamId) -> Result<Response<Body>, ApiError> {
+    async fn catalog(
+        &self,
+        ctx: &mut Ctx<'_>,
+        id: &UpstreamId,
+    ) -> Result<Response<Body>, ApiError> {
         ctx.log.cache = Some(CacheStatus::Hit);
         let repos = self
             .mirror
@@ -328,9 +351,18 @@ impl Registry {
         let n = ctx.query.n.as_deref().and_then(|n| n.parse::<usize>().ok());
         let after: Vec<&String> = repos
             .iter()
-            .filter(|r| ctx.query.last.as_ref().is_none_or(|l| r.as_str() > l.as_str()))
+            .filter(|r| {
+                ctx.query
+                    .last
+                    .as_ref()
+                    .is_none_or(|l| r.as_str() > l.as_str())
+            })
             .collect();
-        let page: Vec<&String> = after.iter().take(n.unwrap_or(usize::MAX)).copied().collect();
+        let page: Vec<&String> = after
+            .iter()
+            .take(n.unwrap_or(usize::MAX))
+            .copied()
+            .collect();
         let body = serde_json::json!({ "repositories": page }).to_string();
         let mut r = response::json(StatusCode::OK, body, ctx.head);
         if let (Some(n), Some(last)) = (n, page.last())
@@ -341,7 +373,11 @@ impl Registry {
                 .append_pair("n", &n.to_string())
                 .append_pair("last", last)
                 .finish();
-            set(&mut r, header::LINK, &format!("<{}?{q}>; rel=\"next\"", ctx.path));
+            set(
+                &mut r,
+                header::LINK,
+                &format!("<{}?{q}>; rel=\"next\"", ctx.path),
+            );
         }
         Ok(r)
     }
@@ -351,7 +387,11 @@ impl Registry {
 /// rewritten to the path shape this client used.
 fn passthrough(ctx: &Ctx<'_>, p: crate::upstream::Passthrough) -> Response<Body> {
     let len = p.body.len();
-    let body = if ctx.head { response::empty() } else { response::full(p.body) };
+    let body = if ctx.head {
+        response::empty()
+    } else {
+        response::full(p.body)
+    };
     let mut r = response::with_body(p.status, body);
     r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
     if let Some(ct) = &p.content_type {
@@ -362,7 +402,11 @@ fn passthrough(ctx: &Ctx<'_>, p: crate::upstream::Passthrough) -> Response<Body>
             r.headers_mut().insert(k.clone(), v.clone());
         }
     }
-    if let Some(link) = p.link.as_deref().and_then(|l| rewrite_link(l, ctx.path, ctx.query.ns.as_deref())) {
+    if let Some(link) = p
+        .link
+        .as_deref()
+        .and_then(|l| rewrite_link(l, ctx.path, ctx.query.ns.as_deref()))
+    {
         set(&mut r, header::LINK, &link);
     }
     r

@@ -136,7 +136,10 @@ impl BlobStore {
     }
 
     /// Opens a stored blob for reading, with its size.
-    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<(tokio::fs::File, u64)>, Error> {
+    pub async fn open_blob(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(tokio::fs::File, u64)>, Error> {
         let path = self.layout.blob(digest);
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -159,7 +162,10 @@ impl BlobStore {
     }
 
     /// Reads a stored manifest: its bytes and record.
-    pub async fn manifest(&self, digest: &Digest) -> Result<Option<(Bytes, ManifestRecord)>, Error> {
+    pub async fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(Bytes, ManifestRecord)>, Error> {
         let rec_path = self.layout.manifest_record(digest);
         let blob_path = self.layout.blob(digest);
         let digest = digest.clone();

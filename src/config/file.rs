@@ -67,12 +67,8 @@ pub(crate) struct Upstream {
 #[serde(untagged)]
 pub(crate) enum Password {
     Inline(String),
-    Env {
-        env: String,
-    },
-    File {
-        file: PathBuf,
-    },
+    Env { env: String },
+    File { file: PathBuf },
 }
 
 impl std::fmt::Debug for Password {

@@ -18,8 +18,14 @@ fn embedded_default_is_valid() {
     let c = Config::embedded_default().unwrap();
     assert_eq!(c.upstreams.len(), 3);
     assert_eq!(c.listeners.len(), 3);
-    assert_eq!(c.listeners[1].upstream.as_ref().unwrap().as_str(), "ghcr.io");
-    assert_eq!(c.listeners[2].upstream.as_ref().unwrap().as_str(), "quay.io");
+    assert_eq!(
+        c.listeners[1].upstream.as_ref().unwrap().as_str(),
+        "ghcr.io"
+    );
+    assert_eq!(
+        c.listeners[2].upstream.as_ref().unwrap().as_str(),
+        "quay.io"
+    );
     assert!(c.upstreams[0].default && c.upstreams[0].implicit_library);
     assert!(!c.upstreams[1].implicit_library);
     assert_eq!(c.cache.tag_ttl, Duration::from_secs(300));
@@ -108,7 +114,10 @@ fn passwords_from_file_and_inline_never_print() {
     assert_eq!(creds.password.expose(), "s3cret");
     assert!(!format!("{c:?}").contains("s3cret"));
 
-    let text = MINIMAL.replace("default = true", "default = true\nusername = \"u\"\npassword = \"inl1ne\"");
+    let text = MINIMAL.replace(
+        "default = true",
+        "default = true\nusername = \"u\"\npassword = \"inl1ne\"",
+    );
     let c = parse(&text).unwrap();
     assert!(!format!("{c:?}").contains("inl1ne"));
 }

@@ -58,7 +58,11 @@ enum Source {
 
 impl BlobBody {
     /// Streams bytes `start..end` (`end` exclusive; `None` = to the end).
-    pub fn into_stream(self, start: u64, end: Option<u64>) -> BoxStream<'static, io::Result<Bytes>> {
+    pub fn into_stream(
+        self,
+        start: u64,
+        end: Option<u64>,
+    ) -> BoxStream<'static, io::Result<Bytes>> {
         match self.source {
             Source::File(file) => {
                 let len = end.or(self.size).unwrap_or(u64::MAX).saturating_sub(start);
@@ -69,12 +73,19 @@ impl BlobBody {
     }
 }
 
-fn file_stream(mut file: tokio::fs::File, start: u64, len: u64) -> BoxStream<'static, io::Result<Bytes>> {
+fn file_stream(
+    mut file: tokio::fs::File,
+    start: u64,
+    len: u64,
+) -> BoxStream<'static, io::Result<Bytes>> {
     let open = async move {
         if start > 0 {
             file.seek(io::SeekFrom::Start(start)).await?;
         }
-        Ok::<_, io::Error>(tokio_util::io::ReaderStream::with_capacity(file.take(len), CHUNK))
+        Ok::<_, io::Error>(tokio_util::io::ReaderStream::with_capacity(
+            file.take(len),
+            CHUNK,
+        ))
     };
     open.into_stream()
         .map(|r| match r {
@@ -118,7 +129,11 @@ fn readable(state: &FillState) -> Readable {
     }
 }
 
-fn fill_stream(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BoxStream<'static, io::Result<Bytes>> {
+fn fill_stream(
+    fill: Arc<Fill>,
+    start: u64,
+    end: Option<u64>,
+) -> BoxStream<'static, io::Result<Bytes>> {
     let rx = fill.state.subscribe();
     let reader = Reader {
         fill,
@@ -196,7 +211,12 @@ async fn ready(fill: &Fill) -> Result<Option<u64>, Error> {
 
 impl Mirror {
     /// Answers a blob HEAD without downloading the blob.
-    pub async fn head_blob(&self, id: &UpstreamId, repo: &RepoName, digest: &Digest) -> Result<BlobHead, Error> {
+    pub async fn head_blob(
+        &self,
+        id: &UpstreamId,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobHead, Error> {
         if let Some(size) = self.store.stat(digest).await? {
             return Ok(BlobHead {
                 size: Some(size),
@@ -212,7 +232,10 @@ impl Mirror {
             });
         }
         let up = self.upstream(id)?;
-        let head = up.client.head_blob(&self.upstream_repo(id, repo), digest).await?;
+        let head = up
+            .client
+            .head_blob(&self.upstream_repo(id, repo), digest)
+            .await?;
         Ok(BlobHead {
             size: head.size,
             status: CacheStatus::Miss,
@@ -221,7 +244,12 @@ impl Mirror {
 
     /// Opens a blob: from the store, or by starting or joining its download.
     /// Returns once the bytes can start flowing (or upstream refused).
-    pub async fn blob(&self, id: &UpstreamId, repo: &RepoName, digest: &Digest) -> Result<BlobBody, Error> {
+    pub async fn blob(
+        &self,
+        id: &UpstreamId,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobBody, Error> {
         // Two rounds at most: a fill can finish between our store check and
         // the table lookup, in which case the store has the blob.
         for _ in 0..2 {
@@ -303,7 +331,9 @@ impl FillTask {
         let reader = writer.open_reader()?;
         // invariant: only this task sets the reader, once.
         let _ = self.fill.reader.set(Arc::new(reader));
-        self.fill.state.send_replace(FillState::Streaming { size, written: 0 });
+        self.fill
+            .state
+            .send_replace(FillState::Streaming { size, written: 0 });
         let mut body = resp.body;
         let mut writer = Some(writer);
         let mut written = 0u64;

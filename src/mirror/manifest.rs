@@ -67,10 +67,16 @@ impl Mirror {
             Reference::Digest(d) => self.manifest_by_digest(&up, &repo, d).await,
             Reference::Tag(tag) => {
                 let (entry, status) = self.resolve_tag(&up, &repo, tag, accept).await?;
-                let mut m = self.manifest_by_digest(&up, &repo, &entry.record.digest).await?;
+                let mut m = self
+                    .manifest_by_digest(&up, &repo, &entry.record.digest)
+                    .await?;
                 // The tag's status is what the client cares about: a tag hit
                 // whose manifest had to be read from disk is still a hit.
-                m.status = if entry.stale { CacheStatus::Stale } else { status };
+                m.status = if entry.stale {
+                    CacheStatus::Stale
+                } else {
+                    status
+                };
                 Ok(m)
             }
         }
@@ -155,7 +161,11 @@ impl Mirror {
             // Never seen: a GET answers in one round trip.
             return Ok(entry(self.fetch_tag(up, key).await?, false));
         };
-        match up.client.head_manifest(&key.repo, &reference, key.class).await {
+        match up
+            .client
+            .head_manifest(&key.repo, &reference, key.class)
+            .await
+        {
             Ok(head) => match head.digest {
                 Some(d) if d == old.digest => {
                     let rec = TagRecord {
@@ -196,17 +206,24 @@ impl Mirror {
     /// announced (if any), stores it and records the tag.
     async fn fetch_tag(&self, up: &Arc<Upstream>, key: &TagKey) -> Result<TagRecord, Error> {
         let reference = Reference::Tag(key.tag.clone());
-        let m = up.client.get_manifest(&key.repo, &reference, key.class).await?;
+        let m = up
+            .client
+            .get_manifest(&key.repo, &reference, key.class)
+            .await?;
         let digest = match &m.digest_header {
             Some(d) if d.verify(&m.bytes) => d.clone(),
             Some(d) => {
                 tracing::warn!(upstream = %up.config.id, repo = %key.repo, digest = %d,
                     "manifest does not match Docker-Content-Digest");
-                return Err(Error::Corrupt { expected: d.clone() });
+                return Err(Error::Corrupt {
+                    expected: d.clone(),
+                });
             }
             None => Digest::sha256_of(&m.bytes),
         };
-        self.store.put_manifest(&digest, m.bytes.clone(), &m.media_type).await?;
+        self.store
+            .put_manifest(&digest, m.bytes.clone(), &m.media_type)
+            .await?;
         self.store.mark_repo(&up.config.id, &key.repo).await?;
         let rec = TagRecord {
             digest: digest.clone(),

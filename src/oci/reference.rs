@@ -199,9 +199,7 @@ impl FromStr for Reference {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.contains(':') {
-            s.parse()
-                .map(Self::Digest)
-                .map_err(ReferenceError::Digest)
+            s.parse().map(Self::Digest).map_err(ReferenceError::Digest)
         } else {
             s.parse().map(Self::Tag).map_err(ReferenceError::Tag)
         }
@@ -236,23 +234,8 @@ mod tests {
             assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
         }
         for bad in [
-            "",
-            "/a",
-            "a/",
-            "a//b",
-            "A",
-            "a/../b",
-            "..",
-            ".",
-            "a/.",
-            "-a",
-            "a-",
-            "a___b",
-            "a_-b",
-            "a..b",
-            "a b",
-            "a%2fb",
-            "_a",
+            "", "/a", "a/", "a//b", "A", "a/../b", "..", ".", "a/.", "-a", "a-", "a___b", "a_-b",
+            "a..b", "a b", "a%2fb", "_a",
         ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad}");
         }

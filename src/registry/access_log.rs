@@ -42,7 +42,9 @@ pub struct LoggedBody {
 
 impl std::fmt::Debug for LoggedBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoggedBody").field("log", &self.log).finish()
+        f.debug_struct("LoggedBody")
+            .field("log", &self.log)
+            .finish()
     }
 }
 

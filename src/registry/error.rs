@@ -146,7 +146,11 @@ impl ApiError {
     /// Extra response headers this error carries.
     pub fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
         let mut h = Vec::new();
-        if let Some(v) = self.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        if let Some(v) = self
+            .retry_after
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
             h.push((header::RETRY_AFTER, v));
         }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
@@ -170,7 +174,12 @@ impl From<PathError> for ApiError {
 
 impl From<NoRoute> for ApiError {
     fn from(e: NoRoute) -> Self {
-        Self::new(StatusCode::NOT_FOUND, Code::NameUnknown, Origin::Downstream, e.to_string())
+        Self::new(
+            StatusCode::NOT_FOUND,
+            Code::NameUnknown,
+            Origin::Downstream,
+            e.to_string(),
+        )
     }
 }
 
@@ -236,7 +245,11 @@ fn from_upstream(e: &upstream::Error, subject: Subject) -> ApiError {
                     Code::NameUnknown,
                     "repository does not exist upstream or requires authorization".into(),
                 ),
-                403 => up(StatusCode::FORBIDDEN, Code::Denied, "upstream denied access".into()),
+                403 => up(
+                    StatusCode::FORBIDDEN,
+                    Code::Denied,
+                    "upstream denied access".into(),
+                ),
                 429 => ApiError {
                     retry_after: retry_after.clone(),
                     ..up(
@@ -262,12 +275,12 @@ fn from_upstream(e: &upstream::Error, subject: Subject) -> ApiError {
             Code::NameUnknown,
             "repository does not exist upstream or requires authorization".into(),
         ),
-        U::Timeout => up(
+        U::Timeout(_) => up(
             StatusCode::GATEWAY_TIMEOUT,
             Code::Unavailable,
             "upstream timed out".into(),
         ),
-        U::Connect { .. } => up(
+        U::Connect(_) => up(
             StatusCode::SERVICE_UNAVAILABLE,
             Code::Unavailable,
             "upstream unreachable".into(),

@@ -146,7 +146,10 @@ mod tests {
             Ok(Endpoint::Blob(n, _)) if n.as_str() == "org/blobs/x"
         ));
         assert!(matches!(ep("/v2/a/b/tags/list"), Ok(Endpoint::Tags(n)) if n.as_str() == "a/b"));
-        assert!(matches!(ep(&format!("/v2/a/referrers/{D}")), Ok(Endpoint::Referrers(..))));
+        assert!(matches!(
+            ep(&format!("/v2/a/referrers/{D}")),
+            Ok(Endpoint::Referrers(..))
+        ));
         assert_eq!(ep("/v2/a/blobs/uploads/"), Ok(Endpoint::Upload));
         assert_eq!(ep("/v2/a/blobs/uploads/123-456"), Ok(Endpoint::Upload));
     }
@@ -175,7 +178,10 @@ mod tests {
         assert_eq!(ep("/v2/a/blobs/sha256:1234"), Err(PathError::Digest));
         assert_eq!(ep("/v2/a/blobs/latest"), Err(PathError::Digest));
         assert_eq!(ep("/v2/a%2fb/manifests/latest"), Err(PathError::Name));
-        assert_eq!(ep(&format!("/v2/{}/tags/list", "a".repeat(2000))), Err(PathError::NotFound));
+        assert_eq!(
+            ep(&format!("/v2/{}/tags/list", "a".repeat(2000))),
+            Err(PathError::NotFound)
+        );
         assert_eq!(ep("//v2/"), Err(PathError::NotFound));
     }
 

@@ -83,7 +83,11 @@ mod tests {
             (Some("bytes=x-1"), 10, Full),
             (Some("bytes=-"), 10, Full),
             (Some("bytes=18446744073709551615-"), 10, Unsatisfiable),
-            (Some("bytes=0-18446744073709551615"), 10, Partial { start: 0, end: 10 }),
+            (
+                Some("bytes=0-18446744073709551615"),
+                10,
+                Partial { start: 0, end: 10 },
+            ),
         ];
         for (h, size, want) in cases {
             assert_eq!(decide(h, size), want, "{h:?}");

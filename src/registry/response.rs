@@ -22,7 +22,9 @@ pub fn empty() -> Body {
 
 /// A body of fixed bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A streaming body.
@@ -58,9 +60,15 @@ pub fn json(status: StatusCode, body: String, head: bool) -> Response<Body> {
 /// origin calls for.
 pub fn error(e: &ApiError, head: bool) -> Response<Body> {
     match e.origin {
-        Origin::Downstream => tracing::debug!(code = e.code.as_str(), message = %e.message, "bad request"),
-        Origin::Upstream => tracing::warn!(code = e.code.as_str(), message = %e.message, "upstream error"),
-        Origin::Internal => tracing::error!(code = e.code.as_str(), message = %e.message, "internal error"),
+        Origin::Downstream => {
+            tracing::debug!(code = e.code.as_str(), message = %e.message, "bad request")
+        }
+        Origin::Upstream => {
+            tracing::warn!(code = e.code.as_str(), message = %e.message, "upstream error")
+        }
+        Origin::Internal => {
+            tracing::error!(code = e.code.as_str(), message = %e.message, "internal error")
+        }
     }
     let mut r = json(e.status, e.body(), head);
     for (k, v) in e.headers() {

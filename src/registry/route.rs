@@ -65,7 +65,11 @@ impl Router {
                 names.insert(a.clone(), u.id.clone());
             }
         }
-        let default = config.upstreams.iter().find(|u| u.default).map(|u| u.id.clone());
+        let default = config
+            .upstreams
+            .iter()
+            .find(|u| u.default)
+            .map(|u| u.id.clone());
         Self { names, default }
     }
 
@@ -117,7 +121,11 @@ impl Router {
         } else {
             return Err(NoRoute::NoDefault);
         };
-        Ok(Selection { upstream, via, name })
+        Ok(Selection {
+            upstream,
+            via,
+            name,
+        })
     }
 }
 
@@ -160,23 +168,115 @@ url = "https://quay.io"
         let ghcr = &c.upstreams[1].id;
         let quay = &c.upstreams[2].id;
         // (ns, prefix, name, pinned) -> (upstream, via, name after stripping)
-        type Case<'a> = (Option<&'a str>, Option<&'a str>, &'a str, Option<&'a UpstreamId>, &'a str, Via, &'a str);
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a str,
+            Option<&'a UpstreamId>,
+            &'a str,
+            Via,
+            &'a str,
+        );
         let cases: Vec<Case<'_>> = vec![
-            (None, None, "library/alpine", None, "docker.io", Via::Default, "library/alpine"),
-            (None, None, "org/app", Some(ghcr), "ghcr.io", Via::Pinned, "org/app"),
-            (None, None, "quay.io/org/app", Some(ghcr), "quay.io", Via::Prefix, "org/app"),
-            (None, Some("quay.io"), "org/app", Some(ghcr), "quay.io", Via::Prefix, "org/app"),
-            (Some("ghcr.io"), Some("quay.io"), "org/app", None, "ghcr.io", Via::Ns, "org/app"),
-            (Some("ghcr.io"), None, "ghcr.io/org/app", None, "ghcr.io", Via::Ns, "org/app"),
-            (Some("docker.io"), Some("anything"), "library/x", Some(quay), "docker.io", Via::Ns, "library/x"),
-            (Some("registry-1.docker.io"), None, "library/x", None, "docker.io", Via::Ns, "library/x"),
-            (None, Some("INDEX.DOCKER.IO"), "library/x", None, "docker.io", Via::Prefix, "library/x"),
+            (
+                None,
+                None,
+                "library/alpine",
+                None,
+                "docker.io",
+                Via::Default,
+                "library/alpine",
+            ),
+            (
+                None,
+                None,
+                "org/app",
+                Some(ghcr),
+                "ghcr.io",
+                Via::Pinned,
+                "org/app",
+            ),
+            (
+                None,
+                None,
+                "quay.io/org/app",
+                Some(ghcr),
+                "quay.io",
+                Via::Prefix,
+                "org/app",
+            ),
+            (
+                None,
+                Some("quay.io"),
+                "org/app",
+                Some(ghcr),
+                "quay.io",
+                Via::Prefix,
+                "org/app",
+            ),
+            (
+                Some("ghcr.io"),
+                Some("quay.io"),
+                "org/app",
+                None,
+                "ghcr.io",
+                Via::Ns,
+                "org/app",
+            ),
+            (
+                Some("ghcr.io"),
+                None,
+                "ghcr.io/org/app",
+                None,
+                "ghcr.io",
+                Via::Ns,
+                "org/app",
+            ),
+            (
+                Some("docker.io"),
+                Some("anything"),
+                "library/x",
+                Some(quay),
+                "docker.io",
+                Via::Ns,
+                "library/x",
+            ),
+            (
+                Some("registry-1.docker.io"),
+                None,
+                "library/x",
+                None,
+                "docker.io",
+                Via::Ns,
+                "library/x",
+            ),
+            (
+                None,
+                Some("INDEX.DOCKER.IO"),
+                "library/x",
+                None,
+                "docker.io",
+                Via::Prefix,
+                "library/x",
+            ),
             // A one-component name equal to an upstream name is a repository, not a prefix.
-            (None, None, "quay.io", None, "docker.io", Via::Default, "quay.io"),
+            (
+                None,
+                None,
+                "quay.io",
+                None,
+                "docker.io",
+                Via::Default,
+                "quay.io",
+            ),
         ];
         for (ns, prefix, name, pinned, want, via, want_name) in cases {
             let s = r.select(ns, prefix, n(name), pinned).unwrap();
-            assert_eq!((s.upstream.as_str(), s.via), (want, via), "{ns:?} {prefix:?} {name}");
+            assert_eq!(
+                (s.upstream.as_str(), s.via),
+                (want, via),
+                "{ns:?} {prefix:?} {name}"
+            );
             assert_eq!(s.name.unwrap().as_str(), want_name);
         }
     }

@@ -65,8 +65,11 @@ impl Layout {
 
     /// `repos/<upstream>/<repo…>/_tags/<tag>.<class>`
     pub fn tag(&self, key: &TagKey) -> PathBuf {
-        self.repo_tags_dir(&key.upstream, &key.repo)
-            .join(format!("{}.{}", key.tag.as_str(), key.class.key()))
+        self.repo_tags_dir(&key.upstream, &key.repo).join(format!(
+            "{}.{}",
+            key.tag.as_str(),
+            key.class.key()
+        ))
     }
 
     /// The temporary directory.
@@ -106,7 +109,11 @@ impl Layout {
     }
 
     /// Writes JSON to `path` atomically (temp file, fsync, rename, fsync dir).
-    pub(crate) fn write_json_atomic<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), Error> {
+    pub(crate) fn write_json_atomic<T: Serialize>(
+        &self,
+        path: &Path,
+        value: &T,
+    ) -> Result<(), Error> {
         let bytes = serde_json::to_vec(value).map_err(|e| Error::Io {
             op: "serialize",
             path: path.to_owned(),
@@ -147,7 +154,11 @@ impl Layout {
                 if c == TAGS_DIR {
                     out.push(name.clone());
                 } else if crate::oci::reference::is_name_component(&c) {
-                    let child = if name.is_empty() { c } else { format!("{name}/{c}") };
+                    let child = if name.is_empty() {
+                        c
+                    } else {
+                        format!("{name}/{c}")
+                    };
                     stack.push((entry.path(), child));
                 }
             }

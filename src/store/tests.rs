@@ -44,7 +44,10 @@ async fn write_verify_commit() {
     std::os::unix::fs::FileExt::read_exact_at(&r, &mut buf, 0).unwrap();
     assert_eq!(&buf, b"hello");
     w.write(&data[5..]).unwrap();
-    assert_eq!(w.finish(Some(data.len() as u64)).unwrap(), data.len() as u64);
+    assert_eq!(
+        w.finish(Some(data.len() as u64)).unwrap(),
+        data.len() as u64
+    );
     assert_eq!(s.stat(&dg).await.unwrap(), Some(data.len() as u64));
     let path = s.layout().blob(&dg);
     assert!(path.starts_with(s.layout().root().join("blobs/sha256")));
@@ -62,7 +65,13 @@ async fn mismatches_store_nothing() {
     drop(w);
     let mut w = s.writer(&dg).await.unwrap();
     w.write(b"right").unwrap();
-    assert!(matches!(w.finish(Some(99)), Err(Error::SizeMismatch { expected: 99, actual: 5 })));
+    assert!(matches!(
+        w.finish(Some(99)),
+        Err(Error::SizeMismatch {
+            expected: 99,
+            actual: 5
+        })
+    ));
     drop(w);
     assert_eq!(s.stat(&dg).await.unwrap(), None);
     assert!(files_under(&s.layout().root().join("blobs")).is_empty());
@@ -142,7 +151,10 @@ async fn manifests_and_tags_roundtrip() {
     let s2 = BlobStore::open(d.path()).await.unwrap();
     assert_eq!(s2.tag(&key).await.unwrap(), Some(rec));
     assert_eq!(s2.manifest(&dg).await.unwrap().unwrap().0, m);
-    assert_eq!(s2.repos(&key.upstream).await.unwrap(), vec!["library/alpine".to_owned()]);
+    assert_eq!(
+        s2.repos(&key.upstream).await.unwrap(),
+        vec!["library/alpine".to_owned()]
+    );
     s2.remove_tag(&key).await.unwrap();
     assert_eq!(s2.tag(&key).await.unwrap(), None);
 }
@@ -152,7 +164,9 @@ async fn corrupted_manifest_on_disk_is_not_served() {
     let (_d, s) = store().await;
     let m = Bytes::from_static(b"{}");
     let dg = digest(&m);
-    s.put_manifest(&dg, m, &MediaType::new("application/json")).await.unwrap();
+    s.put_manifest(&dg, m, &MediaType::new("application/json"))
+        .await
+        .unwrap();
     std::fs::write(s.layout().blob(&dg), b"{x").unwrap();
     assert_eq!(s.manifest(&dg).await.unwrap(), None);
 }

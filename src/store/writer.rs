@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::layout::{Layout, rename_into_place};
 use super::Error;
+use super::layout::{Layout, rename_into_place};
 use crate::oci::{Digest, Digester};
 
 /// An in-progress blob write. Blocking I/O: call from the blocking pool.
@@ -63,10 +63,13 @@ impl BlobWriter {
     /// readers of the temporary file.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let (Some(file), Some(hasher)) = (self.file.as_mut(), self.hasher.as_mut()) else {
-            return Err(Error::io("write", &self.tmp)(std::io::Error::other("writer finished")));
+            return Err(Error::io("write", &self.tmp)(std::io::Error::other(
+                "writer finished",
+            )));
         };
         hasher.update(bytes);
-        file.write_all(bytes).map_err(Error::io("write", &self.tmp))?;
+        file.write_all(bytes)
+            .map_err(Error::io("write", &self.tmp))?;
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -76,7 +79,9 @@ impl BlobWriter {
     /// stored. Returns the blob's size.
     pub fn finish(&mut self, expected_size: Option<u64>) -> Result<u64, Error> {
         let (Some(file), Some(hasher)) = (self.file.take(), self.hasher.take()) else {
-            return Err(Error::io("finish", &self.tmp)(std::io::Error::other("writer finished")));
+            return Err(Error::io("finish", &self.tmp)(std::io::Error::other(
+                "writer finished",
+            )));
         };
         if let Some(expected) = expected_size
             && expected != self.written
