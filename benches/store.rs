@@ -25,7 +25,9 @@ fn blob_write(c: &mut Criterion) {
     let mut g = c.benchmark_group("blob_write");
     g.measurement_time(Duration::from_secs(5)).sample_size(10);
     for mib in [1usize, 16] {
-        let data: Vec<u8> = (0..mib * 1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+        let data: Vec<u8> = (0..mib * 1024 * 1024)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
         let digest = Digest::sha256_of(&data);
         g.throughput(Throughput::Bytes(data.len() as u64));
         g.bench_function(format!("verified_store_{mib}MiB"), |b| {
@@ -70,7 +72,11 @@ fn request_path(c: &mut Criterion) {
                     path::Endpoint::Manifest(n, _) | path::Endpoint::Blob(n, _) => Some(n),
                     _ => None,
                 };
-                black_box(router.select(None, parsed.prefix.as_deref(), name, None).expect("route"));
+                black_box(
+                    router
+                        .select(None, parsed.prefix.as_deref(), name, None)
+                        .expect("route"),
+                );
             }
         });
     });

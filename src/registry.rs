@@ -119,7 +119,7 @@ impl Registry {
             start: Instant::now(),
         };
         let head = req.method() == Method::HEAD;
-        let mut resp = match self.dispatch(&req, conn, &mut log).await {
+        let mut resp = match Box::pin(self.dispatch(&req, conn, &mut log)).await {
             Ok(r) => r,
             Err(e) => response::error(&e, head),
         };

@@ -149,7 +149,7 @@ fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, Error> {
     Ok(tls)
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: impl http::header::AsHeaderName) -> Option<&'a str> {
+fn header_str(h: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 

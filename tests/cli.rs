@@ -30,10 +30,22 @@ fn check_config_names_the_bad_key() {
     let base = "[[listener]]\naddr = \"127.0.0.1:5000\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n";
     let cases = [
         (format!("{base}colour = \"blue\"\n"), "colour"),
-        (base.replace("https://registry-1.docker.io", "::nope"), "upstream[0].url"),
-        (format!("{base}[[upstream]]\nname = \"docker.io\"\nurl = \"https://x\"\n"), "duplicate upstream name"),
-        (format!("{base}[[listener]]\naddr = \"0.0.0.0:5000\"\n"), "duplicate listener port"),
-        (format!("{base}ca_file = \"missing.pem\"\n"), "upstream[0].ca_file"),
+        (
+            base.replace("https://registry-1.docker.io", "::nope"),
+            "upstream[0].url",
+        ),
+        (
+            format!("{base}[[upstream]]\nname = \"docker.io\"\nurl = \"https://x\"\n"),
+            "duplicate upstream name",
+        ),
+        (
+            format!("{base}[[listener]]\naddr = \"0.0.0.0:5000\"\n"),
+            "duplicate listener port",
+        ),
+        (
+            format!("{base}ca_file = \"missing.pem\"\n"),
+            "upstream[0].ca_file",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("c{i}.toml"));

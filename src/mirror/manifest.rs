@@ -36,12 +36,14 @@ where
         return Ok((v, CacheStatus::Hit));
     }
     let ran = AtomicBool::new(false);
-    let v = mirror
-        .cache
-        .try_get_with(key, async {
-            ran.store(true, Ordering::Relaxed);
-            load.await
-        })
+    // Boxed: moka's loader futures nest (a tag load may load a manifest),
+    // and unboxed they make the request future large enough to overflow a
+    // stack in debug builds.
+    let load = Box::pin(async {
+        ran.store(true, Ordering::Relaxed);
+        load.await
+    });
+    let v = Box::pin(mirror.cache.try_get_with(key, load))
         .await
         .map_err(|e| (*e).clone())?;
     let status = if ran.load(Ordering::Relaxed) {

@@ -52,7 +52,10 @@ async fn followers_stream_before_the_download_finishes() {
     for _ in 0..4 {
         let r = c.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["content-length"], (1024 * 1024).to_string().as_str());
+        assert_eq!(
+            r.headers()["content-length"],
+            (1024 * 1024).to_string().as_str()
+        );
         streams.push(r.bytes_stream());
     }
     // While upstream is held, every client (leader and followers) already
@@ -97,7 +100,11 @@ async fn caching_finishes_when_the_first_client_disconnects() {
     drop(s); // the client goes away mid-download
     gate.release();
     // The download completes in the background and lands in the store.
-    let stored = dir.path().join("blobs/sha256").join(&layer.digest[7..9]).join(&layer.digest[7..]);
+    let stored = dir
+        .path()
+        .join("blobs/sha256")
+        .join(&layer.digest[7..9])
+        .join(&layer.digest[7..]);
     for _ in 0..200 {
         if stored.exists() {
             break;
@@ -130,7 +137,12 @@ async fn concurrent_cold_manifest_requests_cause_one_upstream_get() {
             let c = c.clone();
             let url = format!("{}/v2/library/cm/manifests/{path}", gw.url(0));
             tasks.push(tokio::spawn(async move {
-                let r = c.get(url).header("accept", ACCEPT_ALL).send().await.unwrap();
+                let r = c
+                    .get(url)
+                    .header("accept", ACCEPT_ALL)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 200);
                 r.bytes().await.unwrap()
             }));
@@ -142,7 +154,11 @@ async fn concurrent_cold_manifest_requests_cause_one_upstream_get() {
             assert_eq!(t.await.unwrap(), want.manifest.bytes);
         }
     }
-    assert_eq!(up.count("GET", "/manifests/"), 2, "one GET per cold manifest");
+    assert_eq!(
+        up.count("GET", "/manifests/"),
+        2,
+        "one GET per cold manifest"
+    );
     assert_eq!(up.count("HEAD", "/manifests/"), 0);
     gw.stop().await;
 }

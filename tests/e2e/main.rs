@@ -2,6 +2,7 @@
 //! fake upstream registries (with fault knobs). One test binary, to keep
 //! link time down.
 
+#![allow(unreachable_pub, missing_docs)]
 mod support;
 
 mod coalesce;

@@ -17,10 +17,18 @@ async fn every_manifest_format_is_served_verbatim_on_get_and_head() {
     let dir = tempfile::tempdir().unwrap();
     let gw = single(&up, dir.path(), "").await;
     let c = client();
-    for (tag, m) in [("docker", &d.manifest), ("oci", &o.manifest), ("list", &list), ("index", &index)] {
+    for (tag, m) in [
+        ("docker", &d.manifest),
+        ("oci", &o.manifest),
+        ("list", &list),
+        ("index", &index),
+    ] {
         for method in [reqwest::Method::HEAD, reqwest::Method::GET] {
             let r = c
-                .request(method.clone(), format!("{}/v2/library/app/manifests/{tag}", gw.url(0)))
+                .request(
+                    method.clone(),
+                    format!("{}/v2/library/app/manifests/{tag}", gw.url(0)),
+                )
                 .header("accept", ACCEPT_ALL)
                 .send()
                 .await
@@ -29,7 +37,11 @@ async fn every_manifest_format_is_served_verbatim_on_get_and_head() {
             let h = r.headers();
             assert_eq!(h["content-type"], m.media_type, "{tag}");
             assert_eq!(h["docker-content-digest"], m.digest.as_str(), "{tag}");
-            assert_eq!(h["content-length"], m.bytes.len().to_string().as_str(), "{tag}");
+            assert_eq!(
+                h["content-length"],
+                m.bytes.len().to_string().as_str(),
+                "{tag}"
+            );
             assert_eq!(h["docker-distribution-api-version"], "registry/2.0");
             let body = r.bytes().await.unwrap();
             if method == reqwest::Method::GET {
@@ -40,7 +52,11 @@ async fn every_manifest_format_is_served_verbatim_on_get_and_head() {
         }
         // And by digest.
         let r = c
-            .get(format!("{}/v2/library/app/manifests/{}", gw.url(0), m.digest))
+            .get(format!(
+                "{}/v2/library/app/manifests/{}",
+                gw.url(0),
+                m.digest
+            ))
             .send()
             .await
             .unwrap();
@@ -48,7 +64,12 @@ async fn every_manifest_format_is_served_verbatim_on_get_and_head() {
         assert_eq!(sha256_digest(&r.bytes().await.unwrap()), m.digest);
     }
     // Blobs: every layer and config, with digest headers.
-    for b in d.layers.iter().chain(o.layers.iter()).chain([&d.config, &o.config]) {
+    for b in d
+        .layers
+        .iter()
+        .chain(o.layers.iter())
+        .chain([&d.config, &o.config])
+    {
         let r = c
             .get(format!("{}/v2/library/app/blobs/{}", gw.url(0), b.digest))
             .send()
@@ -56,7 +77,10 @@ async fn every_manifest_format_is_served_verbatim_on_get_and_head() {
             .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["docker-content-digest"], b.digest.as_str());
-        assert_eq!(r.headers()["content-length"], b.bytes.len().to_string().as_str());
+        assert_eq!(
+            r.headers()["content-length"],
+            b.bytes.len().to_string().as_str()
+        );
         assert_eq!(r.bytes().await.unwrap(), b.bytes);
     }
     assert_store_verified(dir.path());
@@ -81,7 +105,11 @@ async fn second_pull_is_served_from_cache() {
         assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
         for b in img.layers.iter().chain([&img.config]) {
             let r = c
-                .get(format!("{}/v2/library/cached/blobs/{}", gw.url(0), b.digest))
+                .get(format!(
+                    "{}/v2/library/cached/blobs/{}",
+                    gw.url(0),
+                    b.digest
+                ))
                 .send()
                 .await
                 .unwrap();
@@ -107,11 +135,22 @@ async fn restart_serves_tags_manifests_and_blobs_with_upstream_down() {
     let c = client();
     let get = |url: String| {
         let c = c.clone();
-        async move { c.get(url).header("accept", ACCEPT_ALL).send().await.unwrap() }
+        async move {
+            c.get(url)
+                .header("accept", ACCEPT_ALL)
+                .send()
+                .await
+                .unwrap()
+        }
     };
     let m = get(format!("{}/v2/org/persist/manifests/stable", gw.url(0))).await;
     assert_eq!(m.status(), 200);
-    let l = get(format!("{}/v2/org/persist/blobs/{}", gw.url(0), img.layers[0].digest)).await;
+    let l = get(format!(
+        "{}/v2/org/persist/blobs/{}",
+        gw.url(0),
+        img.layers[0].digest
+    ))
+    .await;
     assert_eq!(l.bytes().await.unwrap(), img.layers[0].bytes);
     gw.stop().await;
 
@@ -120,9 +159,19 @@ async fn restart_serves_tags_manifests_and_blobs_with_upstream_down() {
     let m = get(format!("{}/v2/org/persist/manifests/stable", gw.url(0))).await;
     assert_eq!(m.status(), 200);
     assert_eq!(m.bytes().await.unwrap(), img.manifest.bytes);
-    let m = get(format!("{}/v2/org/persist/manifests/{}", gw.url(0), img.manifest.digest)).await;
+    let m = get(format!(
+        "{}/v2/org/persist/manifests/{}",
+        gw.url(0),
+        img.manifest.digest
+    ))
+    .await;
     assert_eq!(m.status(), 200);
-    let l = get(format!("{}/v2/org/persist/blobs/{}", gw.url(0), img.layers[0].digest)).await;
+    let l = get(format!(
+        "{}/v2/org/persist/blobs/{}",
+        gw.url(0),
+        img.layers[0].digest
+    ))
+    .await;
     assert_eq!(l.bytes().await.unwrap(), img.layers[0].bytes);
     gw.stop().await;
 }
@@ -138,18 +187,41 @@ async fn ranges_on_cached_and_cold_blobs() {
     let blob = &img.layers[0];
     let url = format!("{}/v2/library/r/blobs/{}", gw.url(0), blob.digest);
     // Cold: a range request starts the download and serves the slice.
-    let r = c.get(&url).header("range", "bytes=10-19").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 10-19/100000");
     assert_eq!(r.bytes().await.unwrap(), blob.bytes.slice(10..20));
     // Hot (wait until stored by fetching it whole).
-    assert_eq!(c.get(&url).send().await.unwrap().bytes().await.unwrap(), blob.bytes);
-    let r = c.get(&url).header("range", "bytes=99990-").send().await.unwrap();
+    assert_eq!(
+        c.get(&url).send().await.unwrap().bytes().await.unwrap(),
+        blob.bytes
+    );
+    let r = c
+        .get(&url)
+        .header("range", "bytes=99990-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), blob.bytes.slice(99_990..));
-    let r = c.get(&url).header("range", "bytes=-5").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap(), blob.bytes.slice(99_995..));
-    let r = c.get(&url).header("range", "bytes=100000-").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("range", "bytes=100000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */100000");
     assert_eq!(error_code(r).await, "RANGE_INVALID");
@@ -179,35 +251,145 @@ async fn error_envelopes() {
     let base = gw.url(0);
     let zero = format!("sha256:{}", "0".repeat(64));
     let cases: Vec<(reqwest::Method, String, u16, &str)> = vec![
-        (reqwest::Method::GET, "/v2/Bad_Name/manifests/latest".into(), 400, "NAME_INVALID"),
-        (reqwest::Method::GET, "/v2/a/../b/manifests/latest".into(), 400, "NAME_INVALID"),
-        (reqwest::Method::GET, "/v2/library/e/manifests/-bad".into(), 400, "TAG_INVALID"),
-        (reqwest::Method::GET, "/v2/library/e/blobs/sha256:abc".into(), 400, "DIGEST_INVALID"),
-        (reqwest::Method::GET, "/v2/library/e/blobs/md5:abc".into(), 400, "DIGEST_INVALID"),
-        (reqwest::Method::GET, "/v2/library/e/manifests/nope".into(), 404, "MANIFEST_UNKNOWN"),
-        (reqwest::Method::GET, format!("/v2/library/e/manifests/{zero}"), 404, "MANIFEST_UNKNOWN"),
-        (reqwest::Method::GET, format!("/v2/library/e/blobs/{zero}"), 404, "BLOB_UNKNOWN"),
-        (reqwest::Method::GET, "/v2/library/e/manifests/1?ns=example.com".into(), 404, "NAME_UNKNOWN"),
-        (reqwest::Method::GET, "/nope/v2/library/e/manifests/1".into(), 404, "NAME_UNKNOWN"),
-        (reqwest::Method::GET, "/v2/library/e/nothing".into(), 404, "UNSUPPORTED"),
-        (reqwest::Method::PUT, "/v2/library/e/manifests/1".into(), 405, "UNSUPPORTED"),
-        (reqwest::Method::DELETE, format!("/v2/library/e/blobs/{}", img.config.digest), 405, "UNSUPPORTED"),
-        (reqwest::Method::POST, "/v2/library/e/blobs/uploads/".into(), 405, "UNSUPPORTED"),
-        (reqwest::Method::PATCH, "/v2/library/e/blobs/uploads/abc".into(), 405, "UNSUPPORTED"),
+        (
+            reqwest::Method::GET,
+            "/v2/Bad_Name/manifests/latest".into(),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/a/..b/manifests/latest".into(),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/library/e/manifests/-bad".into(),
+            400,
+            "TAG_INVALID",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/library/e/blobs/sha256:abc".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/library/e/blobs/md5:abc".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/library/e/manifests/nope".into(),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v2/library/e/manifests/{zero}"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v2/library/e/blobs/{zero}"),
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/library/e/manifests/1?ns=example.com".into(),
+            404,
+            "NAME_UNKNOWN",
+        ),
+        (
+            reqwest::Method::GET,
+            "/nope/v2/library/e/manifests/1".into(),
+            404,
+            "NAME_UNKNOWN",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/library/e/nothing".into(),
+            404,
+            "UNSUPPORTED",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v2/library/e/manifests/1".into(),
+            405,
+            "UNSUPPORTED",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v2/library/e/blobs/{}", img.config.digest),
+            405,
+            "UNSUPPORTED",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v2/library/e/blobs/uploads/".into(),
+            405,
+            "UNSUPPORTED",
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/v2/library/e/blobs/uploads/abc".into(),
+            405,
+            "UNSUPPORTED",
+        ),
     ];
     for (method, path, status, code) in cases {
-        let r = c.request(method.clone(), format!("{base}{path}")).send().await.unwrap();
+        let r = c
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), status, "{method} {path}");
         assert_eq!(r.headers()["content-type"], "application/json", "{path}");
         assert_eq!(error_code(r).await, code, "{method} {path}");
     }
+    // Dot segments sent raw (HTTP clients would normalise them away).
+    for raw in [
+        "/v2/../../etc/manifests/latest",
+        "/v2/library/../../../etc/passwd/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "/v2/library/e/manifests/..%2f..%2fetc",
+    ] {
+        let status = raw_status(gw.addrs[0], raw).await;
+        assert_eq!(status, 400, "{raw}");
+    }
     // Nothing malformed reached upstream.
-    assert!(up.requests().iter().all(|r| !r.path.contains("Bad_Name") && !r.path.contains("..")));
+    assert!(
+        up.requests()
+            .iter()
+            .all(|r| !r.path.contains("Bad_Name") && !r.path.contains(".."))
+    );
     // Ping.
     let r = c.get(format!("{base}/v2/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
+    assert_eq!(
+        r.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
     gw.stop().await;
+}
+
+/// Sends `GET <path>` verbatim over a raw connection; returns the status.
+async fn raw_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -230,7 +412,11 @@ async fn tags_list_referrers_and_catalog() {
     let gw = Gateway::start(&cfg, dir.path()).await;
     let c = client();
     let base = gw.url(0);
-    let r = c.get(format!("{base}/v2/ghcr.io/org/tl/tags/list?n=2")).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/v2/ghcr.io/org/tl/tags/list?n=2"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["link"],
@@ -248,29 +434,52 @@ async fn tags_list_referrers_and_catalog() {
     assert_eq!(v["tags"], serde_json::json!(["c", "d"]));
 
     let r = c
-        .get(format!("{base}/v2/ghcr.io/org/tl/referrers/{}", img.manifest.digest))
+        .get(format!(
+            "{base}/v2/ghcr.io/org/tl/referrers/{}",
+            img.manifest.digest
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
     assert_eq!(r.bytes().await.unwrap(), referrers);
     let r = c
-        .get(format!("{base}/v2/ghcr.io/org/tl/referrers/{}", img.config.digest))
+        .get(format!(
+            "{base}/v2/ghcr.io/org/tl/referrers/{}",
+            img.config.digest
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404, "an upstream 404 on referrers stays 404");
 
     // The catalog lists what is cached, per upstream.
-    let r = c.get(format!("{base}/ghcr.io/v2/_catalog")).send().await.unwrap();
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["repositories"], serde_json::json!([]));
+    let r = c
+        .get(format!("{base}/ghcr.io/v2/_catalog"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["repositories"],
+        serde_json::json!([])
+    );
     c.get(format!("{base}/v2/ghcr.io/org/tl/manifests/a"))
         .header("accept", ACCEPT_ALL)
         .send()
         .await
         .unwrap();
-    let r = c.get(format!("{base}/v2/_catalog?ns=ghcr.io")).send().await.unwrap();
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["repositories"], serde_json::json!(["org/tl"]));
+    let r = c
+        .get(format!("{base}/v2/_catalog?ns=ghcr.io"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["repositories"],
+        serde_json::json!(["org/tl"])
+    );
     gw.stop().await;
 }

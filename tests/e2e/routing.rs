@@ -30,18 +30,33 @@ async fn world() -> World {
         upstream_toml("quay.io", &quay.url(), ""),
     );
     let gw = Gateway::start(&cfg, dir.path()).await;
-    World { hub, ghcr, quay, gw, _dir: dir }
+    World {
+        hub,
+        ghcr,
+        quay,
+        gw,
+        _dir: dir,
+    }
 }
 
 async fn manifest(c: &reqwest::Client, url: String) -> (u16, bytes::Bytes) {
-    let r = c.get(url).header("accept", ACCEPT_ALL).send().await.unwrap();
+    let r = c
+        .get(url)
+        .header("accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.bytes().await.unwrap())
 }
 
 #[tokio::test]
 async fn every_route_reaches_the_right_upstream() {
     let w = world().await;
-    let (h, g, q) = (docker_image(30, &[10]), oci_image(31, &[10]), docker_image(32, &[10]));
+    let (h, g, q) = (
+        docker_image(30, &[10]),
+        oci_image(31, &[10]),
+        docker_image(32, &[10]),
+    );
     w.hub.add_image("library/alpine", "1", &h);
     w.ghcr.add_image("org/app", "1", &g);
     w.quay.add_image("org/app", "1", &q);
@@ -54,17 +69,29 @@ async fn every_route_reaches_the_right_upstream() {
         // ?ns= (containerd), including aliases
         (format!("{base}/v2/org/app/manifests/1?ns=ghcr.io"), &g),
         (format!("{base}/v2/org/app/manifests/1?ns=quay.io"), &q),
-        (format!("{base}/v2/library/alpine/manifests/1?ns=docker.io"), &h),
-        (format!("{base}/v2/alpine/manifests/1?ns=registry-1.docker.io"), &h),
+        (
+            format!("{base}/v2/library/alpine/manifests/1?ns=docker.io"),
+            &h,
+        ),
+        (
+            format!("{base}/v2/alpine/manifests/1?ns=registry-1.docker.io"),
+            &h,
+        ),
         // path prefix after /v2 (podman, skopeo, BuildKit, kaniko)
         (format!("{base}/v2/ghcr.io/org/app/manifests/1"), &g),
         (format!("{base}/v2/quay.io/org/app/manifests/1"), &q),
         (format!("{base}/v2/docker.io/alpine/manifests/1"), &h),
         // path prefix before /v2 (containerd hosts.toml with a path)
         (format!("{base}/ghcr.io/v2/org/app/manifests/1"), &g),
-        (format!("{base}/quay.io/v2/org/app/manifests/1?ns=quay.io"), &q),
+        (
+            format!("{base}/quay.io/v2/org/app/manifests/1?ns=quay.io"),
+            &q,
+        ),
         // ?ns= wins over the prefix
-        (format!("{base}/quay.io/v2/org/app/manifests/1?ns=ghcr.io"), &g),
+        (
+            format!("{base}/quay.io/v2/org/app/manifests/1?ns=ghcr.io"),
+            &g,
+        ),
         // pinned listeners (dockerd-style, nothing names the upstream)
         (format!("{ghcr_port}/v2/org/app/manifests/1"), &g),
         (format!("{quay_port}/v2/org/app/manifests/1"), &q),
@@ -83,8 +110,18 @@ async fn every_route_reaches_the_right_upstream() {
         .unwrap();
     assert_eq!(r.headers()["oci-namespace"], "ghcr.io");
     // Upstreams only ever saw their own repositories.
-    assert!(w.hub.requests().iter().all(|r| r.path.contains("/library/alpine/")));
-    assert!(w.ghcr.requests().iter().all(|r| r.path.contains("/org/app/")));
+    assert!(
+        w.hub
+            .requests()
+            .iter()
+            .all(|r| r.path.contains("/library/alpine/"))
+    );
+    assert!(
+        w.ghcr
+            .requests()
+            .iter()
+            .all(|r| r.path.contains("/org/app/"))
+    );
     w.gw.stop().await;
 }
 
@@ -103,6 +140,9 @@ async fn blobs_are_shared_between_upstreams() {
         let r = c.get(url).send().await.unwrap();
         assert_eq!(r.bytes().await.unwrap(), layer.bytes);
     }
-    assert_eq!(w.hub.count("GET", "/blobs/") + w.ghcr.count("GET", "/blobs/"), 1);
+    assert_eq!(
+        w.hub.count("GET", "/blobs/") + w.ghcr.count("GET", "/blobs/"),
+        1
+    );
     w.gw.stop().await;
 }

@@ -25,29 +25,62 @@ async fn tags_are_trusted_for_ttl_then_revalidated_with_head() {
     let c = client();
 
     let r = get_tag(&c, &gw, "latest").await;
-    assert_eq!(r.headers()["docker-content-digest"], v1.manifest.digest.as_str());
-    assert_eq!((up.count("GET", "/manifests/"), up.count("HEAD", "/manifests/")), (1, 0));
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        v1.manifest.digest.as_str()
+    );
+    assert_eq!(
+        (
+            up.count("GET", "/manifests/"),
+            up.count("HEAD", "/manifests/")
+        ),
+        (1, 0)
+    );
     // Within the TTL: no upstream request at all.
     for _ in 0..5 {
         let r = get_tag(&c, &gw, "latest").await;
         assert_eq!(r.status(), 200);
     }
-    assert_eq!((up.count("GET", "/manifests/"), up.count("HEAD", "/manifests/")), (1, 0));
+    assert_eq!(
+        (
+            up.count("GET", "/manifests/"),
+            up.count("HEAD", "/manifests/")
+        ),
+        (1, 0)
+    );
 
     // After the TTL: one HEAD, no GET, same digest.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = get_tag(&c, &gw, "latest").await;
-    assert_eq!(r.headers()["docker-content-digest"], v1.manifest.digest.as_str());
-    assert_eq!((up.count("GET", "/manifests/"), up.count("HEAD", "/manifests/")), (1, 1));
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        v1.manifest.digest.as_str()
+    );
+    assert_eq!(
+        (
+            up.count("GET", "/manifests/"),
+            up.count("HEAD", "/manifests/")
+        ),
+        (1, 1)
+    );
 
     // The tag moves upstream: after the TTL, HEAD sees a new digest and the
     // new manifest is fetched once, by digest.
     up.set_tag("library/t", "latest", &v2.manifest.digest);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = get_tag(&c, &gw, "latest").await;
-    assert_eq!(r.headers()["docker-content-digest"], v2.manifest.digest.as_str());
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        v2.manifest.digest.as_str()
+    );
     assert_eq!(r.bytes().await.unwrap(), v2.manifest.bytes);
-    assert_eq!((up.count("GET", "/manifests/"), up.count("HEAD", "/manifests/")), (2, 2));
+    assert_eq!(
+        (
+            up.count("GET", "/manifests/"),
+            up.count("HEAD", "/manifests/")
+        ),
+        (2, 2)
+    );
     let by_digest = up
         .requests()
         .iter()
@@ -87,6 +120,10 @@ async fn tag_map_survives_restart_within_ttl() {
     let gw = single(&up, dir.path(), "tag_ttl = \"1h\"").await;
     let r = get_tag(&c, &gw, "keep").await;
     assert_eq!(r.bytes().await.unwrap(), v1.manifest.bytes);
-    assert_eq!(up.requests().len(), n, "a fresh tag needs no upstream request after restart");
+    assert_eq!(
+        up.requests().len(),
+        n,
+        "a fresh tag needs no upstream request after restart"
+    );
     gw.stop().await;
 }

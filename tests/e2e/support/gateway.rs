@@ -23,7 +23,10 @@ impl Gateway {
     /// Starts a mirror from TOML config text. Listener addresses in the text
     /// should use port 0.
     pub async fn start(config: &str, root: &Path) -> Self {
-        let text = format!("[storage]\nroot = {:?}\n{config}", root.display().to_string());
+        let text = format!(
+            "[storage]\nroot = {:?}\n{config}",
+            root.display().to_string()
+        );
         let config = Config::from_toml(&text, root).expect("test config is valid");
         let app = Arc::new(App::build(config).await.expect("app builds"));
         let listeners = app.bind().await.expect("bind");
@@ -97,7 +100,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 stack.push(e.path());
@@ -115,6 +120,11 @@ pub fn assert_store_verified(root: &Path) {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         let bytes = std::fs::read(&f).unwrap();
         let got = mirrorgate::oci::Digest::sha256_of(&bytes);
-        assert_eq!(got.hex(), name, "stored blob {} fails its digest", f.display());
+        assert_eq!(
+            got.hex(),
+            name,
+            "stored blob {} fails its digest",
+            f.display()
+        );
     }
 }
