@@ -126,7 +126,17 @@ impl Registry {
         resp.headers_mut()
             .insert(API_VERSION, http::HeaderValue::from_static("registry/2.0"));
         log.status = resp.status().as_u16();
-        resp.map(|b| LoggedBody::new(b, log))
+        let content_length = (!head)
+            .then(|| {
+                resp.headers()
+                    .get(header::CONTENT_LENGTH)?
+                    .to_str()
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
+            .flatten();
+        resp.map(|b| LoggedBody::new(b, log, content_length))
     }
 
     async fn dispatch<B>(

@@ -60,7 +60,10 @@ pub struct AcceptClass(u8);
 
 impl AcceptClass {
     /// Classifies `Accept` header values. Unknown types, `*/*` and
-    /// parameters (`q=`) are ignored.
+    /// parameters (`q=`) are ignored. A client that names no manifest type
+    /// at all (curl, scripts) is treated as accepting every modern type:
+    /// otherwise registries fall back to legacy schema 1, whose signed form
+    /// does not even hash to its own `Docker-Content-Digest`.
     pub fn from_accept<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
         let mut bits = 0u8;
         for v in values {
@@ -71,7 +74,11 @@ impl AcceptClass {
                 }
             }
         }
-        Self(bits)
+        if bits == 0 {
+            Self::all_modern()
+        } else {
+            Self(bits)
+        }
     }
 
     /// The class of a client that accepts every modern manifest type.
@@ -112,7 +119,8 @@ mod tests {
             c.to_accept().unwrap(),
             format!("{DOCKER_MANIFEST_V2}, {OCI_INDEX}")
         );
-        assert_eq!(AcceptClass::from_accept(["*/*"]).to_accept(), None);
+        assert_eq!(AcceptClass::from_accept(["*/*"]), AcceptClass::all_modern());
+        assert_eq!(AcceptClass::from_accept([]), AcceptClass::all_modern());
         assert_eq!(MediaType::new("a/b; charset=utf-8").as_str(), "a/b");
         assert!(MediaType::new(OCI_INDEX).is_index());
     }

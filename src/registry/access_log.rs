@@ -37,6 +37,9 @@ pub struct LoggedBody {
     inner: Body,
     log: AccessLog,
     bytes: u64,
+    /// The body's exact length when known: hyper stops polling once it has
+    /// sent `Content-Length` bytes, so reaching it means the body completed.
+    expected: Option<u64>,
     outcome: &'static str,
 }
 
@@ -49,12 +52,15 @@ impl std::fmt::Debug for LoggedBody {
 }
 
 impl LoggedBody {
-    /// Wraps `inner`.
-    pub fn new(inner: Body, log: AccessLog) -> Self {
+    /// Wraps `inner`, whose length is `content_length` when the response
+    /// announced one.
+    pub fn new(inner: Body, log: AccessLog, content_length: Option<u64>) -> Self {
+        let expected = content_length.or_else(|| inner.size_hint().exact());
         Self {
             inner,
             log,
             bytes: 0,
+            expected,
             outcome: "aborted",
         }
     }
@@ -95,7 +101,8 @@ impl http_body::Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         // A body known to be empty (HEAD, errors) may be dropped unpolled.
-        if self.outcome == "aborted" && self.inner.is_end_stream() {
+        let all_sent = self.expected.is_some_and(|n| self.bytes >= n);
+        if self.outcome == "aborted" && (all_sent || self.inner.is_end_stream()) {
             self.outcome = "complete";
         }
         let l = &self.log;
@@ -112,5 +119,52 @@ impl Drop for LoggedBody {
             peer = %l.peer,
             "request"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn log() -> AccessLog {
+        AccessLog {
+            method: http::Method::GET,
+            path: "/v2/x/blobs/y".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            upstream: None,
+            cache: None,
+            status: 200,
+            start: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_bytes_and_sees_completion_without_the_end_frame() {
+        let chunks = || {
+            let s = futures_util::stream::iter([
+                Ok(Bytes::from_static(b"hello")),
+                Ok(Bytes::from_static(b"!")),
+            ]);
+            super::super::response::stream(Box::pin(s))
+        };
+        // A streamed blob with Content-Length: hyper polls exactly the data,
+        // never the terminating `None`.
+        let mut b = LoggedBody::new(chunks(), log(), Some(6));
+        b.frame().await.unwrap().unwrap();
+        b.frame().await.unwrap().unwrap();
+        assert_eq!(b.bytes, 6);
+        assert!(b.expected.is_some_and(|n| b.bytes >= n));
+        drop(b);
+        // A body that broke off short of its length.
+        let mut b = LoggedBody::new(chunks(), log(), Some(100));
+        b.frame().await.unwrap().unwrap();
+        assert!(b.expected.is_none_or(|n| b.bytes < n));
+        // Without a length, the end frame decides.
+        let mut b = LoggedBody::new(chunks(), log(), None);
+        while let Some(f) = b.frame().await {
+            f.unwrap();
+        }
+        assert_eq!((b.bytes, b.outcome), (6, "complete"));
     }
 }
