@@ -74,7 +74,7 @@ fn request_path(c: &mut Criterion) {
                 };
                 black_box(
                     router
-                        .select(None, parsed.prefix.as_deref(), name, None)
+                        .select(None, parsed.prefix.as_deref(), name, None, None)
                         .expect("route"),
                 );
             }

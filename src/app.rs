@@ -17,6 +17,9 @@ pub enum Error {
     /// The store could not be opened.
     #[error("cannot open the store")]
     Store(#[from] crate::store::Error),
+    /// TLS could not be set up (CA, certificate files).
+    #[error("cannot set up TLS")]
+    Tls(#[from] crate::tls::Error),
     /// An upstream client could not be built.
     #[error("cannot build an upstream client")]
     Upstream(#[from] crate::upstream::Error),
@@ -37,6 +40,7 @@ pub struct App {
     config: Config,
     mirror: Arc<Mirror>,
     registry: Arc<Registry>,
+    tls: Option<crate::tls::Tls>,
 }
 
 impl App {
@@ -45,11 +49,14 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, Error> {
         let store = BlobStore::open(&config.storage_root).await?;
         let mirror = Arc::new(Mirror::build(&config, store)?);
-        let registry = Arc::new(Registry::new(mirror.clone(), Router::new(&config)));
+        let tls = crate::tls::build(&config)?;
+        let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());
+        let registry = Arc::new(Registry::new(mirror.clone(), Router::new(&config), ca_pem));
         Ok(Self {
             config,
             mirror,
             registry,
+            tls,
         })
     }
 
@@ -73,9 +80,18 @@ impl App {
                     addr: l.addr,
                     source,
                 })?;
+            let tls = if l.tls {
+                self.tls.as_ref().map(|t| server::TlsListener {
+                    acceptor: t.acceptor.clone(),
+                    handshake_timeout: self.config.tls.handshake_timeout,
+                })
+            } else {
+                None
+            };
             out.push(Listener {
                 tcp,
                 pinned: l.upstream.clone(),
+                tls,
             });
         }
         Ok(out)

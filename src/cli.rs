@@ -38,6 +38,87 @@ pub enum Command {
     },
     /// Print the embedded default config.
     DefaultConfig,
+    /// Manage the local certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `mirrorgate ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the local CA (`ca.crt`, and `ca.key` with mode 0600).
+    Init {
+        /// Directory for the CA files. Default: `[tls] ca_dir` of `--config`,
+        /// else `./certs`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Config file whose `[tls] ca_dir` to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Replace an existing CA (clients trusting the old one must be
+        /// given the new certificate).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the CA certificate's path and SHA-256 fingerprint.
+    Show {
+        /// Directory holding the CA files.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Config file whose `[tls] ca_dir` to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the certificate (PEM) too.
+        #[arg(long)]
+        pem: bool,
+    },
+}
+
+fn ca_dir(dir: Option<PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d);
+    }
+    let c = match config {
+        Some(p) => Config::load(p).with_context(|| format!("invalid config {}", p.display()))?,
+        None => return Ok(PathBuf::from("./certs")),
+    };
+    match c.tls.source {
+        crate::config::TlsSource::LocalCa { dir } => Ok(dir),
+        crate::config::TlsSource::Files { .. } => {
+            anyhow::bail!("the config uses tls.cert_file/key_file, not a local CA")
+        }
+    }
+}
+
+fn run_ca(cmd: CaCommand) -> anyhow::Result<()> {
+    match cmd {
+        CaCommand::Init { dir, config, force } => {
+            let dir = ca_dir(dir, config.as_ref())?;
+            let ca = crate::tls::LocalCa::init(&dir, force)
+                .with_context(|| format!("cannot create a CA in {}", dir.display()))?;
+            println!("created {}", ca.cert_path().display());
+            println!("sha256 fingerprint {}", ca.fingerprint());
+            println!(
+                "give clients this certificate (mirrorgate client-config writes it into their configs)"
+            );
+            Ok(())
+        }
+        CaCommand::Show { dir, config, pem } => {
+            let dir = ca_dir(dir, config.as_ref())?;
+            let ca = crate::tls::LocalCa::load(&dir).with_context(|| {
+                format!(
+                    "no usable CA in {} (run `mirrorgate ca init`)",
+                    dir.display()
+                )
+            })?;
+            println!("{}", ca.cert_path().display());
+            println!("sha256 fingerprint {}", ca.fingerprint());
+            if pem {
+                print!("{}", ca.cert_pem());
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Runs the CLI.
@@ -54,6 +135,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Ca(cmd) => run_ca(cmd),
         Command::DefaultConfig => {
             print!("{}", crate::config::DEFAULT_CONFIG);
             Ok(())
@@ -85,11 +167,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listeners = app.bind().await?;
     for l in &listeners {
         let addr = l.tcp.local_addr()?;
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
         let pinned = l
             .pinned
             .as_ref()
             .map_or_else(|| "-".to_owned(), ToString::to_string);
-        tracing::info!(%addr, pinned, "listening (http)");
+        tracing::info!(%addr, pinned, scheme, "listening");
     }
     tracing::info!(root = %root.display(), "mirrorgate ready");
     app.run(listeners, shutdown_signal()).await;

@@ -36,6 +36,10 @@ pub const DEFAULT_METADATA_MAX: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default upstream read timeout (longest wait for the next bytes).
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default lifetime of issued leaf certificates.
+pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default TLS handshake timeout.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -44,6 +48,8 @@ pub struct Config {
     pub storage_root: PathBuf,
     /// Metadata cache settings.
     pub cache: CacheConfig,
+    /// TLS settings for `tls = true` listeners.
+    pub tls: TlsConfig,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Upstreams, in file order. Names are unique.
@@ -59,11 +65,43 @@ pub struct CacheConfig {
     pub metadata_max_bytes: u64,
 }
 
+/// `[tls]`
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Where certificates come from.
+    pub source: TlsSource,
+    /// Extra names (the mirror's own hostnames) to issue certificates for.
+    pub names: Vec<String>,
+    /// Lifetime of issued leaf certificates (renewed at two thirds).
+    pub leaf_validity: Duration,
+    /// Longest time a client may take to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// Where TLS certificates come from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// The local CA in this directory (created on first use).
+    LocalCa {
+        /// Directory holding `ca.crt` and `ca.key`.
+        dir: PathBuf,
+    },
+    /// An existing certificate chain and key (PEM files).
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+}
+
 /// `[[listener]]`
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     /// Socket address to bind.
     pub addr: SocketAddr,
+    /// Serve TLS (HTTP/1.1 and HTTP/2 by ALPN) instead of plain HTTP.
+    pub tls: bool,
     /// Every request on this listener goes to this upstream unless `?ns=` or a
     /// path prefix says otherwise.
     pub upstream: Option<UpstreamId>,
@@ -104,6 +142,9 @@ pub struct UpstreamConfig {
     /// Other names that select this upstream by `?ns=` or path prefix
     /// (lowercase).
     pub aliases: Vec<String>,
+    /// Host names (TLS SNI, or `Host` on plain HTTP) that select this
+    /// upstream (lowercase).
+    pub hosts: Vec<String>,
     /// Chosen when nothing else selects an upstream.
     pub default: bool,
     /// Extra trust roots (PEM bytes, already read and checked).
@@ -290,20 +331,107 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
                     })?,
             ),
         };
-        listeners.push(ListenerConfig { addr, upstream });
+        listeners.push(ListenerConfig {
+            addr,
+            tls: l.tls,
+            upstream,
+        });
     }
     if listeners.is_empty() {
         return Err(invalid("listener", "at least one [[listener]] is required"));
     }
 
+    let mut hosts = HashSet::new();
+    for (i, u) in upstreams.iter().enumerate() {
+        for h in &u.hosts {
+            if !hosts.insert(h.clone()) {
+                return Err(invalid(
+                    format!("upstream[{i}].hosts"),
+                    format!("host {h:?} is claimed by two upstreams"),
+                ));
+            }
+        }
+    }
+    let tls = validate_tls(raw.tls, base)?;
     Ok(Config {
         storage_root,
         cache: CacheConfig {
             tag_ttl,
             metadata_max_bytes,
         },
+        tls,
         listeners,
         upstreams,
+    })
+}
+
+/// A DNS host name: labels of letters, digits and `-`, lowercased.
+fn host_name(key: &str, h: &str) -> Result<String, Error> {
+    let h = h.trim_end_matches('.').to_ascii_lowercase();
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.parse::<std::net::IpAddr>().is_err()
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(h)
+    } else {
+        Err(invalid(key, format!("{h:?} is not a DNS host name")))
+    }
+}
+
+fn validate_tls(raw: file::Tls, base: &Path) -> Result<TlsConfig, Error> {
+    let source = match (raw.cert_file, raw.key_file, raw.ca_dir) {
+        (Some(cert), Some(key), None) => TlsSource::Files {
+            cert: resolve(base, &cert),
+            key: resolve(base, &key),
+        },
+        (None, None, dir) => TlsSource::LocalCa {
+            dir: resolve(base, &dir.unwrap_or_else(|| "./certs".into())),
+        },
+        (Some(_), None, _) => {
+            return Err(invalid(
+                "tls.key_file",
+                "cert_file is set but key_file is not",
+            ));
+        }
+        (None, Some(_), _) => {
+            return Err(invalid(
+                "tls.cert_file",
+                "key_file is set but cert_file is not",
+            ));
+        }
+        (Some(_), Some(_), Some(_)) => {
+            return Err(invalid(
+                "tls.ca_dir",
+                "use either ca_dir or cert_file/key_file, not both",
+            ));
+        }
+    };
+    let names = raw
+        .names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| host_name(&format!("tls.names[{i}]"), n))
+        .collect::<Result<_, _>>()?;
+    Ok(TlsConfig {
+        source,
+        names,
+        leaf_validity: duration(
+            "tls.leaf_validity",
+            raw.leaf_validity.as_deref(),
+            DEFAULT_LEAF_VALIDITY,
+        )?,
+        handshake_timeout: duration(
+            "tls.handshake_timeout",
+            raw.handshake_timeout.as_deref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        )?,
     })
 }
 
@@ -353,6 +481,12 @@ fn validate_upstream(
         }
         aliases.push(a);
     }
+    let hosts = u
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(j, h)| host_name(&format!("{key}.hosts[{j}]"), h))
+        .collect::<Result<Vec<_>, _>>()?;
     let ca_pem = match u.ca_file {
         None => None,
         Some(p) => {
@@ -415,6 +549,7 @@ fn validate_upstream(
         id: UpstreamId(name.into()),
         url,
         aliases,
+        hosts,
         default: u.default,
         ca_pem,
         credentials,

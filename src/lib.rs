@@ -47,6 +47,7 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 /// Formats an error with its chain of sources (`a: b: c`), for log lines:

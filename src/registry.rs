@@ -43,6 +43,29 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The upstream this listener is pinned to, if any.
     pub pinned: Option<UpstreamId>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The TLS SNI name the client sent (lowercase), if any.
+    pub sni: Option<String>,
+}
+
+impl ConnInfo {
+    /// The host name that routes this request: the SNI name on TLS, the
+    /// `Host` header (or HTTP/2 `:authority`) on plain HTTP; without port.
+    fn route_host<'a, B>(&'a self, req: &'a Request<B>) -> Option<&'a str> {
+        if self.tls {
+            return self.sni.as_deref();
+        }
+        let raw = match req.uri().authority() {
+            Some(a) => a.as_str(),
+            None => req.headers().get(header::HOST)?.to_str().ok()?,
+        };
+        // Strip a port; IPv6 literals are never upstream hosts anyway.
+        Some(match raw.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => raw,
+        })
+    }
 }
 
 /// The registry API service.
@@ -50,6 +73,7 @@ pub struct ConnInfo {
 pub struct Registry {
     mirror: Arc<Mirror>,
     router: Router,
+    ca_pem: Option<Arc<str>>,
 }
 
 /// The query parameters the API uses.
@@ -99,9 +123,14 @@ struct Ctx<'a> {
 }
 
 impl Registry {
-    /// A registry over `mirror`, routing with `router`.
-    pub fn new(mirror: Arc<Mirror>, router: Router) -> Self {
-        Self { mirror, router }
+    /// A registry over `mirror`, routing with `router`. `ca_pem` is the
+    /// local CA certificate offered at `/ca.crt` for bootstrapping clients.
+    pub fn new(mirror: Arc<Mirror>, router: Router, ca_pem: Option<Arc<str>>) -> Self {
+        Self {
+            mirror,
+            router,
+            ca_pem,
+        }
     }
 
     /// Answers one request. Never fails: errors become OCI error responses.
@@ -145,8 +174,23 @@ impl Registry {
         conn: &ConnInfo,
         log: &mut AccessLog,
     ) -> Result<Response<Body>, ApiError> {
-        let ParsedPath { prefix, endpoint } = path::parse(req.uri().path())?;
         let method = req.method();
+        if req.uri().path() == "/ca.crt"
+            && let Some(pem) = &self.ca_pem
+            && (method == Method::GET || method == Method::HEAD)
+        {
+            let len = pem.len();
+            let body = if method == Method::HEAD {
+                response::empty()
+            } else {
+                response::full(Bytes::copy_from_slice(pem.as_bytes()))
+            };
+            let mut r = response::with_body(StatusCode::OK, body);
+            set(&mut r, header::CONTENT_TYPE, "application/x-pem-file");
+            r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+            return Ok(r);
+        }
+        let ParsedPath { prefix, endpoint } = path::parse(req.uri().path())?;
         if endpoint == Endpoint::Upload || (method != Method::GET && method != Method::HEAD) {
             return Err(ApiError::read_only());
         }
@@ -169,6 +213,7 @@ impl Registry {
             query.ns.as_deref(),
             prefix.as_deref(),
             name,
+            conn.route_host(req),
             conn.pinned.as_ref(),
         )?;
         log.upstream = Some(sel.upstream.to_string());

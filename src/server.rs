@@ -30,6 +30,25 @@ pub struct Listener {
     pub tcp: TcpListener,
     /// The upstream this listener is pinned to.
     pub pinned: Option<UpstreamId>,
+    /// TLS, for `tls = true` listeners.
+    pub tls: Option<TlsListener>,
+}
+
+/// How a TLS listener accepts connections.
+#[derive(Clone)]
+pub struct TlsListener {
+    /// The acceptor (certificate per SNI name, ALPN h2 + http/1.1).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Longest time a client may take to finish the handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serves every listener until `shutdown` completes, then drains.
@@ -99,25 +118,70 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = Arc::new(ConnInfo {
+        let base = ConnInfo {
             peer,
             local,
             pinned: l.pinned.clone(),
-        });
-        let registry = registry.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let registry = registry.clone();
-            let conn_info = conn_info.clone();
-            async move { Ok::<_, Infallible>(registry.handle(req, &conn_info).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            tls: l.tls.is_some(),
+            sni: None,
+        };
+        let (registry, builder, graceful) = (registry.clone(), builder.clone(), graceful.clone());
+        match l.tls.clone() {
+            None => serve_conn(stream, base, registry, &builder, &graceful),
+            // The handshake runs in the connection's task, so a slow client
+            // never holds up the accept loop.
+            Some(tls) => {
+                tokio::spawn(async move {
+                    let accepted =
+                        tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
+                            .await;
+                    let stream = match accepted {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let sni = stream
+                        .get_ref()
+                        .1
+                        .server_name()
+                        .map(str::to_ascii_lowercase);
+                    let info = ConnInfo { sni, ..base };
+                    serve_conn(stream, info, registry, &builder, &graceful);
+                });
             }
-        });
+        }
     }
+}
+
+fn serve_conn<S>(
+    stream: S,
+    info: ConnInfo,
+    registry: Arc<Registry>,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let info = Arc::new(info);
+    let service = hyper::service::service_fn(move |req| {
+        let registry = registry.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(registry.handle(req, &info).await) }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    });
 }

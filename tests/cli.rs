@@ -69,3 +69,35 @@ fn default_config_is_printed_and_valid() {
     std::fs::write(&p, text).unwrap();
     assert!(mirrorgate(&["check-config", p.to_str().unwrap()]).0);
 }
+
+#[test]
+fn ca_init_show_and_refuse_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("certs");
+    let d = d.to_str().unwrap();
+    let (ok, out) = mirrorgate(&["ca", "init", "--dir", d]);
+    assert!(ok, "{out}");
+    let fp = out
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 fingerprint "))
+        .unwrap()
+        .to_owned();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(format!("{d}/ca.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let (ok, out) = mirrorgate(&["ca", "init", "--dir", d]);
+    assert!(!ok);
+    assert!(out.contains("already exists"), "{out}");
+    let (ok, out) = mirrorgate(&["ca", "show", "--dir", d]);
+    assert!(ok);
+    assert!(out.contains(&fp) && out.contains("ca.crt"), "{out}");
+    let (ok, out) = mirrorgate(&["ca", "init", "--dir", d, "--force"]);
+    assert!(ok);
+    assert!(!out.contains(&fp), "--force makes a new CA");
+    let (ok, out) = mirrorgate(&["ca", "show", "--dir", "/nonexistent/certs"]);
+    assert!(!ok);
+    assert!(out.contains("ca init"), "{out}");
+}

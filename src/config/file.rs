@@ -14,6 +14,8 @@ pub(crate) struct File {
     pub(crate) storage: Storage,
     #[serde(default)]
     pub(crate) cache: Cache,
+    #[serde(default)]
+    pub(crate) tls: Tls,
     #[serde(default, rename = "listener")]
     pub(crate) listeners: Vec<Listener>,
     #[serde(default, rename = "upstream")]
@@ -35,12 +37,27 @@ pub(crate) struct Cache {
     pub(crate) metadata_max_size: Option<String>,
 }
 
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tls {
+    pub(crate) ca_dir: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) names: Vec<String>,
+    pub(crate) leaf_validity: Option<String>,
+    pub(crate) handshake_timeout: Option<String>,
+}
+
 /// `[[listener]]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Listener {
     pub(crate) addr: String,
     pub(crate) upstream: Option<String>,
+    #[serde(default)]
+    pub(crate) tls: bool,
 }
 
 /// `[[upstream]]`
@@ -51,6 +68,8 @@ pub(crate) struct Upstream {
     pub(crate) url: String,
     #[serde(default)]
     pub(crate) aliases: Vec<String>,
+    #[serde(default)]
+    pub(crate) hosts: Vec<String>,
     #[serde(default)]
     pub(crate) default: bool,
     pub(crate) ca_file: Option<PathBuf>,

@@ -1,7 +1,8 @@
 //! Picks the upstream for a request. Pure: no I/O, table-tested.
 //!
 //! Precedence, most explicit first: `?ns=` > path prefix (either shape) >
-//! the listener's pinned upstream > the default upstream. A prefix is always
+//! SNI name (TLS) or `Host` (plain HTTP) > the listener's pinned upstream >
+//! the default upstream. A prefix is always
 //! stripped when present, even when `?ns=` decides (containerd sends both
 //! when its `hosts.toml` mirror URL has a path).
 
@@ -17,6 +18,8 @@ pub enum Via {
     Ns,
     /// A path prefix.
     Prefix,
+    /// The TLS SNI name, or the `Host` header on plain HTTP.
+    Host,
     /// The listener is pinned to an upstream.
     Pinned,
     /// Nothing named one; the default upstream.
@@ -52,6 +55,7 @@ pub enum NoRoute {
 #[derive(Debug, Clone)]
 pub struct Router {
     names: HashMap<String, UpstreamId>,
+    hosts: HashMap<String, UpstreamId>,
     default: Option<UpstreamId>,
 }
 
@@ -70,19 +74,30 @@ impl Router {
             .iter()
             .find(|u| u.default)
             .map(|u| u.id.clone());
-        Self { names, default }
+        let hosts = config
+            .upstreams
+            .iter()
+            .flat_map(|u| u.hosts.iter().map(|h| (h.clone(), u.id.clone())))
+            .collect();
+        Self {
+            names,
+            hosts,
+            default,
+        }
     }
 
     fn lookup(&self, name: &str) -> Option<&UpstreamId> {
         self.names.get(&name.to_ascii_lowercase())
     }
 
-    /// Chooses the upstream for a request.
+    /// Chooses the upstream for a request. `host` is the TLS SNI name (or
+    /// the `Host` header's name on plain HTTP), without a port.
     pub fn select(
         &self,
         ns: Option<&str>,
         prefix: Option<&str>,
         name: Option<RepoName>,
+        host: Option<&str>,
         pinned: Option<&UpstreamId>,
     ) -> Result<Selection, NoRoute> {
         let mut by_prefix = None;
@@ -112,8 +127,14 @@ impl Router {
                 name,
             });
         }
+        let by_host = host.and_then(|h| {
+            self.hosts
+                .get(&h.trim_end_matches('.').to_ascii_lowercase())
+        });
         let (upstream, via) = if let Some(id) = by_prefix {
             (id, Via::Prefix)
+        } else if let Some(id) = by_host {
+            (id.clone(), Via::Host)
         } else if let Some(id) = pinned {
             (id.clone(), Via::Pinned)
         } else if let Some(id) = &self.default {
@@ -148,9 +169,11 @@ default = true
 [[upstream]]
 name = "ghcr.io"
 url = "https://ghcr.io"
+hosts = ["ghcr.mirror.test"]
 [[upstream]]
 name = "quay.io"
 url = "https://quay.io"
+hosts = ["quay.mirror.test"]
 "#,
             Path::new("."),
         )
@@ -271,7 +294,7 @@ url = "https://quay.io"
             ),
         ];
         for (ns, prefix, name, pinned, want, via, want_name) in cases {
-            let s = r.select(ns, prefix, n(name), pinned).unwrap();
+            let s = r.select(ns, prefix, n(name), None, pinned).unwrap();
             assert_eq!(
                 (s.upstream.as_str(), s.via),
                 (want, via),
@@ -282,17 +305,42 @@ url = "https://quay.io"
     }
 
     #[test]
+    fn host_sits_between_prefix_and_pin() {
+        let (r, c) = router();
+        let ghcr = &c.upstreams[1].id;
+        let sel = |ns, prefix, name: &str, host, pinned| {
+            r.select(ns, prefix, n(name), host, pinned).unwrap()
+        };
+        let s = sel(None, None, "org/a", Some("QUAY.mirror.test."), Some(ghcr));
+        assert_eq!((s.upstream.as_str(), s.via), ("quay.io", Via::Host));
+        let s = sel(None, None, "ghcr.io/org/a", Some("quay.mirror.test"), None);
+        assert_eq!((s.upstream.as_str(), s.via), ("ghcr.io", Via::Prefix));
+        let s = sel(
+            Some("docker.io"),
+            None,
+            "org/a",
+            Some("quay.mirror.test"),
+            None,
+        );
+        assert_eq!((s.upstream.as_str(), s.via), ("docker.io", Via::Ns));
+        let s = sel(None, None, "org/a", Some("unknown.test"), Some(ghcr));
+        assert_eq!((s.upstream.as_str(), s.via), ("ghcr.io", Via::Pinned));
+        let s = sel(None, None, "org/a", Some("unknown.test"), None);
+        assert_eq!(s.via, Via::Default);
+    }
+
+    #[test]
     fn errors() {
         let (r, _) = router();
         assert_eq!(
-            r.select(Some("example.com"), None, n("a"), None),
+            r.select(Some("example.com"), None, n("a"), None, None),
             Err(NoRoute::UnknownNs("example.com".into()))
         );
         assert_eq!(
-            r.select(None, Some("nope"), n("a"), None),
+            r.select(None, Some("nope"), n("a"), None, None),
             Err(NoRoute::UnknownPrefix("nope".into()))
         );
-        let s = r.select(None, None, None, None).unwrap();
+        let s = r.select(None, None, None, None, None).unwrap();
         assert_eq!(s.via, Via::Default);
     }
 }

@@ -10,3 +10,4 @@ mod faults;
 mod pull;
 mod routing;
 mod tags;
+mod tls;

@@ -1,0 +1,152 @@
+//! One TLS listener for every upstream: certificates per SNI name from the
+//! local CA, SNI and Host routing, HTTP/2 by ALPN, `/ca.crt`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::support::image::{docker_image, oci_image};
+use crate::support::*;
+
+fn tls_client(ca_pem: &[u8], resolve: &[(&str, SocketAddr)]) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in mirrorgate::upstream::parse_pem_certs(ca_pem) {
+        roots.add(c).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut b = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy();
+    for (name, addr) in resolve {
+        b = b.resolve(name, *addr);
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test]
+async fn sni_picks_the_upstream_and_unknown_names_get_no_certificate() {
+    let hub = FakeUpstream::start(Options::default()).await;
+    let ghcr = FakeUpstream::start(Options::default()).await;
+    let (h, g) = (docker_image(50, &[100]), oci_image(51, &[100]));
+    hub.add_image("org/app", "1", &h);
+    ghcr.add_image("org/app", "1", &g);
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let cfg = format!(
+        "[tls]\nca_dir = {:?}\nnames = [\"mirror.test\"]\n\
+         [[listener]]\naddr = \"127.0.0.1:0\"\ntls = true\n\
+         [[listener]]\naddr = \"127.0.0.1:0\"\n{}{}",
+        certs.display().to_string(),
+        upstream_toml(
+            "docker.io",
+            &hub.url(),
+            "default = true\nhosts = [\"docker.mirror.test\"]"
+        ),
+        upstream_toml("ghcr.io", &ghcr.url(), "hosts = [\"ghcr.mirror.test\"]"),
+    );
+    let gw = Gateway::start(&cfg, dir.path()).await;
+    // The CA was created on first start, key private.
+    let ca_pem = std::fs::read(certs.join("ca.crt")).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(certs.join("ca.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let port = gw.addrs[0].port();
+    let c = tls_client(
+        &ca_pem,
+        &[
+            ("docker.mirror.test", gw.addrs[0]),
+            ("ghcr.mirror.test", gw.addrs[0]),
+            ("mirror.test", gw.addrs[0]),
+            ("evil.test", gw.addrs[0]),
+        ],
+    );
+    for (host, img) in [("docker.mirror.test", &h), ("ghcr.mirror.test", &g)] {
+        let r = c
+            .get(format!("https://{host}:{port}/v2/org/app/manifests/1"))
+            .header("accept", ACCEPT_ALL)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+        assert_eq!(r.version(), reqwest::Version::HTTP_2, "h2 by ALPN");
+        assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes, "{host}");
+    }
+    // The mirror's own name: default upstream, or ?ns= / prefix.
+    let r = c
+        .get(format!(
+            "https://mirror.test:{port}/v2/org/app/manifests/1?ns=ghcr.io"
+        ))
+        .header("accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), g.manifest.bytes);
+    // An unconfigured name gets no certificate: the handshake fails.
+    let e = c.get(format!("https://evil.test:{port}/v2/")).send().await;
+    assert!(e.is_err(), "unknown SNI must not get a certificate");
+    // No SNI (an IP literal): the listener-IP certificate; /ca.crt bootstraps.
+    let r = c
+        .get(format!("https://127.0.0.1:{port}/ca.crt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), ca_pem);
+    // Plain HTTP: the Host header routes.
+    let r = client()
+        .get(format!("{}/v2/org/app/manifests/1", gw.url(1)))
+        .header("host", "ghcr.mirror.test")
+        .header("accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), g.manifest.bytes);
+    gw.stop().await;
+
+    // A restart reuses the same CA.
+    let gw = Gateway::start(&cfg, dir.path()).await;
+    assert_eq!(std::fs::read(certs.join("ca.crt")).unwrap(), ca_pem);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_handshakes_time_out_and_do_not_block_others() {
+    use tokio::io::AsyncWriteExt;
+    let up = FakeUpstream::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[tls]\nca_dir = {:?}\nhandshake_timeout = \"1s\"\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = true\n{}",
+        dir.path().join("certs").display().to_string(),
+        upstream_toml("docker.io", &up.url(), "default = true"),
+    );
+    let gw = Gateway::start(&cfg, dir.path()).await;
+    // A client that connects and says nothing.
+    let mut idle = tokio::net::TcpStream::connect(gw.addrs[0]).await.unwrap();
+    let ca = std::fs::read(dir.path().join("certs/ca.crt")).unwrap();
+    let c = tls_client(&ca, &[]);
+    let r = c
+        .get(format!("https://127.0.0.1:{}/v2/", gw.addrs[0].port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the idle client does not block others");
+    // After the timeout the idle connection is closed.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut buf = [0u8; 1];
+    let _ = idle.write_all(b"x").await;
+    let n = tokio::io::AsyncReadExt::read(&mut idle, &mut buf)
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0, "stalled handshake was closed");
+    gw.stop().await;
+}
