@@ -145,6 +145,10 @@ pub struct UpstreamConfig {
     /// Host names (TLS SNI, or `Host` on plain HTTP) that select this
     /// upstream (lowercase).
     pub hosts: Vec<String>,
+    /// Fixed addresses for the upstream URL's host, bypassing DNS. Needed in
+    /// transparent mode, where DNS points the upstream's own name at the
+    /// mirror.
+    pub connect_to: Vec<SocketAddr>,
     /// Chosen when nothing else selects an upstream.
     pub default: bool,
     /// Extra trust roots (PEM bytes, already read and checked).
@@ -487,6 +491,31 @@ fn validate_upstream(
         .enumerate()
         .map(|(j, h)| host_name(&format!("{key}.hosts[{j}]"), h))
         .collect::<Result<Vec<_>, _>>()?;
+    let connect_to = u
+        .connect_to
+        .iter()
+        .enumerate()
+        .map(|(j, a)| {
+            a.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    format!("{key}.connect_to[{j}]"),
+                    format!("{a:?} is not IP:PORT: {e}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(h) = url.host_str()
+        && hosts.iter().any(|x| x == &h.to_ascii_lowercase())
+        && connect_to.is_empty()
+    {
+        return Err(invalid(
+            format!("{key}.connect_to"),
+            format!(
+                "the upstream's own host {h:?} is listed in hosts (transparent mode), so DNS \
+                 for it points at this mirror: set connect_to to the real upstream address(es)"
+            ),
+        ));
+    }
     let ca_pem = match u.ca_file {
         None => None,
         Some(p) => {
@@ -550,6 +579,7 @@ fn validate_upstream(
         url,
         aliases,
         hosts,
+        connect_to,
         default: u.default,
         ca_pem,
         credentials,

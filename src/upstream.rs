@@ -164,7 +164,11 @@ fn header_digest(h: &HeaderMap) -> Option<Digest> {
 impl UpstreamClient {
     /// Builds the client (no network I/O).
     pub fn build(cfg: &UpstreamConfig) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let (Some(host), false) = (cfg.url.host_str(), cfg.connect_to.is_empty()) {
+            builder = builder.resolve_to_addrs(host, &cfg.connect_to);
+        }
+        let http = builder
             .tls_backend_preconfigured(tls_config(cfg)?)
             .user_agent(concat!("mirrorgate/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.connect_timeout)

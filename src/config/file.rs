@@ -71,6 +71,8 @@ pub(crate) struct Upstream {
     #[serde(default)]
     pub(crate) hosts: Vec<String>,
     #[serde(default)]
+    pub(crate) connect_to: Vec<String>,
+    #[serde(default)]
     pub(crate) default: bool,
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) username: Option<String>,

@@ -94,6 +94,20 @@ fn bad_values_name_their_key() {
             "only one upstream may be the default",
         ),
         (MINIMAL.replace("docker.io\"", "Docker IO\""), "upstream[0].name"),
+        (
+            MINIMAL.replace("default = true", "default = true\nhosts = [\"registry-1.docker.io\"]"),
+            "upstream[0].connect_to",
+        ),
+        (
+            MINIMAL.replace("default = true", "default = true\nconnect_to = [\"nope\"]"),
+            "upstream[0].connect_to[0]",
+        ),
+        (MINIMAL.replace("default = true", "default = true\nhosts = [\"10.0.0.1\"]"), "upstream[0].hosts[0]"),
+        (
+            format!("{MINIMAL}[[upstream]]\nname = \"q\"\nurl = \"https://q\"\nhosts = [\"a.test\"]\n[[upstream]]\nname = \"r\"\nurl = \"https://r\"\nhosts = [\"A.test\"]\n"),
+            "claimed by two upstreams",
+        ),
+        (format!("{MINIMAL}[tls]\ncert_file = \"c.pem\"\n"), "tls.key_file"),
     ];
     for (text, want) in cases {
         let e = err(&text);

@@ -146,3 +146,41 @@ async fn blobs_are_shared_between_upstreams() {
     );
     w.gw.stop().await;
 }
+
+#[tokio::test]
+async fn transparent_mode_uses_connect_to_instead_of_dns() {
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(34, &[100]);
+    up.add_image("org/t", "1", &img);
+    let port = up.url().rsplit(':').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    // The upstream's own name (which would resolve to the mirror in
+    // transparent mode) selects it by Host, and connect_to says where the
+    // real upstream is. `.invalid` never resolves.
+    let cfg = format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\n{}{}",
+        upstream_toml("docker.io", "http://127.0.0.1:9", "default = true"),
+        upstream_toml(
+            "quay.io",
+            &format!("http://registry.upstream.invalid:{port}"),
+            &format!(
+                "hosts = [\"registry.upstream.invalid\"]\nconnect_to = [\"127.0.0.1:{port}\"]"
+            ),
+        ),
+    );
+    let gw = Gateway::start(&cfg, dir.path()).await;
+    let r = client()
+        .get(format!("{}/v2/org/t/manifests/1", gw.url(0)))
+        .header("host", "registry.upstream.invalid")
+        .header("accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
+    assert_eq!(
+        up.requests()[0].header("host"),
+        Some(format!("registry.upstream.invalid:{port}").as_str())
+    );
+    gw.stop().await;
+}
