@@ -97,8 +97,25 @@ impl App {
         Ok(out)
     }
 
-    /// Serves `listeners` until `shutdown` completes.
+    /// Serves `listeners` until `shutdown` completes. Runs the scheduled
+    /// store verification meanwhile, when configured.
     pub async fn run(&self, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) {
+        let verifier = self.config.verify_interval.map(|every| {
+            let store = self.mirror.store().clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tick.tick().await;
+                    match store.verify().await {
+                        Ok(r) => tracing::info!(ok = r.ok, bytes = r.bytes, quarantined = r.quarantined.len(), "store verified"),
+                        Err(e) => tracing::error!(error = %crate::error_chain(&e), "store verification failed"),
+                    }
+                }
+            })
+        });
         server::serve(listeners, self.registry.clone(), shutdown).await;
+        if let Some(v) = verifier {
+            v.abort();
+        }
     }
 }

@@ -38,6 +38,16 @@ pub enum Command {
     },
     /// Print the embedded default config.
     DefaultConfig,
+    /// Re-hash every stored blob; move any that fails its digest to
+    /// `<root>/quarantine/`. Exits 1 when something was quarantined.
+    Verify {
+        /// Config file (its `[storage] root` is verified).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The store root to verify (overrides the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Manage the local certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -136,6 +146,44 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ca(cmd) => run_ca(cmd),
+        Command::Verify { config, data_dir } => {
+            let root = match (data_dir, &config) {
+                (Some(d), _) => d,
+                (None, Some(p)) => {
+                    Config::load(p)
+                        .with_context(|| format!("invalid config {}", p.display()))?
+                        .storage_root
+                }
+                (None, None) => Config::embedded_default()?.storage_root,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt
+                .block_on(async {
+                    let store = crate::store::BlobStore::open(&root).await?;
+                    store.verify().await
+                })
+                .with_context(|| format!("cannot verify {}", root.display()))?;
+            println!(
+                "{}: {} blobs ok ({} bytes), {} quarantined",
+                root.display(),
+                report.ok,
+                report.bytes,
+                report.quarantined.len()
+            );
+            for q in &report.quarantined {
+                println!("quarantined {}", q.display());
+            }
+            if report.quarantined.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "{} blob(s) failed their digest and were quarantined",
+                    report.quarantined.len()
+                )
+            }
+        }
         Command::DefaultConfig => {
             print!("{}", crate::config::DEFAULT_CONFIG);
             Ok(())

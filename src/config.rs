@@ -46,6 +46,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Config {
     /// Where blobs, manifests and the tag map live.
     pub storage_root: PathBuf,
+    /// Re-hash the whole store this often while serving (`None`: never;
+    /// `mirrorgate verify` does it on demand).
+    pub verify_interval: Option<Duration>,
     /// Metadata cache settings.
     pub cache: CacheConfig,
     /// TLS settings for `tls = true` listeners.
@@ -259,6 +262,14 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, E
 
 fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
     let storage_root = resolve(base, &raw.storage.root.unwrap_or_else(|| "./data".into()));
+    let verify_interval = match raw.storage.verify_interval.as_deref() {
+        None => None,
+        Some(s) => Some(duration(
+            "storage.verify_interval",
+            Some(s),
+            Duration::ZERO,
+        )?),
+    };
     let tag_ttl = duration(
         "cache.tag_ttl",
         raw.cache.tag_ttl.as_deref(),
@@ -359,6 +370,7 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
     let tls = validate_tls(raw.tls, base)?;
     Ok(Config {
         storage_root,
+        verify_interval,
         cache: CacheConfig {
             tag_ttl,
             metadata_max_bytes,

@@ -7,6 +7,7 @@
 //! ├── manifests/sha256/ab/ab12…ef      manifest record: media type + size (JSON)
 //! ├── repos/<upstream>/<repo…>/
 //! │   └── _tags/<tag>.<accept-class>   tag record: digest, media type, checked-at (JSON)
+//! ├── quarantine/                      blobs that failed `verify`, kept for inspection
 //! └── tmp/                             in-progress writes; swept at start
 //! ```
 //!
@@ -24,6 +25,7 @@
 
 mod layout;
 mod tags;
+mod verify;
 mod writer;
 
 use std::io;
@@ -37,6 +39,7 @@ use crate::oci::{Digest, MediaType};
 
 pub use layout::Layout;
 pub use tags::TagRecord;
+pub use verify::VerifyReport;
 pub use writer::BlobWriter;
 
 /// A store error.
@@ -244,6 +247,14 @@ impl BlobStore {
     ) -> Result<(), Error> {
         let dir = self.layout.repo_tags_dir(upstream, repo);
         blocking(move || std::fs::create_dir_all(&dir).map_err(Error::io("mkdir", &dir))).await
+    }
+
+    /// Re-hashes every blob and quarantines those that fail their digest
+    /// (see [`VerifyReport`]). Safe to run while serving: a quarantined blob
+    /// is simply fetched again on the next request.
+    pub async fn verify(&self) -> Result<VerifyReport, Error> {
+        let layout = self.layout.clone();
+        blocking(move || layout.verify()).await
     }
 
     /// Repositories of `upstream` with cached content, sorted.

@@ -27,6 +27,7 @@ pub(crate) struct File {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Storage {
     pub(crate) root: Option<PathBuf>,
+    pub(crate) verify_interval: Option<String>,
 }
 
 /// `[cache]`

@@ -160,6 +160,32 @@ async fn manifests_and_tags_roundtrip() {
 }
 
 #[tokio::test]
+async fn verify_quarantines_what_fails_its_digest() {
+    let (_d, s) = store().await;
+    for data in [&b"one"[..], b"two", b"three"] {
+        let mut w = s.writer(&digest(data)).await.unwrap();
+        w.write(data).unwrap();
+        w.finish(None).unwrap();
+    }
+    let r = s.verify().await.unwrap();
+    assert_eq!((r.ok, r.bytes, r.quarantined.len()), (3, 11, 0));
+    // Bit rot, and a stray file.
+    let bad = s.layout().blob(&digest(b"two"));
+    std::fs::write(&bad, b"tw0").unwrap();
+    std::fs::write(bad.with_file_name("not-a-digest"), b"x").unwrap();
+    let r = s.verify().await.unwrap();
+    assert_eq!((r.ok, r.quarantined.len()), (2, 2));
+    assert!(!bad.exists());
+    assert_eq!(s.stat(&digest(b"two")).await.unwrap(), None);
+    assert!(
+        r.quarantined
+            .iter()
+            .all(|p| p.starts_with(s.layout().root().join("quarantine")))
+    );
+    assert_eq!(s.verify().await.unwrap().quarantined.len(), 0);
+}
+
+#[tokio::test]
 async fn corrupted_manifest_on_disk_is_not_served() {
     let (_d, s) = store().await;
     let m = Bytes::from_static(b"{}");

@@ -6,6 +6,7 @@
 mod support;
 
 mod coalesce;
+mod crash;
 mod faults;
 mod pull;
 mod routing;
