@@ -27,13 +27,15 @@ impl Drop for Proc {
 }
 
 async fn spawn(config: &std::path::Path, port: u16) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let c = client();
     for _ in 0..200 {
         if c.get(format!("http://127.0.0.1:{port}/v2/"))
@@ -41,7 +43,7 @@ async fn spawn(config: &std::path::Path, port: u16) -> Proc {
             .await
             .is_ok()
         {
-            return Proc(child);
+            return child;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
