@@ -36,6 +36,12 @@ pub const DEFAULT_METADATA_MAX: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default upstream read timeout (longest wait for the next bytes).
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time past the TTL a tag is served while upstream is down.
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default number of consecutive failures that open the circuit breaker.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// Default first backoff of an open circuit breaker.
+pub const DEFAULT_BREAKER_BACKOFF: Duration = Duration::from_secs(2);
 /// Default lifetime of issued leaf certificates.
 pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default TLS handshake timeout.
@@ -66,6 +72,9 @@ pub struct CacheConfig {
     pub tag_ttl: Duration,
     /// Byte budget of the in-memory metadata cache (tags and manifests).
     pub metadata_max_bytes: u64,
+    /// How long past its TTL a tag may still be served when upstream is
+    /// unreachable (connect error, timeout, 5xx, 429).
+    pub stale_if_error: Duration,
 }
 
 /// `[tls]`
@@ -166,6 +175,11 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// Per-upstream override of `[cache] tag_ttl`.
     pub tag_ttl: Duration,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// First backoff of an open breaker (doubles per failed probe, up to a
+    /// minute).
+    pub breaker_backoff: Duration,
 }
 
 /// Username and password for an upstream.
@@ -374,6 +388,11 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
         cache: CacheConfig {
             tag_ttl,
             metadata_max_bytes,
+            stale_if_error: duration(
+                "cache.stale_if_error",
+                raw.cache.stale_if_error.as_deref(),
+                DEFAULT_STALE_IF_ERROR,
+            )?,
         },
         tls,
         listeners,
@@ -606,6 +625,21 @@ fn validate_upstream(
             DEFAULT_READ_TIMEOUT,
         )?,
         tag_ttl: duration(&format!("{key}.tag_ttl"), u.tag_ttl.as_deref(), tag_ttl)?,
+        breaker_failures: match u.breaker_failures {
+            Some(0) => {
+                return Err(invalid(
+                    format!("{key}.breaker_failures"),
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => n,
+            None => DEFAULT_BREAKER_FAILURES,
+        },
+        breaker_backoff: duration(
+            &format!("{key}.breaker_backoff"),
+            u.breaker_backoff.as_deref(),
+            DEFAULT_BREAKER_BACKOFF,
+        )?,
     })
 }
 

@@ -111,6 +111,8 @@ pub struct Mirror {
     store: BlobStore,
     cache: MetadataCache,
     fills: Arc<inflight::Fills>,
+    /// How long past its TTL a tag may be served while upstream is down.
+    stale_if_error: std::time::Duration,
 }
 
 impl Mirror {
@@ -132,6 +134,7 @@ impl Mirror {
             store,
             cache: MetadataCache::new(config.cache.metadata_max_bytes),
             fills: Arc::new(inflight::Fills::default()),
+            stale_if_error: config.cache.stale_if_error,
         })
     }
 

@@ -15,6 +15,7 @@
 //! This module knows nothing about the store or the cache.
 
 pub mod auth;
+pub mod breaker;
 mod error;
 
 use std::sync::{Arc, RwLock};
@@ -116,6 +117,7 @@ pub struct UpstreamClient {
     credentials: Option<Credentials>,
     scheme: RwLock<Option<Scheme>>,
     tokens: TokenCache,
+    breaker: breaker::Breaker,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -185,6 +187,11 @@ impl UpstreamClient {
             credentials: cfg.credentials.clone(),
             scheme: RwLock::new(None),
             tokens: auth::token_cache(),
+            breaker: breaker::Breaker::new(breaker::Settings {
+                threshold: cfg.breaker_failures,
+                backoff: cfg.breaker_backoff,
+                max_backoff: cfg.breaker_backoff.max(std::time::Duration::from_secs(60)),
+            }),
         })
     }
 
@@ -266,9 +273,36 @@ impl UpstreamClient {
         }
     }
 
+    /// Whether the circuit breaker currently considers the upstream down.
+    pub fn is_down(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Sends a request through the circuit breaker: fails fast while it is
+    /// open, and records whether upstream answered.
+    async fn send(
+        &self,
+        method: Method,
+        url: url::Url,
+        repo: &RepoName,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, Error> {
+        use std::time::Instant;
+        if self.breaker.admit(Instant::now()) == breaker::Admit::Reject {
+            return Err(Error::CircuitOpen);
+        }
+        let result = self.send_authorized(method, url, repo, headers).await;
+        let ok = match &result {
+            Ok(r) => !(r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS),
+            Err(e) => !e.is_unavailable(),
+        };
+        self.breaker.record(ok, Instant::now());
+        result
+    }
+
     /// Sends a request, answering one authentication challenge if needed.
     /// Returns the response whatever its status.
-    async fn send(
+    async fn send_authorized(
         &self,
         method: Method,
         url: url::Url,

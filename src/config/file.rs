@@ -36,6 +36,7 @@ pub(crate) struct Storage {
 pub(crate) struct Cache {
     pub(crate) tag_ttl: Option<String>,
     pub(crate) metadata_max_size: Option<String>,
+    pub(crate) stale_if_error: Option<String>,
 }
 
 /// `[tls]`
@@ -82,6 +83,8 @@ pub(crate) struct Upstream {
     pub(crate) connect_timeout: Option<String>,
     pub(crate) read_timeout: Option<String>,
     pub(crate) tag_ttl: Option<String>,
+    pub(crate) breaker_failures: Option<u32>,
+    pub(crate) breaker_backoff: Option<String>,
 }
 
 /// A password: inline, from an environment variable, or from a file.

@@ -196,11 +196,16 @@ impl Mirror {
                 self.store.remove_tag(key).await?;
                 Err(e.into())
             }
-            Err(e) => {
+            // Upstream unreachable (connect error, timeout, 5xx, 429, open
+            // circuit): serve the last known digest for a while.
+            Err(e)
+                if e.is_unavailable() && old.age(SystemTime::now()) < ttl + self.stale_if_error =>
+            {
                 tracing::warn!(upstream = %up.config.id, repo = %key.repo, tag = %key.tag, error = %e,
                     "tag revalidation failed; serving the last known digest");
                 Ok(entry(old, true))
             }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -280,6 +280,14 @@ fn from_upstream(e: &upstream::Error, subject: Subject) -> ApiError {
             Code::Unavailable,
             "upstream timed out".into(),
         ),
+        U::CircuitOpen => ApiError {
+            retry_after: Some("5".into()),
+            ..up(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                "upstream is down and this is not cached; failing fast".into(),
+            )
+        },
         U::Connect(_) => up(
             StatusCode::SERVICE_UNAVAILABLE,
             Code::Unavailable,

@@ -37,6 +37,10 @@ pub enum Error {
     /// The response body broke off.
     #[error("upstream response body failed")]
     Body(#[source] reqwest::Error),
+    /// The circuit breaker is open: upstream failed repeatedly and is not
+    /// being asked until its backoff passes.
+    #[error("upstream is down (circuit open)")]
+    CircuitOpen,
     /// Any other transport failure (redirect loop, ...).
     #[error("upstream request failed")]
     Transport(#[source] reqwest::Error),
@@ -65,7 +69,11 @@ impl Error {
     /// (as opposed to answering with an error).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Timeout(_) | Self::Transport(_) | Self::Body(_) => true,
+            Self::Connect(_)
+            | Self::Timeout(_)
+            | Self::Transport(_)
+            | Self::Body(_)
+            | Self::CircuitOpen => true,
             Self::Status { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }

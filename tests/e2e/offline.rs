@@ -1,0 +1,142 @@
+//! Keep serving when upstream breaks: stale tags within `stale_if_error`,
+//! across restarts, and a circuit breaker that fails fast.
+
+use std::time::Duration;
+
+use crate::support::image::docker_image;
+use crate::support::*;
+
+async fn get(c: &reqwest::Client, url: String) -> reqwest::Response {
+    c.get(url)
+        .header("accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cached_images_pull_with_upstream_down_across_a_restart() {
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(70, &[5000]);
+    up.add_image("library/off", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "tag_ttl = \"1s\"";
+    let cache = "[cache]\nstale_if_error = \"3s\"\n";
+    let start = |up: &FakeUpstream| {
+        let cfg = format!(
+            "{cache}[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+            upstream_toml("docker.io", &up.url(), &format!("default = true\n{extra}"))
+        );
+        let root = dir.path().to_owned();
+        async move { Gateway::start(&cfg, &root).await }
+    };
+    let c = client();
+    let gw = start(&up).await;
+    assert_eq!(
+        get(&c, format!("{}/v2/library/off/manifests/1", gw.url(0)))
+            .await
+            .status(),
+        200
+    );
+    let blob = format!("/v2/library/off/blobs/{}", img.layers[0].digest);
+    assert_eq!(
+        get(&c, format!("{}{blob}", gw.url(0)))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        img.layers[0].bytes
+    );
+    gw.stop().await;
+
+    // Upstream dies; the mirror restarts after the tag's TTL ran out.
+    up.set_down(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let gw = start(&up).await;
+    let r = get(&c, format!("{}/v2/library/off/manifests/1", gw.url(0))).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["warning"].to_str().unwrap().starts_with("110 "));
+    assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
+    let r = get(
+        &c,
+        format!(
+            "{}/v2/library/off/manifests/{}",
+            gw.url(0),
+            img.manifest.digest
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        get(&c, format!("{}{blob}", gw.url(0)))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        img.layers[0].bytes
+    );
+
+    // Past tag_ttl + stale_if_error the stale tag is no longer served.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = get(&c, format!("{}/v2/library/off/manifests/1", gw.url(0))).await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_eq!(error_code(r).await, "UNAVAILABLE");
+    // Content addressed by digest never goes stale.
+    let r = get(
+        &c,
+        format!(
+            "{}/v2/library/off/manifests/{}",
+            gw.url(0),
+            img.manifest.digest
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn circuit_breaker_fails_fast_then_probes_and_recovers() {
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(71, &[100]);
+    up.add_image("library/cb", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = single(
+        &up,
+        dir.path(),
+        "breaker_failures = 2\nbreaker_backoff = \"400ms\"",
+    )
+    .await;
+    let c = client();
+    let url = format!("{}/v2/library/cb/manifests/1", gw.url(0));
+    up.set_down(true);
+    for _ in 0..2 {
+        let r = get(&c, url.clone()).await;
+        assert_eq!(r.status(), 502, "upstream 503 relayed as a bad gateway");
+    }
+    let seen = up.requests().len();
+    // Open: answered at once, upstream not asked.
+    for _ in 0..5 {
+        let r = get(&c, url.clone()).await;
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "5");
+        assert_eq!(error_code(r).await, "UNAVAILABLE");
+    }
+    assert_eq!(
+        up.requests().len(),
+        seen,
+        "no request reached the dead upstream"
+    );
+    // After the backoff one probe goes out (and fails: backoff doubles).
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(get(&c, url.clone()).await.status(), 502);
+    assert_eq!(up.requests().len(), seen + 1);
+    assert_eq!(get(&c, url.clone()).await.status(), 503);
+    // Upstream is back: the next probe closes the circuit.
+    up.set_down(false);
+    tokio::time::sleep(Duration::from_millis(850)).await;
+    let r = get(&c, url.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
+    gw.stop().await;
+}
