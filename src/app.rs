@@ -113,7 +113,13 @@ impl App {
                 }
             })
         });
-        server::serve(listeners, self.registry.clone(), shutdown).await;
+        server::serve(
+            listeners,
+            self.registry.clone(),
+            &self.config.server,
+            shutdown,
+        )
+        .await;
         if let Some(v) = verifier {
             v.abort();
         }

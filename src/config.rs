@@ -59,6 +59,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// TLS settings for `tls = true` listeners.
     pub tls: TlsConfig,
+    /// Connection limits.
+    pub server: ServerConfig,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Upstreams, in file order. Names are unique.
@@ -75,6 +77,20 @@ pub struct CacheConfig {
     /// How long past its TTL a tag may still be served when upstream is
     /// unreachable (connect error, timeout, 5xx, 429).
     pub stale_if_error: Duration,
+}
+
+/// `[server]`: limits that keep hostile or broken clients from exhausting
+/// the process.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Most connections served at once, over all listeners; further clients
+    /// wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Longest time a client may take to send a request's headers (also
+    /// closes idle keep-alive connections).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers) accepted.
+    pub max_header_size: usize,
 }
 
 /// `[tls]`
@@ -382,6 +398,35 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
         }
     }
     let tls = validate_tls(raw.tls, base)?;
+    let server = ServerConfig {
+        max_connections: match raw.server.max_connections {
+            Some(0) => return Err(invalid("server.max_connections", "must be at least 1")),
+            Some(n) => n,
+            None => 4096,
+        },
+        header_read_timeout: duration(
+            "server.header_read_timeout",
+            raw.server.header_read_timeout.as_deref(),
+            Duration::from_secs(30),
+        )?,
+        max_header_size: match raw.server.max_header_size.as_deref() {
+            None => 64 * 1024,
+            Some(s) => {
+                let b = bytesize::ByteSize::from_str(s)
+                    .map_err(|e| {
+                        invalid("server.max_header_size", format!("invalid size {s:?}: {e}"))
+                    })?
+                    .as_u64();
+                if !(8192..=16 * 1024 * 1024).contains(&b) {
+                    return Err(invalid(
+                        "server.max_header_size",
+                        "must be between 8KiB and 16MiB",
+                    ));
+                }
+                b as usize
+            }
+        },
+    };
     Ok(Config {
         storage_root,
         verify_interval,
@@ -395,6 +440,7 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
             )?,
         },
         tls,
+        server,
         listeners,
         upstreams,
     })

@@ -13,13 +13,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::config::UpstreamId;
+use crate::config::{ServerConfig, UpstreamId};
 use crate::registry::{ConnInfo, Registry};
 
-/// Longest time a client may take to send request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may run after shutdown begins.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -55,16 +53,23 @@ impl std::fmt::Debug for TlsListener {
 pub async fn serve(
     listeners: Vec<Listener>,
     registry: Arc<Registry>,
+    limits: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut loops = Vec::new();
     for l in listeners {
         loops.push(tokio::spawn(accept_loop(
             l,
             registry.clone(),
             graceful.clone(),
+            Limits {
+                slots: slots.clone(),
+                header_read_timeout: limits.header_read_timeout,
+                max_header_size: limits.max_header_size,
+            },
             stop_rx.clone(),
         )));
     }
@@ -83,10 +88,18 @@ pub async fn serve(
     }
 }
 
+/// Per-listener copies of the connection limits.
+struct Limits {
+    slots: Arc<Semaphore>,
+    header_read_timeout: Duration,
+    max_header_size: usize,
+}
+
 async fn accept_loop(
     l: Listener,
     registry: Arc<Registry>,
     graceful: Arc<GracefulShutdown>,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
     let local = match l.tcp.local_addr() {
@@ -100,10 +113,26 @@ async fn accept_loop(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_size.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
     loop {
+        // Wait for a free connection slot before accepting: beyond the limit,
+        // clients queue in the kernel instead of consuming memory here.
+        let slot = tokio::select! {
+            s = limits.slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
         let accepted = tokio::select! {
             r = l.tcp.accept() => r,
             _ = stop.changed() => return,
@@ -127,7 +156,7 @@ async fn accept_loop(
         };
         let (registry, builder, graceful) = (registry.clone(), builder.clone(), graceful.clone());
         match l.tls.clone() {
-            None => serve_conn(stream, base, registry, &builder, &graceful),
+            None => serve_conn(stream, base, registry, &builder, &graceful, slot),
             // The handshake runs in the connection's task, so a slow client
             // never holds up the accept loop.
             Some(tls) => {
@@ -152,7 +181,7 @@ async fn accept_loop(
                         .server_name()
                         .map(str::to_ascii_lowercase);
                     let info = ConnInfo { sni, ..base };
-                    serve_conn(stream, info, registry, &builder, &graceful);
+                    serve_conn(stream, info, registry, &builder, &graceful, slot);
                 });
             }
         }
@@ -165,6 +194,7 @@ fn serve_conn<S>(
     registry: Arc<Registry>,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
+    slot: OwnedSemaphorePermit,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -183,5 +213,6 @@ fn serve_conn<S>(
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
+        drop(slot);
     });
 }

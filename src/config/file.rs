@@ -16,6 +16,8 @@ pub(crate) struct File {
     pub(crate) cache: Cache,
     #[serde(default)]
     pub(crate) tls: Tls,
+    #[serde(default)]
+    pub(crate) server: Server,
     #[serde(default, rename = "listener")]
     pub(crate) listeners: Vec<Listener>,
     #[serde(default, rename = "upstream")]
@@ -37,6 +39,15 @@ pub(crate) struct Cache {
     pub(crate) tag_ttl: Option<String>,
     pub(crate) metadata_max_size: Option<String>,
     pub(crate) stale_if_error: Option<String>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Server {
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) header_read_timeout: Option<String>,
+    pub(crate) max_header_size: Option<String>,
 }
 
 /// `[tls]`

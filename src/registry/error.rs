@@ -164,6 +164,7 @@ impl From<PathError> for ApiError {
     fn from(e: PathError) -> Self {
         let (status, code) = match e {
             PathError::NotFound => (StatusCode::NOT_FOUND, Code::Unsupported),
+            PathError::TooLong => (StatusCode::URI_TOO_LONG, Code::NameInvalid),
             PathError::Name => (StatusCode::BAD_REQUEST, Code::NameInvalid),
             PathError::Tag => (StatusCode::BAD_REQUEST, Code::TagInvalid),
             PathError::Digest => (StatusCode::BAD_REQUEST, Code::DigestInvalid),

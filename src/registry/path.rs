@@ -47,6 +47,9 @@ pub enum PathError {
     /// Not a registry API path at all.
     #[error("not a registry API path")]
     NotFound,
+    /// Longer than [`MAX_PATH_LEN`].
+    #[error("request path too long")]
+    TooLong,
     /// The repository name breaks the OCI grammar.
     #[error("invalid repository name")]
     Name,
@@ -61,7 +64,7 @@ pub enum PathError {
 /// Parses a request path (no query string).
 pub fn parse(path: &str) -> Result<ParsedPath, PathError> {
     if path.len() > MAX_PATH_LEN {
-        return Err(PathError::NotFound);
+        return Err(PathError::TooLong);
     }
     let (prefix, rest) = if let Some(rest) = path.strip_prefix("/v2") {
         (None, rest)
@@ -180,7 +183,7 @@ mod tests {
         assert_eq!(ep("/v2/a%2fb/manifests/latest"), Err(PathError::Name));
         assert_eq!(
             ep(&format!("/v2/{}/tags/list", "a".repeat(2000))),
-            Err(PathError::NotFound)
+            Err(PathError::TooLong)
         );
         assert_eq!(ep("//v2/"), Err(PathError::NotFound));
     }

@@ -8,6 +8,7 @@ mod support;
 mod coalesce;
 mod crash;
 mod faults;
+mod hostile;
 mod offline;
 mod pull;
 mod routing;
