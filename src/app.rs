@@ -47,7 +47,9 @@ impl App {
     /// Opens the store (sweeping stale temporary files) and builds the
     /// mirror and the registry API.
     pub async fn build(config: Config) -> Result<Self, Error> {
-        let store = BlobStore::open(&config.storage_root).await?;
+        let store = BlobStore::open(&config.storage_root)
+            .await?
+            .with_max_size(config.max_size);
         let mirror = Arc::new(Mirror::build(&config, store)?);
         let tls = crate::tls::build(&config)?;
         let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());
@@ -113,6 +115,7 @@ impl App {
                 }
             })
         });
+        let evictor = self.mirror.store().spawn_evictor();
         server::serve(
             listeners,
             self.registry.clone(),
@@ -120,8 +123,8 @@ impl App {
             shutdown,
         )
         .await;
-        if let Some(v) = verifier {
-            v.abort();
+        for task in [verifier, evictor].into_iter().flatten() {
+            task.abort();
         }
     }
 }

@@ -55,6 +55,9 @@ pub struct Config {
     /// Re-hash the whole store this often while serving (`None`: never;
     /// `mirrorgate verify` does it on demand).
     pub verify_interval: Option<Duration>,
+    /// Bound on stored blob bytes; least recently used blobs are evicted
+    /// beyond it (`None`: unbounded).
+    pub max_size: Option<u64>,
     /// Metadata cache settings.
     pub cache: CacheConfig,
     /// TLS settings for `tls = true` listeners.
@@ -427,9 +430,22 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
             }
         },
     };
+    let max_size = match raw.storage.max_size.as_deref() {
+        None => None,
+        Some(s) => {
+            let b = bytesize::ByteSize::from_str(s)
+                .map_err(|e| invalid("storage.max_size", format!("invalid size {s:?}: {e}")))?
+                .as_u64();
+            if b < 1024 * 1024 {
+                return Err(invalid("storage.max_size", "must be at least 1MiB"));
+            }
+            Some(b)
+        }
+    };
     Ok(Config {
         storage_root,
         verify_interval,
+        max_size,
         cache: CacheConfig {
             tag_ttl,
             metadata_max_bytes,

@@ -23,6 +23,7 @@
 //! The store knows nothing about HTTP or upstreams. Blocking file I/O runs on
 //! tokio's blocking pool.
 
+pub mod gc;
 mod layout;
 mod tags;
 mod verify;
@@ -94,7 +95,19 @@ pub struct ManifestRecord {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     layout: Arc<Layout>,
+    /// Blobs being served (never evicted).
+    in_use: Arc<gc::InUse>,
+    /// `[storage] max_size`.
+    max_size: Option<u64>,
+    /// Approximate bytes under `blobs/`: recounted by every eviction pass,
+    /// advanced by commits in between.
+    approx_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Wakes the eviction task when a commit crosses `max_size`.
+    over_budget: Arc<tokio::sync::Notify>,
 }
+
+/// Refresh a served blob's last-access time at most this often.
+const ACCESS_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
@@ -116,11 +129,76 @@ impl BlobStore {
     pub async fn open(root: &Path) -> Result<Self, Error> {
         let layout = Arc::new(Layout::new(root));
         let l = layout.clone();
-        let swept = blocking(move || l.init()).await?;
+        let (swept, bytes) = blocking(move || {
+            let swept = l.init()?;
+            let bytes = l.entries()?.iter().map(|e| e.size).sum::<u64>();
+            Ok((swept, bytes))
+        })
+        .await?;
         if swept > 0 {
             tracing::info!(swept, "removed stale temporary files");
         }
-        Ok(Self { layout })
+        Ok(Self {
+            layout,
+            in_use: Arc::default(),
+            max_size: None,
+            approx_bytes: Arc::new(std::sync::atomic::AtomicU64::new(bytes)),
+            over_budget: Arc::default(),
+        })
+    }
+
+    /// Bounds the blobs to `max` bytes (see [`gc`]).
+    pub fn with_max_size(mut self, max: Option<u64>) -> Self {
+        self.max_size = max;
+        self
+    }
+
+    /// Approximate bytes of stored blobs.
+    pub fn stored_bytes(&self) -> u64 {
+        self.approx_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Accounts for a committed blob; wakes eviction when over budget.
+    pub fn note_committed(&self, size: u64) {
+        let now = self
+            .approx_bytes
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed)
+            + size;
+        if self.max_size.is_some_and(|m| now > m) {
+            self.over_budget.notify_one();
+        }
+    }
+
+    /// One eviction pass: when blobs exceed `max_size`, deletes the least
+    /// recently used (not being served) down to 90% of it.
+    pub async fn evict_once(&self) -> Result<gc::GcReport, Error> {
+        let Some(max) = self.max_size else {
+            return Ok(gc::GcReport::default());
+        };
+        let (layout, in_use) = (self.layout.clone(), self.in_use.clone());
+        let report = blocking(move || layout.gc(max, max / 10 * 9, &in_use)).await?;
+        self.approx_bytes
+            .store(report.after, std::sync::atomic::Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// Runs eviction whenever a commit crosses the budget (and every minute
+    /// as a backstop) until the task is aborted.
+    pub fn spawn_evictor(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.max_size?;
+        let store = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                if let Err(e) = store.evict_once().await {
+                    tracing::error!(error = %crate::error_chain(&e), "eviction failed");
+                }
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(60),
+                    store.over_budget.notified(),
+                )
+                .await;
+            }
+        }))
     }
 
     /// The path layout.
@@ -138,23 +216,36 @@ impl BlobStore {
         }
     }
 
-    /// Opens a stored blob for reading, with its size.
+    /// Opens a stored blob for reading, with its size. The guard keeps it
+    /// from eviction while it is served; the open also counts as an access
+    /// for LRU eviction.
     pub async fn open_blob(
         &self,
         digest: &Digest,
-    ) -> Result<Option<(tokio::fs::File, u64)>, Error> {
+    ) -> Result<Option<(tokio::fs::File, u64, gc::InUseGuard)>, Error> {
+        let guard = self.in_use.hold(digest);
         let path = self.layout.blob(digest);
-        let file = match tokio::fs::File::open(&path).await {
+        let std_file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("open", &path)(e)),
         };
-        let len = file
-            .metadata()
-            .await
-            .map_err(Error::io("stat", &path))?
-            .len();
-        Ok(Some((file, len)))
+        let meta = std_file.metadata().map_err(Error::io("stat", &path))?;
+        let now = std::time::SystemTime::now();
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_none_or(|age| age > ACCESS_GRANULARITY);
+        if stale {
+            // Best effort: a failure only makes eviction less accurate.
+            let _ = std_file.set_modified(now);
+        }
+        Ok(Some((
+            tokio::fs::File::from_std(std_file),
+            meta.len(),
+            guard,
+        )))
     }
 
     /// Starts writing a blob that must hash to `digest`.
@@ -206,12 +297,15 @@ impl BlobStore {
         };
         let rec_path = self.layout.manifest_record(digest);
         let layout = self.layout.clone();
+        let size = bytes.len() as u64;
         blocking(move || {
             w.write(&bytes)?;
             w.finish(Some(bytes.len() as u64))?;
             layout.write_json_atomic(&rec_path, &rec)
         })
-        .await
+        .await?;
+        self.note_committed(size);
+        Ok(())
     }
 
     /// Loads a tag record.

@@ -30,6 +30,7 @@ pub(crate) struct File {
 pub(crate) struct Storage {
     pub(crate) root: Option<PathBuf>,
     pub(crate) verify_interval: Option<String>,
+    pub(crate) max_size: Option<String>,
 }
 
 /// `[cache]`

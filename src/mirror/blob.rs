@@ -52,7 +52,7 @@ pub struct BlobBody {
 
 #[derive(Debug)]
 enum Source {
-    File(tokio::fs::File),
+    File(tokio::fs::File, store::gc::InUseGuard),
     Fill(Arc<Fill>),
 }
 
@@ -64,9 +64,15 @@ impl BlobBody {
         end: Option<u64>,
     ) -> BoxStream<'static, io::Result<Bytes>> {
         match self.source {
-            Source::File(file) => {
+            Source::File(file, guard) => {
                 let len = end.or(self.size).unwrap_or(u64::MAX).saturating_sub(start);
+                // The guard lives as long as the stream: no eviction meanwhile.
                 file_stream(file, start, len)
+                    .map(move |r| {
+                        let _ = &guard;
+                        r
+                    })
+                    .boxed()
             }
             Source::Fill(fill) => fill_stream(fill, start, end.or(self.size)),
         }
@@ -253,11 +259,11 @@ impl Mirror {
         // Two rounds at most: a fill can finish between our store check and
         // the table lookup, in which case the store has the blob.
         for _ in 0..2 {
-            if let Some((file, len)) = self.store.open_blob(digest).await? {
+            if let Some((file, len, guard)) = self.store.open_blob(digest).await? {
                 return Ok(BlobBody {
                     size: Some(len),
                     status: CacheStatus::Hit,
-                    source: Source::File(file),
+                    source: Source::File(file, guard),
                 });
             }
             let path = self.store.layout().blob(digest);
@@ -311,6 +317,7 @@ impl FillTask {
         let result = self.download().await;
         let state = match result {
             Ok(size) => {
+                self.store.note_committed(size);
                 tracing::debug!(upstream = %self.up.config.id, digest = %self.digest, bytes = size, "blob cached");
                 FillState::Done { size }
             }

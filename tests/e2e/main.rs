@@ -7,6 +7,7 @@ mod support;
 
 mod coalesce;
 mod crash;
+mod disk;
 mod faults;
 mod hostile;
 mod offline;

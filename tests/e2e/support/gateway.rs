@@ -23,10 +23,12 @@ impl Gateway {
     /// Starts a mirror from TOML config text. Listener addresses in the text
     /// should use port 0.
     pub async fn start(config: &str, root: &Path) -> Self {
-        let text = format!(
-            "[storage]\nroot = {:?}\n{config}",
-            root.display().to_string()
-        );
+        let root_line = format!("root = {:?}\n", root.display().to_string());
+        let text = if config.contains("[storage]\n") {
+            config.replacen("[storage]\n", &format!("[storage]\n{root_line}"), 1)
+        } else {
+            format!("[storage]\n{root_line}{config}")
+        };
         let config = Config::from_toml(&text, root).expect("test config is valid");
         let app = Arc::new(App::build(config).await.expect("app builds"));
         let listeners = app.bind().await.expect("bind");
