@@ -51,6 +51,30 @@ pub enum Command {
     /// Manage the local certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Write a client's configuration for pulling every configured upstream
+    /// through the mirror's TLS port, trusting the mirror's CA.
+    ClientConfig {
+        /// The client.
+        #[arg(value_enum)]
+        kind: crate::clientconfig::ClientKind,
+        /// How clients reach the mirror's TLS listener: HOST[:PORT].
+        #[arg(long)]
+        mirror: String,
+        /// Write the files under this directory (else print them).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The CA certificate clients must trust. Default: `ca.crt` in the
+        /// config's `[tls] ca_dir`.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The mirror's config (its upstreams). Default: the embedded one.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where the files will be installed (paths inside refer to it).
+        /// Default: the client's standard directory.
+        #[arg(long)]
+        install_dir: Option<PathBuf>,
+    },
 }
 
 /// `mirrorgate ca ...`
@@ -146,6 +170,55 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ca(cmd) => run_ca(cmd),
+        Command::ClientConfig {
+            kind,
+            mirror,
+            out,
+            ca,
+            config,
+            install_dir,
+        } => {
+            let c = match &config {
+                Some(p) => {
+                    Config::load(p).with_context(|| format!("invalid config {}", p.display()))?
+                }
+                None => Config::embedded_default()?,
+            };
+            let ca = match ca {
+                Some(p) => p,
+                None => ca_dir(None, config.as_ref())?.join(crate::tls::ca::CA_CERT),
+            };
+            let ca_pem = std::fs::read_to_string(&ca).with_context(|| {
+                format!(
+                    "cannot read the CA certificate {} (run `mirrorgate ca init`)",
+                    ca.display()
+                )
+            })?;
+            let mirror: crate::clientconfig::Mirror = mirror.parse()?;
+            let install = install_dir.unwrap_or_else(|| kind.default_install_dir().into());
+            let files = crate::clientconfig::generate(kind, &c, &mirror, &ca_pem, &install)?;
+            if kind == crate::clientconfig::ClientKind::Docker
+                && !c
+                    .upstreams
+                    .iter()
+                    .any(|u| u.default && u.id.as_str() == "docker.io")
+            {
+                eprintln!(
+                    "warning: dockerd names no upstream; the mirror's default upstream should be docker.io"
+                );
+            }
+            match out {
+                Some(dir) => {
+                    crate::clientconfig::write_out(&files, &dir)?;
+                    for f in &files {
+                        println!("wrote {}", dir.join(&f.path).display());
+                    }
+                    println!("install them under {}", install.display());
+                }
+                None => print!("{}", crate::clientconfig::render(&files)),
+            }
+            Ok(())
+        }
         Command::Verify { config, data_dir } => {
             let root = match (data_dir, &config) {
                 (Some(d), _) => d,

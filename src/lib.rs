@@ -40,6 +40,7 @@
 pub mod app;
 pub mod cache;
 pub mod cli;
+pub mod clientconfig;
 pub mod config;
 pub mod mirror;
 pub mod oci;

@@ -1,0 +1,351 @@
+//! Client configuration generator: writes, for every configured upstream,
+//! the files each container client needs to pull through the mirror's TLS
+//! port, trusting the mirror's CA (no `insecure`, no `skip_verify`).
+//!
+//! How each client names the upstream (see the crate docs on routing):
+//! containerd, BuildKit and k3s add `?ns=<registry>`, so one mirror URL
+//! serves every registry; podman/skopeo/CRI-O get a path prefix
+//! (`HOST:PORT/<upstream>`); dockerd mirrors only Docker Hub and names
+//! nothing, so it relies on the mirror's default upstream being docker.io.
+//!
+//! Output layout (paths relative to `--out`; copy them into the install
+//! directory, whose absolute paths the files refer to):
+//!
+//! | kind | files | install directory |
+//! |---|---|---|
+//! | containerd | `<registry>/hosts.toml`, `<registry>/mirrorgate-ca.crt` | `/etc/containerd/certs.d` (`config_path`, or `ctr --hosts-dir`) |
+//! | docker | `daemon.json`, `certs.d/<host:port>/ca.crt` | `/etc/docker` |
+//! | buildkit | `buildkitd.toml`, `mirrorgate-ca.crt` | `/etc/buildkit` |
+//! | podman | `registries.conf`, `certs.d/<host:port>/ca.crt` | `/etc/containers` |
+//! | k3s | `registries.yaml`, `mirrorgate-ca.crt` | `/etc/rancher/k3s` |
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::config::Config;
+
+/// A client whose configuration can be generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// containerd `hosts.toml` (also CRI, nerdctl, `ctr --hosts-dir`).
+    Containerd,
+    /// dockerd `daemon.json` (Docker Hub only).
+    Docker,
+    /// BuildKit `buildkitd.toml`.
+    Buildkit,
+    /// podman, skopeo, buildah, CRI-O `registries.conf`.
+    Podman,
+    /// k3s / RKE2 `registries.yaml`.
+    K3s,
+}
+
+impl ClientKind {
+    /// Where the client reads the generated files from, by default.
+    pub fn default_install_dir(self) -> &'static str {
+        match self {
+            Self::Containerd => "/etc/containerd/certs.d",
+            Self::Docker => "/etc/docker",
+            Self::Buildkit => "/etc/buildkit",
+            Self::Podman => "/etc/containers",
+            Self::K3s => "/etc/rancher/k3s",
+        }
+    }
+}
+
+/// The mirror as clients reach it: `HOST[:PORT]` (port 443 when omitted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TLS port.
+    pub port: u16,
+}
+
+/// A generator error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--mirror` is not `HOST[:PORT]`.
+    #[error("invalid --mirror {0:?}: expected HOST[:PORT]")]
+    Mirror(String),
+    /// The CA file holds no certificate.
+    #[error("the CA file holds no PEM certificate")]
+    Ca,
+    /// Writing a file failed.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FromStr for Mirror {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || Error::Mirror(s.to_owned());
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, tail) = rest.split_once(']').ok_or_else(bad)?;
+            match tail {
+                "" => (h, None),
+                t => (h, Some(t.strip_prefix(':').ok_or_else(bad)?)),
+            }
+        } else if s.matches(':').count() > 1 {
+            (s, None) // a bare IPv6 address
+        } else {
+            match s.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            }
+        };
+        let port = match port {
+            None => 443,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?,
+        };
+        let ok = !host.is_empty()
+            && (host.parse::<std::net::IpAddr>().is_ok()
+                || host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if !ok {
+            return Err(bad());
+        }
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Mirror {
+    /// `host:port` as clients write it (`[v6]:port`; no port for 443).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 443 {
+            f.write_str(&host)
+        } else {
+            write!(f, "{host}:{}", self.port)
+        }
+    }
+}
+
+impl Mirror {
+    /// `host:port` always with the port (certificate directories).
+    fn with_port(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{host}:{}", self.port)
+    }
+}
+
+/// One file to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedFile {
+    /// Path relative to the output (and install) directory.
+    pub path: PathBuf,
+    /// Contents.
+    pub contents: String,
+}
+
+fn toml_str(s: &str) -> String {
+    // A TOML basic string; serde_json's escaping is valid TOML for these.
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn header(kind: ClientKind, mirror: &Mirror) -> String {
+    format!(
+        "# generated by mirrorgate client-config {}: pull through the mirror at https://{mirror}\n",
+        format!("{kind:?}").to_ascii_lowercase()
+    )
+}
+
+/// The upstream URL's `host[:port][/path]`, as containers/image wants a
+/// registry location.
+fn location(url: &url::Url) -> String {
+    let mut s = url.host_str().unwrap_or_default().to_owned();
+    if let Some(p) = url.port() {
+        s.push_str(&format!(":{p}"));
+    }
+    s.push_str(url.path().trim_end_matches('/'));
+    s
+}
+
+/// Generates `kind`'s files for every upstream in `config`. `install_dir`
+/// is where they will live (absolute paths inside refer to it).
+pub fn generate(
+    kind: ClientKind,
+    config: &Config,
+    mirror: &Mirror,
+    ca_pem: &str,
+    install_dir: &Path,
+) -> Result<Vec<GeneratedFile>, Error> {
+    if crate::upstream::parse_pem_certs(ca_pem.as_bytes()).is_empty() {
+        return Err(Error::Ca);
+    }
+    let abs = |rel: &str| install_dir.join(rel).display().to_string();
+    let file = |path: String, contents: String| GeneratedFile {
+        path: PathBuf::from(path),
+        contents,
+    };
+    let mut upstreams: Vec<_> = config.upstreams.iter().collect();
+    upstreams.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out = Vec::new();
+    match kind {
+        ClientKind::Containerd => {
+            for u in &upstreams {
+                let name = u.id.as_str();
+                let ca = abs(&format!("{name}/mirrorgate-ca.crt"));
+                let url = u.url.as_str().trim_end_matches('/');
+                let text = format!(
+                    "{}# containerd sends ?ns={name}, which selects the upstream; `server` is the\n\
+                     # registry itself, tried when the mirror fails.\n\
+                     server = {}\n\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = {}\n",
+                    header(kind, mirror),
+                    toml_str(url),
+                    toml_str(&format!("https://{mirror}")),
+                    toml_str(&ca),
+                );
+                out.push(file(format!("{name}/hosts.toml"), text));
+                out.push(file(format!("{name}/mirrorgate-ca.crt"), ca_pem.to_owned()));
+            }
+        }
+        ClientKind::Docker => {
+            let json = serde_json::json!({ "registry-mirrors": [format!("https://{mirror}")] });
+            let text = serde_json::to_string_pretty(&json).unwrap_or_default() + "\n";
+            out.push(file("daemon.json".into(), text));
+            out.push(file(
+                format!("certs.d/{}/ca.crt", mirror.with_port()),
+                ca_pem.to_owned(),
+            ));
+        }
+        ClientKind::Buildkit => {
+            let mut text = header(kind, mirror);
+            text.push_str("# BuildKit sends ?ns=<registry>, which selects the upstream.\n");
+            for u in &upstreams {
+                text.push_str(&format!(
+                    "\n[registry.{}]\n  mirrors = [{}]\n",
+                    toml_str(u.id.as_str()),
+                    toml_str(&mirror.to_string())
+                ));
+            }
+            // TLS settings for a mirror live under the mirror's own key.
+            text.push_str(&format!(
+                "\n[registry.{}]\n  ca = [{}]\n",
+                toml_str(&mirror.to_string()),
+                toml_str(&abs("mirrorgate-ca.crt"))
+            ));
+            out.push(file("buildkitd.toml".into(), text));
+            out.push(file("mirrorgate-ca.crt".into(), ca_pem.to_owned()));
+        }
+        ClientKind::Podman => {
+            let mut text = header(kind, mirror);
+            text.push_str(
+                "# containers/image names no upstream: the path prefix after the mirror\n\
+                 # address selects it. The CA is read from certs.d/<host:port>/.\n",
+            );
+            for u in &upstreams {
+                text.push_str(&format!(
+                    "\n[[registry]]\nprefix = {}\nlocation = {}\n\n[[registry.mirror]]\nlocation = {}\n",
+                    toml_str(u.id.as_str()),
+                    toml_str(&location(&u.url)),
+                    toml_str(&format!("{mirror}/{}", u.id)),
+                ));
+            }
+            out.push(file("registries.conf".into(), text));
+            out.push(file(
+                format!("certs.d/{}/ca.crt", mirror.with_port()),
+                ca_pem.to_owned(),
+            ));
+        }
+        ClientKind::K3s => {
+            let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+            let mut text = header(kind, mirror);
+            text.push_str(
+                "# k3s renders containerd hosts.toml: requests carry ?ns=<registry>.\nmirrors:\n",
+            );
+            for u in &upstreams {
+                text.push_str(&format!(
+                    "  {}:\n    endpoint:\n      - {}\n",
+                    q(u.id.as_str()),
+                    q(&format!("https://{mirror}"))
+                ));
+            }
+            text.push_str(&format!(
+                "configs:\n  {}:\n    tls:\n      ca_file: {}\n",
+                q(&mirror.to_string()),
+                q(&abs("mirrorgate-ca.crt"))
+            ));
+            out.push(file("registries.yaml".into(), text));
+            out.push(file("mirrorgate-ca.crt".into(), ca_pem.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the files under `out` (CA files 0644, configs 0644).
+pub fn write_out(files: &[GeneratedFile], out: &Path) -> Result<(), Error> {
+    for f in files {
+        let path = out.join(&f.path);
+        let io = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::write(&path, &f.contents).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// All files as one text, each preceded by `# ==> <path> <==`.
+pub fn render(files: &[GeneratedFile]) -> String {
+    let mut s = String::new();
+    for f in files {
+        s.push_str(&format!("# ==> {} <==\n{}", f.path.display(), f.contents));
+        if !f.contents.ends_with('\n') {
+            s.push('\n');
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_addresses() {
+        let m: Mirror = "Mirror.Internal:5443".parse().unwrap();
+        assert_eq!(
+            (m.host.as_str(), m.port, m.to_string()),
+            ("mirror.internal", 5443, "mirror.internal:5443".into())
+        );
+        let m: Mirror = "mirror.internal".parse().unwrap();
+        assert_eq!(
+            (m.port, m.to_string(), m.with_port()),
+            (443, "mirror.internal".into(), "mirror.internal:443".into())
+        );
+        let m: Mirror = "[::1]:5443".parse().unwrap();
+        assert_eq!(
+            (m.host.as_str(), m.to_string()),
+            ("::1", "[::1]:5443".into())
+        );
+        assert_eq!("::1".parse::<Mirror>().unwrap().port, 443);
+        for bad in [
+            "", ":5443", "m:0", "m:99999", "m:x", "m/path", "[::1", "a b",
+        ] {
+            assert!(bad.parse::<Mirror>().is_err(), "{bad}");
+        }
+    }
+}
