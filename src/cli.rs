@@ -57,7 +57,7 @@ pub enum Command {
         /// The client.
         #[arg(value_enum)]
         kind: crate::clientconfig::ClientKind,
-        /// How clients reach the mirror's TLS listener: HOST[:PORT].
+        /// How clients reach the mirror's TLS listener: `HOST[:PORT]`.
         #[arg(long)]
         mirror: String,
         /// Write the files under this directory (else print them).
