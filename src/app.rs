@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::mirror::Mirror;
-use crate::registry::Registry;
 use crate::registry::route::Router;
+use crate::registry::{Policy, Registry};
 use crate::server::{self, Listener};
 use crate::store::BlobStore;
 
@@ -53,7 +53,12 @@ impl App {
         let mirror = Arc::new(Mirror::build(&config, store)?);
         let tls = crate::tls::build(&config)?;
         let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());
-        let registry = Arc::new(Registry::new(mirror.clone(), Router::new(&config), ca_pem));
+        let registry = Arc::new(Registry::new(
+            mirror.clone(),
+            Router::new(&config),
+            ca_pem,
+            Policy::from_config(&config),
+        ));
         Ok(Self {
             config,
             mirror,
@@ -94,6 +99,7 @@ impl App {
                 tcp,
                 pinned: l.upstream.clone(),
                 tls,
+                allow: l.allow.clone().into(),
             });
         }
         Ok(out)

@@ -64,6 +64,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Connection limits.
     pub server: ServerConfig,
+    /// Client authentication (`[auth] htpasswd`), when configured.
+    pub auth: Option<AuthConfig>,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Upstreams, in file order. Names are unique.
@@ -80,6 +82,20 @@ pub struct CacheConfig {
     /// How long past its TTL a tag may still be served when upstream is
     /// unreachable (connect error, timeout, 5xx, 429).
     pub stale_if_error: Duration,
+}
+
+/// `[auth]`: client authentication.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Users and bcrypt hashes.
+    pub htpasswd: Arc<crate::access::Htpasswd>,
+    /// The Basic realm in challenges.
+    pub realm: String,
+    /// Whether anonymous clients may pull at all (public repositories).
+    /// `false` requires credentials on every request, `/v2/` included,
+    /// which is what clients that only send credentials after a challenge
+    /// on `/v2/` (dockerd, skopeo, podman) need for private repositories.
+    pub anonymous: bool,
 }
 
 /// `[server]`: limits that keep hostile or broken clients from exhausting
@@ -133,6 +149,8 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
     /// Serve TLS (HTTP/1.1 and HTTP/2 by ALPN) instead of plain HTTP.
     pub tls: bool,
+    /// Client networks allowed on this listener (empty: everyone).
+    pub allow: Vec<crate::access::Cidr>,
     /// Every request on this listener goes to this upstream unless `?ns=` or a
     /// path prefix says otherwise.
     pub upstream: Option<UpstreamId>,
@@ -180,6 +198,9 @@ pub struct UpstreamConfig {
     /// transparent mode, where DNS points the upstream's own name at the
     /// mirror.
     pub connect_to: Vec<SocketAddr>,
+    /// Which repositories may enter the mirror and who may pull them
+    /// (`allow`, `deny`, `private`, `fetch_requires_auth`).
+    pub access: crate::access::RepoRules,
     /// Chosen when nothing else selects an upstream.
     pub default: bool,
     /// Extra trust roots (PEM bytes, already read and checked).
@@ -379,9 +400,19 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
                     })?,
             ),
         };
+        let allow = l
+            .allow
+            .iter()
+            .enumerate()
+            .map(|(j, c)| {
+                c.parse()
+                    .map_err(|e: String| invalid(format!("{key}.allow[{j}]"), e))
+            })
+            .collect::<Result<_, _>>()?;
         listeners.push(ListenerConfig {
             addr,
             tls: l.tls,
+            allow,
             upstream,
         });
     }
@@ -401,6 +432,38 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
         }
     }
     let tls = validate_tls(raw.tls, base)?;
+    if let Some(r) = &raw.auth.realm
+        && (r.is_empty()
+            || r.len() > 200
+            || r.chars().any(|c| c == '"' || c == '\\' || c.is_control()))
+    {
+        return Err(invalid(
+            "auth.realm",
+            "must be 1-200 characters without quotes, backslashes or control characters",
+        ));
+    }
+    let auth = match raw.auth.htpasswd {
+        None if raw.auth.realm.is_some() || raw.auth.anonymous.is_some() => {
+            return Err(invalid("auth", "realm and anonymous need htpasswd"));
+        }
+        None => None,
+        Some(p) => Some(AuthConfig {
+            htpasswd: Arc::new(
+                crate::access::Htpasswd::load(&resolve(base, &p))
+                    .map_err(|e| invalid("auth.htpasswd", e))?,
+            ),
+            realm: raw.auth.realm.unwrap_or_else(|| "mirrorgate".to_owned()),
+            anonymous: raw.auth.anonymous.unwrap_or(true),
+        }),
+    };
+    for (i, u) in upstreams.iter().enumerate() {
+        if auth.is_none() && (!u.access.private.is_empty() || u.access.fetch_requires_auth) {
+            return Err(invalid(
+                format!("upstream[{i}]"),
+                "private and fetch_requires_auth need client authentication: set [auth] htpasswd",
+            ));
+        }
+    }
     let server = ServerConfig {
         max_connections: match raw.server.max_connections {
             Some(0) => return Err(invalid("server.max_connections", "must be at least 1")),
@@ -457,6 +520,7 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
         },
         tls,
         server,
+        auth,
         listeners,
         upstreams,
     })
@@ -609,6 +673,20 @@ fn validate_upstream(
             ),
         ));
     }
+    let patterns = |field: &str, v: &[String]| {
+        v.iter()
+            .enumerate()
+            .map(|(j, p)| {
+                p.parse()
+                    .map_err(|e: String| invalid(format!("{key}.{field}[{j}]"), e))
+            })
+            .collect::<Result<Vec<crate::access::RepoPattern>, _>>()
+    };
+    let (allow, deny, private) = (
+        patterns("allow", &u.allow)?,
+        patterns("deny", &u.deny)?,
+        patterns("private", &u.private)?,
+    );
     let ca_pem = match u.ca_file {
         None => None,
         Some(p) => {
@@ -673,6 +751,12 @@ fn validate_upstream(
         aliases,
         hosts,
         connect_to,
+        access: crate::access::RepoRules {
+            allow,
+            deny,
+            private,
+            fetch_requires_auth: u.fetch_requires_auth,
+        },
         default: u.default,
         ca_pem,
         credentials,

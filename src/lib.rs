@@ -37,6 +37,7 @@
 //! waiting client streams that file as it grows. The blob is committed to the
 //! store only after its size and digest check out.
 
+pub mod access;
 pub mod app;
 pub mod cache;
 pub mod cli;

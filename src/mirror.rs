@@ -60,6 +60,42 @@ impl CacheStatus {
     }
 }
 
+/// Whether a request may reach upstream, or must be answered from what the
+/// mirror already holds (`[[upstream]] fetch_requires_auth` for anonymous
+/// clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// Cache first, upstream on a miss.
+    Upstream,
+    /// Cache only: a miss is [`Error::NotCached`]. A tag is served at its
+    /// last known digest, whatever its age, because revalidating it would
+    /// be an upstream request.
+    CacheOnly,
+}
+
+/// What the client of one request may do; decided by `registry` from the
+/// access rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Whether a miss may go upstream.
+    pub fetch: Fetch,
+    /// The repository is private: digests served for it are marked private
+    /// (see [`crate::store::PrivateMarks`]).
+    pub private_repo: bool,
+    /// The client may read private content (authenticated, or no client
+    /// authentication configured).
+    pub reads_private: bool,
+}
+
+impl Grant {
+    /// Everything allowed: no access rules apply.
+    pub const OPEN: Self = Self {
+        fetch: Fetch::Upstream,
+        private_repo: false,
+        reads_private: true,
+    };
+}
+
 /// A mirror error. Cheap to clone, because one failed upstream fetch is
 /// reported to every request that was waiting on it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -80,6 +116,9 @@ pub enum Error {
     /// The upstream stream ended early or broke; nothing was stored.
     #[error("upstream stream broke off")]
     Interrupted,
+    /// The request was cache-only and the content is not cached.
+    #[error("not cached, and this client may not fetch from upstream")]
+    NotCached,
     /// No upstream with this id (a routing bug or a config change).
     #[error("no upstream {0}")]
     NoUpstream(UpstreamId),
@@ -113,6 +152,9 @@ pub struct Mirror {
     fills: Arc<inflight::Fills>,
     /// How long past its TTL a tag may be served while upstream is down.
     stale_if_error: std::time::Duration,
+    /// `(digest, owner)` pairs upstream confirmed for a public repository
+    /// although the digest is private elsewhere.
+    confirmed: moka::sync::Cache<(Digest, String), ()>,
 }
 
 impl Mirror {
@@ -135,6 +177,10 @@ impl Mirror {
             cache: MetadataCache::new(config.cache.metadata_max_bytes),
             fills: Arc::new(inflight::Fills::default()),
             stale_if_error: config.cache.stale_if_error,
+            confirmed: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(600))
+                .build(),
         })
     }
 
@@ -158,14 +204,59 @@ impl Mirror {
         }
     }
 
+    /// Runs before `digest` is served for `repo`: a private repository marks
+    /// it; a client that may not read private content gets a private digest
+    /// for another repository only when upstream confirms (with a HEAD) that
+    /// this repository holds it too, and never from a cache-only request.
+    async fn guard_private(
+        &self,
+        up: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+        grant: Grant,
+        is_manifest: bool,
+    ) -> Result<(), Error> {
+        if !grant.private_repo && grant.reads_private {
+            return Ok(());
+        }
+        let owner = format!("{}/{repo}", up.config.id);
+        if grant.private_repo {
+            return Ok(self.store.mark_private(digest, owner).await?);
+        }
+        if self.store.private_marks().owned_by(digest, &owner) != Some(false) {
+            return Ok(());
+        }
+        let key = (digest.clone(), owner);
+        if self.confirmed.contains_key(&key) {
+            return Ok(());
+        }
+        if grant.fetch == Fetch::CacheOnly {
+            return Err(Error::NotCached);
+        }
+        if is_manifest {
+            let r = crate::oci::Reference::Digest(digest.clone());
+            up.client
+                .head_manifest(repo, &r, crate::oci::AcceptClass::all_modern())
+                .await?;
+        } else {
+            up.client.head_blob(repo, digest).await?;
+        }
+        self.confirmed.insert(key, ());
+        Ok(())
+    }
+
     /// Passes `tags/list` through to upstream (`n`/`last` preserved).
     pub async fn tags(
         &self,
         id: &UpstreamId,
         repo: &RepoName,
         query: &[(String, String)],
+        grant: Grant,
     ) -> Result<upstream::Passthrough, Error> {
         let up = self.upstream(id)?;
+        if grant.fetch == Fetch::CacheOnly {
+            return Err(Error::NotCached);
+        }
         Ok(up
             .client
             .get_tags(&self.upstream_repo(id, repo), query)
@@ -180,8 +271,12 @@ impl Mirror {
         repo: &RepoName,
         digest: &Digest,
         artifact_type: Option<&str>,
+        grant: Grant,
     ) -> Result<upstream::Passthrough, Error> {
         let up = self.upstream(id)?;
+        if grant.fetch == Fetch::CacheOnly {
+            return Err(Error::NotCached);
+        }
         let repo = self.upstream_repo(id, repo);
         Ok(up
             .client

@@ -13,6 +13,7 @@ pub mod range;
 pub mod response;
 pub mod route;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +28,9 @@ use self::path::{Endpoint, ParsedPath};
 use self::range::RangeDecision;
 use self::response::{API_VERSION, CONTENT_DIGEST, set};
 use self::route::{Router, Selection};
-use crate::config::UpstreamId;
-use crate::mirror::{CacheStatus, Mirror};
+use crate::access::{Cidr, RepoRules, Verdict};
+use crate::config::{AuthConfig, Config, UpstreamId};
+use crate::mirror::{CacheStatus, Fetch, Grant, Mirror};
 use crate::oci::{AcceptClass, Digest, Reference, RepoName};
 
 /// The response body type of the registry API.
@@ -47,6 +49,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS SNI name the client sent (lowercase), if any.
     pub sni: Option<String>,
+    /// Client networks allowed on this listener (empty: everyone).
+    pub allow: Arc<[Cidr]>,
 }
 
 impl ConnInfo {
@@ -68,12 +72,37 @@ impl ConnInfo {
     }
 }
 
+/// Who may pull what: client authentication and each upstream's
+/// repository rules.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// `[auth]`, when clients authenticate.
+    pub auth: Option<AuthConfig>,
+    /// Repository rules per upstream (absent: everything allowed).
+    pub rules: HashMap<UpstreamId, RepoRules>,
+}
+
+impl Policy {
+    /// The policy a config describes.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            auth: config.auth.clone(),
+            rules: config
+                .upstreams
+                .iter()
+                .map(|u| (u.id.clone(), u.access.clone()))
+                .collect(),
+        }
+    }
+}
+
 /// The registry API service.
 #[derive(Debug)]
 pub struct Registry {
     mirror: Arc<Mirror>,
     router: Router,
     ca_pem: Option<Arc<str>>,
+    policy: Policy,
 }
 
 /// The query parameters the API uses.
@@ -119,17 +148,96 @@ struct Ctx<'a> {
     headers: &'a HeaderMap,
     path: &'a str,
     query: Query,
+    /// What the client may do with the request's repository.
+    grant: Grant,
+    /// The authenticated user.
+    user: Option<&'a str>,
     log: &'a mut AccessLog,
 }
 
 impl Registry {
     /// A registry over `mirror`, routing with `router`. `ca_pem` is the
     /// local CA certificate offered at `/ca.crt` for bootstrapping clients.
-    pub fn new(mirror: Arc<Mirror>, router: Router, ca_pem: Option<Arc<str>>) -> Self {
+    /// `policy` decides who may pull what.
+    pub fn new(
+        mirror: Arc<Mirror>,
+        router: Router,
+        ca_pem: Option<Arc<str>>,
+        policy: Policy,
+    ) -> Self {
         Self {
             mirror,
             router,
             ca_pem,
+            policy,
+        }
+    }
+
+    /// A 401 with this mirror's Basic challenge.
+    fn challenge(&self, message: &str) -> ApiError {
+        let realm = self
+            .policy
+            .auth
+            .as_ref()
+            .map_or("mirrorgate", |a| a.realm.as_str());
+        ApiError::unauthorized(realm, message)
+    }
+
+    /// The authenticated user: `Ok(None)` for anonymous, `Err` for wrong
+    /// credentials (or none where anonymous clients are not served).
+    async fn identify<B>(&self, req: &Request<B>) -> Result<Option<String>, ApiError> {
+        let Some(auth) = &self.policy.auth else {
+            return Ok(None);
+        };
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match auth.htpasswd.authenticate(header).await {
+            Ok(Some(u)) => Ok(Some(u)),
+            Ok(None) if auth.anonymous => Ok(None),
+            Ok(None) => Err(self.challenge("authentication required")),
+            Err(crate::access::BadCredentials) => {
+                Err(self.challenge("invalid username or password"))
+            }
+        }
+    }
+
+    /// What `user` may do with repository `name` of upstream `id`.
+    fn grant(
+        &self,
+        id: &UpstreamId,
+        name: &RepoName,
+        user: Option<&str>,
+    ) -> Result<Grant, ApiError> {
+        let reads_private = self.policy.auth.is_none() || user.is_some();
+        let rules = match self.policy.rules.get(id) {
+            Some(r) if !r.is_open() => r,
+            _ => {
+                return Ok(Grant {
+                    reads_private,
+                    ..Grant::OPEN
+                });
+            }
+        };
+        let repo = self.mirror.upstream_repo(id, name);
+        let repo = repo.as_str();
+        match rules.verdict(repo, user.is_some()) {
+            Verdict::Denied => Err(ApiError::denied(format!(
+                "repository {repo} of {id} is not allowed through this mirror"
+            ))),
+            Verdict::NeedsAuth => {
+                Err(self.challenge("authentication required for this repository"))
+            }
+            Verdict::Allowed { fetch } => Ok(Grant {
+                fetch: if fetch {
+                    Fetch::Upstream
+                } else {
+                    Fetch::CacheOnly
+                },
+                private_repo: crate::access::any_match(&rules.private, repo),
+                reads_private,
+            }),
         }
     }
 
@@ -144,13 +252,19 @@ impl Registry {
             peer: conn.peer,
             upstream: None,
             cache: None,
+            user: None,
             status: 0,
             start: Instant::now(),
         };
         let head = req.method() == Method::HEAD;
         let mut resp = match Box::pin(self.dispatch(&req, conn, &mut log)).await {
             Ok(r) => r,
-            Err(e) => response::error(&e, head),
+            Err(mut e) => {
+                if e.status == StatusCode::UNAUTHORIZED && e.realm.is_none() {
+                    e = self.challenge(&e.message);
+                }
+                response::error(&e, head)
+            }
         };
         resp.headers_mut()
             .insert(API_VERSION, http::HeaderValue::from_static("registry/2.0"));
@@ -175,6 +289,12 @@ impl Registry {
         log: &mut AccessLog,
     ) -> Result<Response<Body>, ApiError> {
         let method = req.method();
+        if !conn.allow.is_empty() && !conn.allow.iter().any(|c| c.contains(conn.peer.ip())) {
+            return Err(ApiError::denied(format!(
+                "client address {} may not use this listener",
+                conn.peer.ip()
+            )));
+        }
         if req.uri().path() == "/ca.crt"
             && let Some(pem) = &self.ca_pem
             && (method == Method::GET || method == Method::HEAD)
@@ -190,6 +310,8 @@ impl Registry {
             r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
             return Ok(r);
         }
+        let user = self.identify(req).await?;
+        log.user.clone_from(&user);
         let ParsedPath { prefix, endpoint } = path::parse(req.uri().path())?;
         if endpoint == Endpoint::Upload || (method != Method::GET && method != Method::HEAD) {
             return Err(ApiError::read_only());
@@ -218,11 +340,17 @@ impl Registry {
         )?;
         log.upstream = Some(sel.upstream.to_string());
         let ns = query.ns.clone();
+        let grant = match &sel.name {
+            Some(n) => self.grant(&sel.upstream, n, user.as_deref())?,
+            None => Grant::OPEN,
+        };
         let mut ctx = Ctx {
             head: method == Method::HEAD,
             headers: req.headers(),
             path: req.uri().path(),
             query,
+            grant,
+            user: user.as_deref(),
             log,
         };
         let mut resp = self.endpoint(&mut ctx, &sel, endpoint).await?;
@@ -253,7 +381,7 @@ impl Registry {
                 ctx.log.cache = Some(CacheStatus::Pass);
                 let p = self
                     .mirror
-                    .tags(id, &name()?, &ctx.query.paging())
+                    .tags(id, &name()?, &ctx.query.paging(), ctx.grant)
                     .await
                     .map_err(|e| from_mirror(&e, Subject::Repository))?;
                 Ok(passthrough(ctx, p))
@@ -262,7 +390,13 @@ impl Registry {
                 ctx.log.cache = Some(CacheStatus::Pass);
                 let p = self
                     .mirror
-                    .referrers(id, &name()?, &digest, ctx.query.artifact_type.as_deref())
+                    .referrers(
+                        id,
+                        &name()?,
+                        &digest,
+                        ctx.query.artifact_type.as_deref(),
+                        ctx.grant,
+                    )
                     .await
                     .map_err(|e| from_mirror(&e, Subject::Manifest))?;
                 Ok(passthrough(ctx, p))
@@ -288,7 +422,7 @@ impl Registry {
         );
         let m = self
             .mirror
-            .manifest(id, name, reference, accept)
+            .manifest(id, name, reference, accept, ctx.grant)
             .await
             .map_err(|e| from_mirror(&e, Subject::Manifest))?;
         ctx.log.cache = Some(m.status);
@@ -329,7 +463,7 @@ impl Registry {
         if ctx.head {
             let h = self
                 .mirror
-                .head_blob(id, name, digest)
+                .head_blob(id, name, digest, ctx.grant)
                 .await
                 .map_err(|e| from_mirror(&e, Subject::Blob))?;
             ctx.log.cache = Some(h.status);
@@ -342,7 +476,7 @@ impl Registry {
         }
         let b = self
             .mirror
-            .blob(id, name, digest)
+            .blob(id, name, digest, ctx.grant)
             .await
             .map_err(|e| from_mirror(&e, Subject::Blob))?;
         ctx.log.cache = Some(b.status);
@@ -404,8 +538,18 @@ impl Registry {
             .await
             .map_err(|e| from_mirror(&e, Subject::Repository))?;
         let n = ctx.query.n.as_deref().and_then(|n| n.parse::<usize>().ok());
+        // Only what this client could pull: admitted repositories, and
+        // private ones for authenticated clients.
+        let rules = self.policy.rules.get(id);
+        let visible = |r: &str| {
+            rules.is_none_or(|rules| {
+                rules.admits(r)
+                    && (ctx.user.is_some() || !crate::access::any_match(&rules.private, r))
+            })
+        };
         let after: Vec<&String> = repos
             .iter()
+            .filter(|r| visible(r))
             .filter(|r| {
                 ctx.query
                     .last

@@ -30,6 +30,8 @@ pub struct Listener {
     pub pinned: Option<UpstreamId>,
     /// TLS, for `tls = true` listeners.
     pub tls: Option<TlsListener>,
+    /// Client networks allowed (empty: everyone).
+    pub allow: Arc<[crate::access::Cidr]>,
 }
 
 /// How a TLS listener accepts connections.
@@ -153,6 +155,7 @@ async fn accept_loop(
             pinned: l.pinned.clone(),
             tls: l.tls.is_some(),
             sni: None,
+            allow: l.allow.clone(),
         };
         let (registry, builder, graceful) = (registry.clone(), builder.clone(), graceful.clone());
         match l.tls.clone() {

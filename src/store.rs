@@ -7,6 +7,7 @@
 //! ├── manifests/sha256/ab/ab12…ef      manifest record: media type + size (JSON)
 //! ├── repos/<upstream>/<repo…>/
 //! │   └── _tags/<tag>.<accept-class>   tag record: digest, media type, checked-at (JSON)
+//! ├── private-marks                    digests fetched for private repositories
 //! ├── quarantine/                      blobs that failed `verify`, kept for inspection
 //! └── tmp/                             in-progress writes; swept at start
 //! ```
@@ -25,6 +26,7 @@
 
 pub mod gc;
 mod layout;
+mod private;
 mod tags;
 mod verify;
 mod writer;
@@ -39,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::oci::{Digest, MediaType};
 
 pub use layout::Layout;
+pub use private::PrivateMarks;
 pub use tags::TagRecord;
 pub use verify::VerifyReport;
 pub use writer::BlobWriter;
@@ -104,6 +107,8 @@ pub struct BlobStore {
     approx_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Wakes the eviction task when a commit crosses `max_size`.
     over_budget: Arc<tokio::sync::Notify>,
+    /// Digests fetched for private repositories.
+    private: Arc<PrivateMarks>,
 }
 
 /// Refresh a served blob's last-access time at most this often.
@@ -129,10 +134,11 @@ impl BlobStore {
     pub async fn open(root: &Path) -> Result<Self, Error> {
         let layout = Arc::new(Layout::new(root));
         let l = layout.clone();
-        let (swept, bytes) = blocking(move || {
+        let (swept, bytes, private) = blocking(move || {
             let swept = l.init()?;
             let bytes = l.entries()?.iter().map(|e| e.size).sum::<u64>();
-            Ok((swept, bytes))
+            let private = PrivateMarks::load(&l.root().join("private-marks"))?;
+            Ok((swept, bytes, private))
         })
         .await?;
         if swept > 0 {
@@ -144,7 +150,22 @@ impl BlobStore {
             max_size: None,
             approx_bytes: Arc::new(std::sync::atomic::AtomicU64::new(bytes)),
             over_budget: Arc::default(),
+            private: Arc::new(private),
         })
+    }
+
+    /// The private marks (see [`PrivateMarks`]).
+    pub fn private_marks(&self) -> &PrivateMarks {
+        &self.private
+    }
+
+    /// Durably marks `digest` as content of the private repository `owner`.
+    pub async fn mark_private(&self, digest: &Digest, owner: String) -> Result<(), Error> {
+        if self.private.owned_by(digest, &owner) == Some(true) {
+            return Ok(());
+        }
+        let (marks, digest) = (self.private.clone(), digest.clone());
+        blocking(move || marks.mark(&digest, &owner)).await
     }
 
     /// Bounds the blobs to `max` bytes (see [`gc`]).

@@ -18,6 +18,8 @@ pub(crate) struct File {
     pub(crate) tls: Tls,
     #[serde(default)]
     pub(crate) server: Server,
+    #[serde(default)]
+    pub(crate) auth: Auth,
     #[serde(default, rename = "listener")]
     pub(crate) listeners: Vec<Listener>,
     #[serde(default, rename = "upstream")]
@@ -40,6 +42,15 @@ pub(crate) struct Cache {
     pub(crate) tag_ttl: Option<String>,
     pub(crate) metadata_max_size: Option<String>,
     pub(crate) stale_if_error: Option<String>,
+}
+
+/// `[auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Auth {
+    pub(crate) htpasswd: Option<PathBuf>,
+    pub(crate) realm: Option<String>,
+    pub(crate) anonymous: Option<bool>,
 }
 
 /// `[server]`
@@ -72,6 +83,8 @@ pub(crate) struct Listener {
     pub(crate) upstream: Option<String>,
     #[serde(default)]
     pub(crate) tls: bool,
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
 }
 
 /// `[[upstream]]`
@@ -86,6 +99,14 @@ pub(crate) struct Upstream {
     pub(crate) hosts: Vec<String>,
     #[serde(default)]
     pub(crate) connect_to: Vec<String>,
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny: Vec<String>,
+    #[serde(default)]
+    pub(crate) private: Vec<String>,
+    #[serde(default)]
+    pub(crate) fetch_requires_auth: bool,
     #[serde(default)]
     pub(crate) default: bool,
     pub(crate) ca_file: Option<PathBuf>,

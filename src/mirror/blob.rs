@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use super::inflight::{Fill, FillState, Fills, Joined};
-use super::{CacheStatus, Error, Mirror, Upstream};
+use super::{CacheStatus, Error, Fetch, Grant, Mirror, Upstream};
 use crate::config::UpstreamId;
 use crate::oci::{Digest, RepoName};
 use crate::store::{self, BlobStore};
@@ -222,7 +222,11 @@ impl Mirror {
         id: &UpstreamId,
         repo: &RepoName,
         digest: &Digest,
+        grant: Grant,
     ) -> Result<BlobHead, Error> {
+        let up = self.upstream(id)?;
+        let repo = &self.upstream_repo(id, repo);
+        self.guard_private(up, repo, digest, grant, false).await?;
         if let Some(size) = self.store.stat(digest).await? {
             return Ok(BlobHead {
                 size: Some(size),
@@ -237,11 +241,10 @@ impl Mirror {
                 status: CacheStatus::Coalesced,
             });
         }
-        let up = self.upstream(id)?;
-        let head = up
-            .client
-            .head_blob(&self.upstream_repo(id, repo), digest)
-            .await?;
+        if grant.fetch == Fetch::CacheOnly {
+            return Err(Error::NotCached);
+        }
+        let head = up.client.head_blob(repo, digest).await?;
         Ok(BlobHead {
             size: head.size,
             status: CacheStatus::Miss,
@@ -255,7 +258,11 @@ impl Mirror {
         id: &UpstreamId,
         repo: &RepoName,
         digest: &Digest,
+        grant: Grant,
     ) -> Result<BlobBody, Error> {
+        let up = self.upstream(id)?;
+        let repo = &self.upstream_repo(id, repo);
+        self.guard_private(up, repo, digest, grant, false).await?;
         // Two rounds at most: a fill can finish between our store check and
         // the table lookup, in which case the store has the blob.
         for _ in 0..2 {
@@ -266,17 +273,28 @@ impl Mirror {
                     source: Source::File(file, guard),
                 });
             }
+            if grant.fetch == Fetch::CacheOnly {
+                // Joining a download someone else started is not a fetch.
+                let Some(fill) = self.fills.get(digest) else {
+                    return Err(Error::NotCached);
+                };
+                let size = ready(&fill).await?;
+                return Ok(BlobBody {
+                    size,
+                    status: CacheStatus::Coalesced,
+                    source: Source::Fill(fill),
+                });
+            }
             let path = self.store.layout().blob(digest);
             let (fill, status) = match self.fills.join(digest, || path.exists()) {
                 None => continue,
                 Some(Joined::Follower(f)) => (f, CacheStatus::Coalesced),
                 Some(Joined::Leader(f)) => {
-                    let up = self.upstream(id)?.clone();
                     let task = FillTask {
                         fill: f.clone(),
                         fills: self.fills.clone(),
-                        up,
-                        repo: self.upstream_repo(id, repo),
+                        up: up.clone(),
+                        repo: repo.clone(),
                         digest: digest.clone(),
                         store: self.store.clone(),
                     };

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::{CacheStatus, Error, Mirror, Upstream};
+use super::{CacheStatus, Error, Fetch, Grant, Mirror, Upstream};
 use crate::cache::{Key, ManifestEntry, TagEntry, Value};
 use crate::config::UpstreamId;
 use crate::oci::{AcceptClass, Digest, MediaType, Reference, RepoName, Tag};
@@ -62,26 +62,85 @@ impl Mirror {
         repo: &RepoName,
         reference: &Reference,
         accept: AcceptClass,
+        grant: Grant,
     ) -> Result<ManifestResponse, Error> {
         let up = self.upstream(id)?.clone();
         let repo = self.upstream_repo(id, repo);
-        match reference {
-            Reference::Digest(d) => self.manifest_by_digest(&up, &repo, d).await,
-            Reference::Tag(tag) => {
-                let (entry, status) = self.resolve_tag(&up, &repo, tag, accept).await?;
-                let mut m = self
-                    .manifest_by_digest(&up, &repo, &entry.record.digest)
-                    .await?;
-                // The tag's status is what the client cares about: a tag hit
-                // whose manifest had to be read from disk is still a hit.
-                m.status = if entry.stale {
-                    CacheStatus::Stale
-                } else {
-                    status
-                };
-                Ok(m)
-            }
+        if let Reference::Digest(d) = reference {
+            self.guard_private(&up, &repo, d, grant, true).await?;
         }
+        let m = if grant.fetch == Fetch::CacheOnly {
+            self.cached_manifest(&up, &repo, reference, accept).await?
+        } else {
+            match reference {
+                Reference::Digest(d) => self.manifest_by_digest(&up, &repo, d).await?,
+                Reference::Tag(tag) => {
+                    let (entry, status) = self.resolve_tag(&up, &repo, tag, accept).await?;
+                    let mut m = self
+                        .manifest_by_digest(&up, &repo, &entry.record.digest)
+                        .await?;
+                    // The tag's status is what the client cares about: a tag
+                    // hit whose manifest had to be read from disk is still a
+                    // hit.
+                    m.status = if entry.stale {
+                        CacheStatus::Stale
+                    } else {
+                        status
+                    };
+                    m
+                }
+            }
+        };
+        if let Reference::Tag(_) = reference {
+            self.guard_private(&up, &repo, &m.digest, grant, true)
+                .await?;
+        }
+        Ok(m)
+    }
+
+    /// A manifest from memory or disk only; [`Error::NotCached`] otherwise.
+    async fn cached_manifest(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: AcceptClass,
+    ) -> Result<ManifestResponse, Error> {
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(tag) => {
+                let key = TagKey {
+                    upstream: up.config.id.clone(),
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                    class: accept,
+                };
+                match self.cache.get(&Key::Tag(key.clone())).await {
+                    Some(Value::Tag(t)) => t.record.digest.clone(),
+                    _ => match self.store.tag(&key).await? {
+                        Some(rec) => rec.digest,
+                        None => return Err(Error::NotCached),
+                    },
+                }
+            }
+        };
+        if let Some(Value::Manifest(m)) = self.cache.get(&Key::Manifest(digest.clone())).await {
+            return Ok(ManifestResponse {
+                digest,
+                bytes: m.bytes.clone(),
+                media_type: m.media_type.clone(),
+                status: CacheStatus::Hit,
+            });
+        }
+        let Some((bytes, rec)) = self.store.manifest(&digest).await? else {
+            return Err(Error::NotCached);
+        };
+        Ok(ManifestResponse {
+            digest,
+            bytes,
+            media_type: MediaType::new(&rec.media_type),
+            status: CacheStatus::Hit,
+        })
     }
 
     async fn manifest_by_digest(

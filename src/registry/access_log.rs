@@ -25,6 +25,8 @@ pub struct AccessLog {
     pub upstream: Option<String>,
     /// How the response was produced.
     pub cache: Option<CacheStatus>,
+    /// The authenticated client user, if any.
+    pub user: Option<String>,
     /// Response status.
     pub status: u16,
     /// When the request arrived.
@@ -117,6 +119,7 @@ impl Drop for LoggedBody {
             cache = l.cache.map_or("-", CacheStatus::as_str),
             body = self.outcome,
             peer = %l.peer,
+            user = l.user.as_deref().unwrap_or("-"),
             "request"
         );
     }
@@ -134,6 +137,7 @@ mod tests {
             peer: "127.0.0.1:1".parse().unwrap(),
             upstream: None,
             cache: None,
+            user: None,
             status: 200,
             start: Instant::now(),
         }

@@ -28,6 +28,8 @@ pub enum Code {
     TagInvalid,
     /// 400: invalid digest.
     DigestInvalid,
+    /// 401: authentication required.
+    Unauthorized,
     /// 403: access denied.
     Denied,
     /// 405 (or 404 for unknown endpoints): not supported by a pull-only mirror.
@@ -52,6 +54,7 @@ impl Code {
             Self::NameInvalid => "NAME_INVALID",
             Self::TagInvalid => "TAG_INVALID",
             Self::DigestInvalid => "DIGEST_INVALID",
+            Self::Unauthorized => "UNAUTHORIZED",
             Self::Denied => "DENIED",
             Self::Unsupported => "UNSUPPORTED",
             Self::TooManyRequests => "TOOMANYREQUESTS",
@@ -111,6 +114,8 @@ pub struct ApiError {
     pub origin: Origin,
     /// `Retry-After` to relay (429).
     pub retry_after: Option<String>,
+    /// The Basic realm of a 401's `WWW-Authenticate` challenge.
+    pub realm: Option<String>,
 }
 
 impl ApiError {
@@ -122,7 +127,31 @@ impl ApiError {
             message: message.into(),
             origin,
             retry_after: None,
+            realm: None,
         }
+    }
+
+    /// 401 with a Basic challenge for `realm`.
+    pub fn unauthorized(realm: &str, message: impl Into<String>) -> Self {
+        Self {
+            realm: Some(realm.to_owned()),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                Code::Unauthorized,
+                Origin::Downstream,
+                message,
+            )
+        }
+    }
+
+    /// 403 DENIED.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            Code::Denied,
+            Origin::Downstream,
+            message,
+        )
     }
 
     /// 405 for any write to this pull-only mirror.
@@ -152,6 +181,12 @@ impl ApiError {
             .and_then(|v| HeaderValue::from_str(v).ok())
         {
             h.push((header::RETRY_AFTER, v));
+        }
+        // The realm was checked at config load (no quotes or controls).
+        if let Some(v) = self.realm.as_deref().and_then(|r| {
+            HeaderValue::from_str(&format!("Basic realm=\"{r}\", charset=\"UTF-8\"")).ok()
+        }) {
+            h.push((header::WWW_AUTHENTICATE, v));
         }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
             h.push((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
@@ -213,6 +248,12 @@ pub fn from_mirror(e: &mirror::Error, subject: Subject) -> ApiError {
             Code::Unknown,
             Origin::Internal,
             "internal storage error",
+        ),
+        M::NotCached => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            Code::Unauthorized,
+            Origin::Downstream,
+            "not cached: only authenticated clients may fetch new content from upstream",
         ),
         M::NoUpstream(id) => ApiError::new(
             StatusCode::NOT_FOUND,

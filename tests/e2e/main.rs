@@ -5,6 +5,7 @@
 #![allow(unreachable_pub, missing_docs)]
 mod support;
 
+mod access;
 mod coalesce;
 mod crash;
 mod disk;

@@ -164,6 +164,9 @@ struct State {
     /// repos that exist
     repos: HashMap<String, ()>,
     referrers: HashMap<(String, String), Bytes>,
+    /// digest -> the only repositories that hold it (like a real registry's
+    /// repository links); digests not listed are in every repository.
+    only_in: HashMap<String, Vec<String>>,
     corrupt: HashMap<String, ()>,
     truncate: HashMap<String, usize>,
     throttle: Option<(usize, Duration)>,
@@ -248,6 +251,15 @@ impl FakeUpstream {
     /// Adds a blob (blobs are global, not per repository).
     pub fn add_blob(&self, b: &Blob) {
         self.shared.lock().blobs.insert(b.digest.clone(), b.clone());
+    }
+
+    /// Makes `digest` (blob or manifest) exist only in `repos`: other
+    /// repositories answer 404 for it, as a real registry does.
+    pub fn only_in(&self, digest: &str, repos: &[&str]) {
+        self.shared.lock().only_in.insert(
+            digest.to_owned(),
+            repos.iter().map(|r| (*r).to_owned()).collect(),
+        );
     }
 
     /// Adds an image's manifest, config and layers, and tags it.
@@ -649,6 +661,16 @@ async fn registry(
         }
         if !s.repos.contains_key(repo) && kind != "blobs" {
             return oci_error(404, "NAME_UNKNOWN");
+        }
+        if let Some(repos) = s.only_in.get(rest)
+            && !repos.iter().any(|r| r == repo)
+        {
+            let code = if kind == "blobs" {
+                "BLOB_UNKNOWN"
+            } else {
+                "MANIFEST_UNKNOWN"
+            };
+            return oci_error(404, code);
         }
     }
     match kind {

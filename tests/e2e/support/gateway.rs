@@ -82,6 +82,16 @@ pub fn upstream_toml(name: &str, url: &str, extra: &str) -> String {
 
 /// An HTTP client for talking to the mirror (no redirects, no proxy).
 pub fn client() -> reqwest::Client {
+    client_builder().build().expect("client")
+}
+
+/// [`client`], connecting from the local address `ip` (a 127.0.0.0/8
+/// address other than 127.0.0.1, for source-address rules).
+pub fn client_from(ip: std::net::IpAddr) -> reqwest::Client {
+    client_builder().local_address(ip).build().expect("client")
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -93,8 +103,6 @@ pub fn client() -> reqwest::Client {
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
-        .build()
-        .expect("client")
 }
 
 /// Every file under `dir`, recursively.
