@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::inflight::{Fill, FillState, Fills, Joined};
 use super::{CacheStatus, Error, Fetch, Grant, Mirror, Upstream};
 use crate::config::UpstreamId;
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, Digester, RepoName};
 use crate::store::{self, BlobStore};
 
 /// Read size for streaming stored or in-flight blobs.
@@ -163,7 +163,34 @@ fn fill_stream(
                 }
             };
             let limit = r.end.map_or(limit, |e| e.min(limit));
-            if r.pos < limit {
+            let on_disk = r
+                .fill
+                .spill
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .on_disk;
+            if r.pos < limit && r.pos >= on_disk {
+                // Pass-through: the bytes are in the spill window.
+                let chunk = r
+                    .fill
+                    .spill
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .read(r.pos, (limit - r.pos).min(CHUNK as u64) as usize);
+                match chunk {
+                    Some(b) if !b.is_empty() => {
+                        r.pos += b.len() as u64;
+                        return Some((Ok(b), r));
+                    }
+                    Some(_) => {}
+                    None => {
+                        r.finished = true;
+                        let e = io::Error::other("client fell behind a pass-through download");
+                        return Some((Err(e), r));
+                    }
+                }
+            } else if r.pos < limit {
+                let limit = limit.min(on_disk);
                 let Some(file) = r.fill.reader.get().cloned() else {
                     r.finished = true;
                     return Some((Err(io::Error::other("fill has no reader")), r));
@@ -334,9 +361,14 @@ impl FillTask {
         };
         let result = self.download().await;
         let state = match result {
-            Ok(size) => {
+            Ok((size, true)) => {
                 self.store.note_committed(size);
                 tracing::debug!(upstream = %self.up.config.id, digest = %self.digest, bytes = size, "blob cached");
+                FillState::Done { size }
+            }
+            Ok((size, false)) => {
+                tracing::warn!(upstream = %self.up.config.id, digest = %self.digest, bytes = size,
+                    "blob verified and streamed through, but not cached (store failed)");
                 FillState::Done { size }
             }
             Err(e) => {
@@ -349,18 +381,28 @@ impl FillTask {
         drop(guard);
     }
 
-    async fn download(&self) -> Result<u64, Error> {
+    /// Streams the blob from upstream into the store. Returns its size and
+    /// whether it was stored: when the store fails (disk full), the download
+    /// goes on in memory (pass-through) so that clients still get the blob,
+    /// verified, but nothing is cached and nothing partial is left.
+    async fn download(&self) -> Result<(u64, bool), Error> {
         let resp = self.up.client.get_blob(&self.repo, &self.digest).await?;
         let size = resp.size;
-        let writer = self.store.writer(&self.digest).await?;
-        let reader = writer.open_reader()?;
-        // invariant: only this task sets the reader, once.
-        let _ = self.fill.reader.set(Arc::new(reader));
+        let mut sink = match self.store.writer(&self.digest).await {
+            Ok(writer) => match writer.open_reader() {
+                Ok(reader) => {
+                    // invariant: only this task sets the reader, once.
+                    let _ = self.fill.reader.set(Arc::new(reader));
+                    Sink::Disk(writer)
+                }
+                Err(e) => self.pass_through(&e, 0, writer.abandon()),
+            },
+            Err(e) => self.pass_through(&e, 0, None),
+        };
         self.fill
             .state
             .send_replace(FillState::Streaming { size, written: 0 });
         let mut body = resp.body;
-        let mut writer = Some(writer);
         let mut written = 0u64;
         while let Some(first) = body.next().await {
             let mut batch = vec![first.map_err(|_| Error::Interrupted)?];
@@ -379,13 +421,42 @@ impl FillTask {
                 // More bytes than upstream announced: not the blob we want.
                 return Err(Error::Interrupted);
             }
-            let mut w = writer.take().ok_or(Error::Interrupted)?;
-            let w = tokio::task::spawn_blocking(move || {
-                batch.iter().try_for_each(|c| w.write(c)).map(|()| w)
-            })
-            .await
-            .map_err(|_| Error::Interrupted)??;
-            writer = Some(w);
+            sink = match sink {
+                Sink::Disk(mut w) => {
+                    let (w, batch, ok, err) = tokio::task::spawn_blocking(move || {
+                        for (i, c) in batch.iter().enumerate() {
+                            if let Err(e) = w.write(c) {
+                                return (w, batch, i, Some(e));
+                            }
+                        }
+                        let all = batch.len();
+                        (w, batch, all, None)
+                    })
+                    .await
+                    .map_err(|_| Error::Interrupted)?;
+                    match err {
+                        None => Sink::Disk(w),
+                        Some(e) => {
+                            // Chunks before `ok` are in the file; the rest
+                            // (already hashed by the failed write) in memory.
+                            let on_disk =
+                                written + batch[..ok].iter().map(|c| c.len() as u64).sum::<u64>();
+                            let sink = self.pass_through(&e, on_disk, w.abandon());
+                            let mut spill = self.lock_spill();
+                            batch.into_iter().skip(ok).for_each(|c| spill.push(c));
+                            sink
+                        }
+                    }
+                }
+                Sink::Memory(mut h) => {
+                    let mut spill = self.lock_spill();
+                    for c in batch {
+                        h.update(&c);
+                        spill.push(c);
+                    }
+                    Sink::Memory(h)
+                }
+            };
             written += n as u64;
             self.fill.state.send_modify(|s| {
                 if let FillState::Streaming { written: w, .. } = s {
@@ -393,19 +464,65 @@ impl FillTask {
                 }
             });
         }
-        let mut w = writer.take().ok_or(Error::Interrupted)?;
-        let finished = tokio::task::spawn_blocking(move || w.finish(size))
-            .await
-            .map_err(|_| Error::Interrupted)?;
-        match finished {
-            Ok(n) => Ok(n),
-            Err(store::Error::DigestMismatch { .. }) => Err(Error::Corrupt {
-                expected: self.digest.clone(),
-            }),
-            Err(store::Error::SizeMismatch { .. }) => Err(Error::Interrupted),
-            Err(e) => Err(e.into()),
+        match sink {
+            Sink::Disk(mut w) => {
+                let finished = tokio::task::spawn_blocking(move || w.finish(size))
+                    .await
+                    .map_err(|_| Error::Interrupted)?;
+                match finished {
+                    Ok(n) => Ok((n, true)),
+                    Err(store::Error::DigestMismatch { .. }) => Err(Error::Corrupt {
+                        expected: self.digest.clone(),
+                    }),
+                    Err(store::Error::SizeMismatch { .. }) => Err(Error::Interrupted),
+                    // Size and digest checked out; only fsync or rename
+                    // failed. Readers hold the file open: pass it through.
+                    Err(e) => {
+                        tracing::error!(digest = %self.digest, error = %crate::error_chain(&e),
+                            "cannot commit a verified blob to the store");
+                        Ok((written, false))
+                    }
+                }
+            }
+            Sink::Memory(h) => {
+                if size.is_some_and(|s| s != written) {
+                    return Err(Error::Interrupted);
+                }
+                if h.finish() == self.digest {
+                    Ok((written, false))
+                } else {
+                    Err(Error::Corrupt {
+                        expected: self.digest.clone(),
+                    })
+                }
+            }
         }
     }
+
+    /// Switches to pass-through at byte `on_disk` after a store error.
+    fn pass_through(&self, e: &store::Error, on_disk: u64, hasher: Option<Digester>) -> Sink {
+        tracing::error!(digest = %self.digest, error = %crate::error_chain(e),
+            "cannot write blob to the store (disk full?); streaming it through without caching");
+        self.lock_spill().start(on_disk);
+        // A writer always has its hasher until it finishes; a fresh one
+        // here could only make the final check fail, never pass wrongly.
+        Sink::Memory(hasher.unwrap_or_else(|| Digester::new(self.digest.algorithm())))
+    }
+
+    fn lock_spill(&self) -> std::sync::MutexGuard<'_, super::inflight::Spill> {
+        self.fill
+            .spill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Where downloaded bytes go.
+enum Sink {
+    /// The store's temporary file (hashed as written).
+    Disk(store::BlobWriter),
+    /// Memory only, hashed here: pass-through after a store failure.
+    Memory(Digester),
 }
 
 struct FillGuard {

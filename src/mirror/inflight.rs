@@ -29,7 +29,9 @@ pub(crate) enum FillState {
         /// Bytes written and readable.
         written: u64,
     },
-    /// Verified and committed to the store.
+    /// Complete and verified: committed to the store, or, when the store
+    /// failed (disk full), streamed through from the spill and the
+    /// temporary file's read handle without being cached.
     Done {
         /// Final size.
         size: u64,
@@ -43,8 +45,75 @@ pub(crate) enum FillState {
 pub(crate) struct Fill {
     pub(crate) state: watch::Sender<FillState>,
     /// Read handle on the temporary file, set before `Streaming` is first
-    /// published.
+    /// published (unless the temporary file could not even be created).
     pub(crate) reader: OnceLock<Arc<std::fs::File>>,
+    /// Bytes that could not be written to disk, for pass-through.
+    pub(crate) spill: Mutex<Spill>,
+}
+
+/// Pass-through when the store fails mid-download (disk full): bytes from
+/// `on_disk` on live in memory, in a window of at most [`SPILL_WINDOW`]
+/// bytes. A reader that falls behind the window fails (its client retries).
+#[derive(Debug)]
+pub(crate) struct Spill {
+    /// Bytes readable from the temporary file (`u64::MAX`: all of them).
+    pub(crate) on_disk: u64,
+    /// Offset of the first byte in `chunks`.
+    pub(crate) base: u64,
+    pub(crate) chunks: std::collections::VecDeque<bytes::Bytes>,
+    pub(crate) len: usize,
+}
+
+/// Most bytes a pass-through keeps in memory.
+pub(crate) const SPILL_WINDOW: usize = 32 * 1024 * 1024;
+
+impl Default for Spill {
+    fn default() -> Self {
+        Self {
+            on_disk: u64::MAX,
+            base: 0,
+            chunks: std::collections::VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl Spill {
+    /// Starts pass-through at `offset`.
+    pub(crate) fn start(&mut self, offset: u64) {
+        self.on_disk = offset;
+        self.base = offset;
+    }
+
+    /// Appends a chunk, dropping the oldest beyond the window.
+    pub(crate) fn push(&mut self, b: bytes::Bytes) {
+        self.len += b.len();
+        self.chunks.push_back(b);
+        while self.len > SPILL_WINDOW && self.chunks.len() > 1 {
+            if let Some(old) = self.chunks.pop_front() {
+                self.len -= old.len();
+                self.base += old.len() as u64;
+            }
+        }
+    }
+
+    /// Up to `max` bytes at `pos`; `None` if `pos` fell out of the window.
+    pub(crate) fn read(&self, pos: u64, max: usize) -> Option<bytes::Bytes> {
+        let mut at = self.base;
+        if pos < at {
+            return None;
+        }
+        for c in &self.chunks {
+            let end = at + c.len() as u64;
+            if pos < end {
+                let from = (pos - at) as usize;
+                let to = c.len().min(from + max);
+                return Some(c.slice(from..to));
+            }
+            at = end;
+        }
+        Some(bytes::Bytes::new())
+    }
 }
 
 /// The table of in-flight downloads, keyed by digest (blobs are shared by
@@ -77,6 +146,7 @@ impl Fills {
         let fill = Arc::new(Fill {
             state,
             reader: OnceLock::new(),
+            spill: Mutex::default(),
         });
         map.insert(digest.clone(), fill.clone());
         Some(Joined::Leader(fill))
@@ -95,5 +165,34 @@ impl Fills {
     pub(crate) fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(digest).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn spill_window_reads_and_forgets() {
+        let mut s = Spill::default();
+        s.start(100);
+        let chunk = Bytes::from(vec![7u8; SPILL_WINDOW / 4]);
+        for _ in 0..4 {
+            s.push(chunk.clone());
+        }
+        assert_eq!(s.read(100, 10).unwrap().len(), 10);
+        assert_eq!(s.read(99, 10), None);
+        // The end of what was pushed: nothing more yet.
+        let end = 100 + SPILL_WINDOW as u64;
+        assert_eq!(s.read(end, 10).unwrap().len(), 0);
+        // Reads stop at a chunk boundary.
+        let q = SPILL_WINDOW as u64 / 4;
+        assert_eq!(s.read(100 + q - 3, 10).unwrap().len(), 3);
+        // Beyond the window the oldest chunk goes; its readers fail.
+        s.push(chunk);
+        assert_eq!(s.read(100, 1), None);
+        assert_eq!(s.read(100 + q, 1).unwrap().len(), 1);
+        assert!(s.len <= SPILL_WINDOW);
     }
 }

@@ -165,8 +165,8 @@ impl Mirror {
                     expected: digest.clone(),
                 });
             }
-            self.store.put_manifest(digest, m.bytes.clone(), &m.media_type).await?;
-            self.store.mark_repo(&up.config.id, repo).await?;
+            best_effort(digest, self.store.put_manifest(digest, m.bytes.clone(), &m.media_type).await);
+            best_effort(digest, self.store.mark_repo(&up.config.id, repo).await);
             Ok(manifest_value(m.bytes, m.media_type))
         })
         .await?;
@@ -233,7 +233,7 @@ impl Mirror {
                         checked_at_ms: tags_epoch_ms(SystemTime::now()),
                         ..old
                     };
-                    self.store.put_tag(key, &rec).await?;
+                    best_effort(&rec.digest, self.store.put_tag(key, &rec).await);
                     Ok(entry(rec, false))
                 }
                 Some(d) => {
@@ -245,7 +245,7 @@ impl Mirror {
                         size: m.bytes.len() as u64,
                         checked_at_ms: tags_epoch_ms(SystemTime::now()),
                     };
-                    self.store.put_tag(key, &rec).await?;
+                    best_effort(&rec.digest, self.store.put_tag(key, &rec).await);
                     Ok(entry(rec, false))
                 }
                 // No digest header: only a GET can tell.
@@ -287,21 +287,36 @@ impl Mirror {
             }
             None => Digest::sha256_of(&m.bytes),
         };
-        self.store
-            .put_manifest(&digest, m.bytes.clone(), &m.media_type)
-            .await?;
-        self.store.mark_repo(&up.config.id, &key.repo).await?;
+        best_effort(
+            &digest,
+            self.store
+                .put_manifest(&digest, m.bytes.clone(), &m.media_type)
+                .await,
+        );
+        best_effort(
+            &digest,
+            self.store.mark_repo(&up.config.id, &key.repo).await,
+        );
         let rec = TagRecord {
             digest: digest.clone(),
             media_type: m.media_type.as_str().to_owned(),
             size: m.bytes.len() as u64,
             checked_at_ms: tags_epoch_ms(SystemTime::now()),
         };
-        self.store.put_tag(key, &rec).await?;
+        best_effort(&digest, self.store.put_tag(key, &rec).await);
         self.cache
             .insert(Key::Manifest(digest), manifest_value(m.bytes, m.media_type))
             .await;
         Ok(rec)
+    }
+}
+
+/// Persisting metadata is best effort: when the store fails (disk full),
+/// the manifest is still served (and kept in memory), just not on disk.
+fn best_effort(digest: &Digest, r: Result<(), crate::store::Error>) {
+    if let Err(e) = r {
+        tracing::error!(%digest, error = %crate::error_chain(&e),
+            "cannot store manifest metadata (disk full?); serving it uncached");
     }
 }
 

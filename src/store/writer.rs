@@ -107,6 +107,18 @@ impl BlobWriter {
     }
 }
 
+impl BlobWriter {
+    /// Gives up on storing: removes the temporary file and returns the
+    /// hasher, which has seen every byte passed to [`write`](Self::write),
+    /// including the bytes of a call that failed. Readers opened with
+    /// [`open_reader`](Self::open_reader) keep their view of what was
+    /// written. For streaming a blob on when the disk is full.
+    pub fn abandon(mut self) -> Option<Digester> {
+        self.file = None;
+        self.hasher.take()
+    }
+}
+
 impl Drop for BlobWriter {
     fn drop(&mut self) {
         if !self.tmp.as_os_str().is_empty() {

@@ -144,3 +144,114 @@ async fn a_blob_being_served_is_never_evicted() {
     assert_eq!(body, img.layers[0].bytes);
     gw.stop().await;
 }
+
+/// A small tmpfs, unmounted on drop. Needs root (CI and the test machines
+/// run as root); the test fails loudly rather than skipping without it.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs failed: this test needs root");
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the filesystem at `dir` completely.
+fn fill_up(dir: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.write_all(&chunk[..1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_streams_through_without_caching() {
+    const MIB: usize = 1024 * 1024;
+    let up = FakeUpstream::start(Options::default()).await;
+    let big = docker_image(97, &[6 * MIB]);
+    let small = docker_image(98, &[20_000]);
+    up.add_image("library/big", "1", &big);
+    up.add_image("library/small", "1", &small);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let _fs = SmallFs::mount(&data, "2m");
+    let gw = Gateway::start(
+        &format!(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+            upstream_toml("docker.io", &up.url(), "default = true")
+        ),
+        &data,
+    )
+    .await;
+    let c = client();
+    let big_url = format!(
+        "{}/v2/library/big/blobs/{}",
+        gw.url(0),
+        big.layers[0].digest
+    );
+
+    // A 6 MiB blob on a 2 MiB disk: the store fails mid-write (ENOSPC), yet
+    // both concurrent clients get the whole, verified blob.
+    let (a, b) = tokio::join!(c.get(&big_url).send(), c.get(&big_url).send());
+    for r in [a.unwrap(), b.unwrap()] {
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap(), big.layers[0].bytes);
+    }
+    // Nothing partial or corrupt was left behind, and nothing was cached.
+    assert!(files_under(&data.join("tmp")).is_empty(), "temp files left");
+    assert_store_verified(&data);
+    assert!(
+        !files_under(&data.join("blobs"))
+            .iter()
+            .any(|f| f.ends_with(&big.layers[0].digest[7..]))
+    );
+
+    // With the disk completely full, manifests and small blobs still flow.
+    fill_up(&data);
+    let m = c
+        .get(format!("{}/v2/library/small/manifests/1", gw.url(0)))
+        .header("accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    assert_eq!(m.bytes().await.unwrap(), small.manifest.bytes);
+    let small_url = format!(
+        "{}/v2/library/small/blobs/{}",
+        gw.url(0),
+        small.layers[0].digest
+    );
+    let r = c.get(&small_url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), small.layers[0].bytes);
+    let r = c.get(&big_url).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap(), big.layers[0].bytes);
+    assert_store_verified(&data);
+
+    // Space again: the next pull caches as usual.
+    std::fs::remove_file(data.join("filler")).unwrap();
+    let before = up.count("GET", &small.layers[0].digest);
+    for _ in 0..2 {
+        let r = c.get(&small_url).send().await.unwrap();
+        assert_eq!(r.bytes().await.unwrap(), small.layers[0].bytes);
+    }
+    assert_eq!(up.count("GET", &small.layers[0].digest), before + 1);
+    assert_store_verified(&data);
+    gw.stop().await;
+}
