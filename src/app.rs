@@ -53,12 +53,15 @@ impl App {
         let mirror = Arc::new(Mirror::build(&config, store)?);
         let tls = crate::tls::build(&config)?;
         let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());
-        let registry = Arc::new(Registry::new(
-            mirror.clone(),
-            Router::new(&config),
-            ca_pem,
-            Policy::from_config(&config),
-        ));
+        let registry = Arc::new(
+            Registry::new(
+                mirror.clone(),
+                Router::new(&config),
+                ca_pem,
+                Policy::from_config(&config),
+            )
+            .with_metrics_endpoint(config.server.metrics),
+        );
         Ok(Self {
             config,
             mirror,

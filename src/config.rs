@@ -110,6 +110,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Largest request head (request line + headers) accepted.
     pub max_header_size: usize,
+    /// Whether `GET /metrics` serves Prometheus counters.
+    pub metrics: bool,
 }
 
 /// `[tls]`
@@ -492,6 +494,7 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
                 b as usize
             }
         },
+        metrics: raw.server.metrics.unwrap_or(true),
     };
     let max_size = match raw.storage.max_size.as_deref() {
         None => None,

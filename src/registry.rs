@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod error;
+pub mod metrics;
 pub mod path;
 pub mod range;
 pub mod response;
@@ -103,6 +104,9 @@ pub struct Registry {
     router: Router,
     ca_pem: Option<Arc<str>>,
     policy: Policy,
+    /// Counters, and whether `/metrics` serves them.
+    metrics: Arc<metrics::Metrics>,
+    serve_metrics: bool,
 }
 
 /// The query parameters the API uses.
@@ -170,7 +174,21 @@ impl Registry {
             router,
             ca_pem,
             policy,
+            metrics: Arc::default(),
+            serve_metrics: true,
         }
+    }
+
+    /// Whether `GET /metrics` answers (`[server] metrics`).
+    #[must_use]
+    pub fn with_metrics_endpoint(mut self, on: bool) -> Self {
+        self.serve_metrics = on;
+        self
+    }
+
+    /// The request counters.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     /// A 401 with this mirror's Basic challenge.
@@ -255,6 +273,7 @@ impl Registry {
             user: None,
             status: 0,
             start: Instant::now(),
+            metrics: Some(self.metrics.clone()),
         };
         let head = req.method() == Method::HEAD;
         let mut resp = match Box::pin(self.dispatch(&req, conn, &mut log)).await {
@@ -294,6 +313,22 @@ impl Registry {
                 "client address {} may not use this listener",
                 conn.peer.ip()
             )));
+        }
+        if self.serve_metrics
+            && req.uri().path() == "/metrics"
+            && (method == Method::GET || method == Method::HEAD)
+        {
+            let text = self.metrics.render(self.mirror.store().stored_bytes());
+            let len = text.len();
+            let body = if method == Method::HEAD {
+                response::empty()
+            } else {
+                response::full(Bytes::from(text))
+            };
+            let mut r = response::with_body(StatusCode::OK, body);
+            set(&mut r, header::CONTENT_TYPE, "text/plain; version=0.0.4");
+            r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+            return Ok(r);
         }
         if req.uri().path() == "/ca.crt"
             && let Some(pem) = &self.ca_pem

@@ -60,6 +60,7 @@ pub(crate) struct Server {
     pub(crate) max_connections: Option<usize>,
     pub(crate) header_read_timeout: Option<String>,
     pub(crate) max_header_size: Option<String>,
+    pub(crate) metrics: Option<bool>,
 }
 
 /// `[tls]`

@@ -31,6 +31,8 @@ pub struct AccessLog {
     pub status: u16,
     /// When the request arrived.
     pub start: Instant,
+    /// Where the finished response is counted.
+    pub metrics: Option<std::sync::Arc<super::metrics::Metrics>>,
 }
 
 /// A response body that counts the bytes it yields and writes the access-log
@@ -108,6 +110,9 @@ impl Drop for LoggedBody {
             self.outcome = "complete";
         }
         let l = &self.log;
+        if let Some(m) = &l.metrics {
+            m.record(l.cache, l.status, self.bytes, self.outcome == "complete");
+        }
         tracing::info!(
             target: "mirrorgate::access",
             method = %l.method,
@@ -140,6 +145,7 @@ mod tests {
             user: None,
             status: 200,
             start: Instant::now(),
+            metrics: None,
         }
     }
 

@@ -57,6 +57,18 @@ async fn cached_images_pull_with_upstream_down_across_a_restart() {
     assert_eq!(r.status(), 200);
     assert!(r.headers()["warning"].to_str().unwrap().starts_with("110 "));
     assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
+    let metrics = c
+        .get(format!("{}/metrics", gw.url(0)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mirrorgate_stale_served_total 1\n"),
+        "{metrics}"
+    );
     let r = get(
         &c,
         format!(

@@ -1,0 +1,120 @@
+//! Prometheus counters for the registry API, served at `GET /metrics`
+//! (text exposition format 0.0.4). Plain atomics: recording costs a few
+//! relaxed increments per request.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::mirror::CacheStatus;
+
+/// Cache outcomes in exposition order (the last is "none": errors and
+/// endpoints that do not touch the cache).
+const OUTCOMES: [&str; 6] = ["hit", "miss", "coalesced", "stale", "pass", "none"];
+/// Status classes.
+const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// The counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    by_outcome: [AtomicU64; 6],
+    by_class: [AtomicU64; 4],
+    bytes_sent: AtomicU64,
+    aborted: AtomicU64,
+}
+
+impl Metrics {
+    /// Records one finished response.
+    pub fn record(&self, cache: Option<CacheStatus>, status: u16, bytes: u64, complete: bool) {
+        let outcome = match cache {
+            Some(CacheStatus::Hit) => 0,
+            Some(CacheStatus::Miss) => 1,
+            Some(CacheStatus::Coalesced) => 2,
+            Some(CacheStatus::Stale) => 3,
+            Some(CacheStatus::Pass) => 4,
+            None => 5,
+        };
+        self.by_outcome[outcome].fetch_add(1, Relaxed);
+        if let Some(c) = (status / 100).checked_sub(2).filter(|c| *c < 4) {
+            self.by_class[usize::from(c)].fetch_add(1, Relaxed);
+        }
+        self.bytes_sent.fetch_add(bytes, Relaxed);
+        if !complete {
+            self.aborted.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The exposition text; `store_bytes` is the blob store's size.
+    pub fn render(&self, store_bytes: u64) -> String {
+        let mut s = String::with_capacity(1024);
+        s.push_str("# HELP mirrorgate_requests_total Requests answered, by cache outcome.\n");
+        s.push_str("# TYPE mirrorgate_requests_total counter\n");
+        for (name, v) in OUTCOMES.iter().zip(&self.by_outcome) {
+            let _ = writeln!(
+                s,
+                "mirrorgate_requests_total{{cache=\"{name}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        s.push_str("# HELP mirrorgate_responses_total Responses, by status class.\n");
+        s.push_str("# TYPE mirrorgate_responses_total counter\n");
+        for (name, v) in CLASSES.iter().zip(&self.by_class) {
+            let _ = writeln!(
+                s,
+                "mirrorgate_responses_total{{class=\"{name}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        s.push_str("# HELP mirrorgate_stale_served_total Tags served from cache past their TTL because upstream failed.\n");
+        s.push_str("# TYPE mirrorgate_stale_served_total counter\n");
+        let _ = writeln!(
+            s,
+            "mirrorgate_stale_served_total {}",
+            self.by_outcome[3].load(Relaxed)
+        );
+        s.push_str("# HELP mirrorgate_response_bytes_total Response body bytes sent.\n");
+        s.push_str("# TYPE mirrorgate_response_bytes_total counter\n");
+        let _ = writeln!(
+            s,
+            "mirrorgate_response_bytes_total {}",
+            self.bytes_sent.load(Relaxed)
+        );
+        s.push_str(
+            "# HELP mirrorgate_responses_aborted_total Responses whose body did not complete.\n",
+        );
+        s.push_str("# TYPE mirrorgate_responses_aborted_total counter\n");
+        let _ = writeln!(
+            s,
+            "mirrorgate_responses_aborted_total {}",
+            self.aborted.load(Relaxed)
+        );
+        s.push_str("# HELP mirrorgate_store_bytes Bytes of blobs in the store (approximate).\n");
+        s.push_str("# TYPE mirrorgate_store_bytes gauge\n");
+        let _ = writeln!(s, "mirrorgate_store_bytes {store_bytes}");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_renders() {
+        let m = Metrics::default();
+        m.record(Some(CacheStatus::Stale), 200, 10, true);
+        m.record(Some(CacheStatus::Hit), 206, 5, false);
+        m.record(None, 404, 0, true);
+        let t = m.render(42);
+        assert!(
+            t.contains("mirrorgate_requests_total{cache=\"stale\"} 1\n"),
+            "{t}"
+        );
+        assert!(t.contains("mirrorgate_requests_total{cache=\"none\"} 1\n"));
+        assert!(t.contains("mirrorgate_stale_served_total 1\n"));
+        assert!(t.contains("mirrorgate_responses_total{class=\"2xx\"} 2\n"));
+        assert!(t.contains("mirrorgate_responses_total{class=\"4xx\"} 1\n"));
+        assert!(t.contains("mirrorgate_response_bytes_total 15\n"));
+        assert!(t.contains("mirrorgate_responses_aborted_total 1\n"));
+        assert!(t.contains("mirrorgate_store_bytes 42\n"));
+    }
+}
