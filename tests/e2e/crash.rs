@@ -1,54 +1,12 @@
 //! Crash safety with the real binary: SIGKILL in the middle of a cold pull
 //! leaves nothing that can be served, and the next start cleans up.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use futures_util::StreamExt;
 
 use crate::support::image::docker_image;
 use crate::support::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn spawn(config: &std::path::Path, port: u16) -> Proc {
-    let child = Proc(
-        Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let c = client();
-    for _ in 0..200 {
-        if c.get(format!("http://127.0.0.1:{port}/v2/"))
-            .send()
-            .await
-            .is_ok()
-        {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("mirror did not start");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_cold_200mib_pull_loses_nothing() {

@@ -11,6 +11,7 @@ mod crash;
 mod disk;
 mod faults;
 mod hostile;
+mod load;
 mod offline;
 mod pull;
 mod routing;

@@ -4,11 +4,13 @@
 pub mod fake_upstream;
 pub mod gateway;
 pub mod image;
+pub mod process;
 
 pub use fake_upstream::{Auth, FakeUpstream, Options};
 pub use gateway::{
     Gateway, assert_store_verified, client, client_from, files_under, upstream_toml,
 };
+pub use process::{Proc, free_port, spawn};
 
 /// The Accept header containerd sends when resolving a tag.
 pub const ACCEPT_ALL: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";

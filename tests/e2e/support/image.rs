@@ -58,6 +58,16 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 fn build(seed: u64, sizes: &[usize], oci: bool) -> Image {
+    build_on(seed, &[], sizes, oci)
+}
+
+/// A Docker v2 schema 2 image whose first layers are `base` (shared with
+/// other images), then new layers of the given sizes.
+pub fn docker_image_on(seed: u64, base: &[Blob], layer_sizes: &[usize]) -> Image {
+    build_on(seed, base, layer_sizes, false)
+}
+
+fn build_on(seed: u64, base: &[Blob], sizes: &[usize], oci: bool) -> Image {
     let (manifest_type, config_type, layer_type) = if oci {
         (
             "application/vnd.oci.image.manifest.v1+json",
@@ -71,10 +81,15 @@ fn build(seed: u64, sizes: &[usize], oci: bool) -> Image {
             "application/vnd.docker.image.rootfs.diff.tar.gzip",
         )
     };
-    let layers: Vec<Blob> = sizes
+    let layers: Vec<Blob> = base
         .iter()
-        .enumerate()
-        .map(|(i, n)| blob(random_bytes(seed * 1000 + i as u64, *n), layer_type))
+        .cloned()
+        .chain(
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| blob(random_bytes(seed * 1000 + i as u64, *n), layer_type)),
+        )
         .collect();
     let config = json!({
         "architecture": "amd64",
