@@ -65,7 +65,7 @@ async fn two_hundred_clients_mixed_cached_and_cold() {
     for i in 0..IMAGES {
         let img = docker_image_on(
             600 + i as u64,
-            &[base_layer.clone()],
+            std::slice::from_ref(&base_layer),
             &[512 * 1024, 64 * 1024],
         );
         up.add_image(&format!("library/load{i}"), "1", &img);
