@@ -6,7 +6,10 @@
 #   4. system test with real parts: installs docker-registry (CNCF
 #      distribution), skopeo and containerd from apt, and pulls through the
 #      mirror with skopeo and ctr (tests/system/run.sh)
-# Exits non-zero if anything fails. Set SKIP_SYSTEM=1 to skip step 4.
+#   5. TLS system test: one TLS listener, clients set up only from
+#      `mirrorgate ca init` + `client-config`: ctr, skopeo, podman, dockerd
+#      (tests/system/tls.sh; also installs podman and docker.io if it can)
+# Exits non-zero if anything fails. Set SKIP_SYSTEM=1 to skip steps 4 and 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +34,9 @@ if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
   step "system test: real registry, skopeo, containerd"
   cargo build --locked
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/run.sh
+
+  step "TLS system test: one TLS port, ctr, skopeo, podman, dockerd"
+  MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/tls.sh
 fi
 echo
 echo "scripts/test.sh: all steps passed"

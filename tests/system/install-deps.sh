@@ -1,26 +1,40 @@
 #!/usr/bin/env bash
-# Installs what tests/system/run.sh needs (Debian 12, as root). Idempotent:
+# Installs what the system tests need (Debian 12, as root). Idempotent:
 # does nothing when every command is already present.
 #
-#   docker-registry (CNCF distribution 2.8)  skopeo  containerd + ctr
-#   htpasswd (apache2-utils)  openssl  curl  jq  python3
+#   install-deps.sh         for run.sh:
+#     docker-registry (CNCF distribution 2.8)  skopeo  containerd + ctr
+#     htpasswd (apache2-utils)  openssl  curl  jq  python3
+#   install-deps.sh --tls   for tls.sh: the above, and tries podman and
+#     docker.io (dockerd + docker client). Those two are optional: if apt
+#     cannot install them, tls.sh reports their checks as SKIP.
 #
-# Package postinst scripts must not start daemons (containerd,
+# Package postinst scripts must not start daemons (containerd, dockerd,
 # docker-registry): a temporary /usr/sbin/policy-rc.d (exit 101) forbids it.
 # INSTALL_DEPS_FORCE=1 runs apt even when everything is present.
 set -euo pipefail
 
 need_cmds=(docker-registry skopeo containerd ctr htpasswd openssl curl jq python3)
 pkgs=(docker-registry skopeo containerd apache2-utils openssl curl jq python3)
+# optional (--tls): command -> package
+opt_cmds=(); opt_pkgs=()
+case "${1:-}" in
+  "") ;;
+  --tls) opt_cmds=(podman dockerd); opt_pkgs=(podman docker.io);;
+  *) echo "usage: install-deps.sh [--tls]" >&2; exit 2;;
+esac
 
-missing=()
+missing=(); opt_missing=()
 for c in "${need_cmds[@]}"; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
-if [ "${#missing[@]}" -eq 0 ] && [ "${INSTALL_DEPS_FORCE:-0}" != 1 ]; then
+for i in "${!opt_cmds[@]}"; do
+  command -v "${opt_cmds[$i]}" >/dev/null 2>&1 || opt_missing+=("${opt_pkgs[$i]}")
+done
+if [ "${#missing[@]}" -eq 0 ] && [ "${#opt_missing[@]}" -eq 0 ] && [ "${INSTALL_DEPS_FORCE:-0}" != 1 ]; then
   exit 0   # fast path
 fi
-echo "install-deps: missing commands: ${missing[*]}" >&2
+echo "install-deps: missing commands: ${missing[*]} ${opt_missing[*]}" >&2
 
 if [ "$(id -u)" != 0 ]; then
   echo "install-deps: must run as root to apt-get install ${pkgs[*]}" >&2
@@ -61,6 +75,13 @@ apt_opts=(-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-co
           -o DPkg::Lock::Timeout=600 --no-install-recommends --no-upgrade)
 apt-get -q -o DPkg::Lock::Timeout=600 update
 apt-get install "${apt_opts[@]}" "${pkgs[@]}"
+if [ "${#opt_cmds[@]}" -gt 0 ]; then
+  # one at a time: a package missing from this apt source must not stop the other
+  for p in "${opt_pkgs[@]}"; do
+    apt-get install "${apt_opts[@]}" "$p" \
+      || echo "install-deps: optional package $p could not be installed; its checks will be skipped" >&2
+  done
+fi
 
 for c in "${need_cmds[@]}"; do
   command -v "$c" >/dev/null 2>&1 || { echo "install-deps: $c still missing" >&2; exit 1; }

@@ -19,257 +19,38 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=lib.sh disable=SC2034  # lib.sh reads variables set here
+. "$HERE/lib.sh"
 TARGET="${SYSTEM_TEST_TARGET:-mirror}"
-T_START=$SECONDS
-IP=127.0.0.1
 DEAD_PORT=9           # nothing listens there: containerd's "server" fallback
-CMD_TIMEOUT=60        # per client command
-BUDGET="${SYSTEM_TEST_BUDGET:-240}"  # seconds; checks that would start later are failed, not run
-
-pass=0; fail=0
-ok()   { echo "PASS: $1"; pass=$((pass+1)); }
-bad()  { echo "FAIL: $1: $2"; fail=$((fail+1)); }
-info() { echo "      $*"; }
-step() { echo; echo "== $* ($((SECONDS-T_START))s)"; }
-
-# ----------------------------------------------------------------- processes
-W=""
-PIDS=()        # every background process this script started
-MOUNTED=""     # a ctr images mount point, if any
-cleanup() {
-  local rc=$? pid i
-  set +e
-  trap - EXIT INT TERM
-  if [ -n "$MOUNTED" ] && mountpoint -q "$MOUNTED" 2>/dev/null; then umount "$MOUNTED"; fi
-  for ((i=${#PIDS[@]}-1; i>=0; i--)); do
-    kill -TERM "${PIDS[$i]}" 2>/dev/null
-  done
-  for pid in "${PIDS[@]}"; do
-    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-  done
-  if [ -n "$W" ] && [ -d "$W" ]; then
-    if [ "${KEEP_WORKDIR:-0}" = 1 ]; then echo "kept work dir: $W"; else rm -rf "$W"; fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start_bg() { # STDOUT_FILE STDERR_FILE CMD... ; sets LAST_PID
-  local out="$1" err="$2"; shift 2
-  if [ "$out" = "$err" ]; then "$@" >"$out" 2>&1 </dev/null &
-  else "$@" >"$out" 2>"$err" </dev/null &
-  fi
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-
-wait_until() { # TIMEOUT_S PID(or -) CMD... : poll CMD until it succeeds
-  local t="$1" pid="$2" end; shift 2
-  end=$((SECONDS + t))
-  until "$@" >/dev/null 2>&1; do
-    if [ "$pid" != - ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
-    [ "$SECONDS" -ge "$end" ] && return 1
-    sleep 0.2
-  done
-}
-
-FAILED_LOGS=()   # logs of client commands that failed: dumped in full at the end
-dump_logs() {
-  local f n
-  [ -n "$W" ] && [ -d "$W/logs" ] || return 0
-  echo; echo "== log tails (all logs are in $W/logs; KEEP_WORKDIR=1 keeps them)"
-  for f in "${FAILED_LOGS[@]}" "$W/logs/mirrorgate.log" "$W"/logs/*.access.log \
-           "$W/logs/hub.log" "$W/logs/ghcr.log" "$W/logs/quay.log" "$W/logs/containerd.log"; do
-    [ -s "$f" ] || continue
-    case "$f" in
-      */mirrorgate.log) n=80;; */*.access.log) n=20;; */cargo-build.log) n=40;;
-      */hub.log|*/ghcr.log|*/quay.log|*/containerd.log) n=8;; *) n=30;;
-    esac
-    echo "---- $f (last $n lines)"
-    tail -n "$n" "$f" | cut -c1-500
-  done
-}
-
-setup_failed() { # MESSAGE [LOG_TO_SHOW]
-  [ -n "${2:-}" ] && FAILED_LOGS+=("$2")
-  bad "setup" "$1"
-  dump_logs
-  echo
-  echo "$pass passed, $fail failed"
-  exit 1
-}
 
 # ----------------------------------------------------------------- deps, dirs
 step "dependencies"
 bash "$HERE/install-deps.sh" || setup_failed "install-deps.sh failed"
 
-W="$(mktemp -d /tmp/mirrorgate-system.XXXXXX)"
-mkdir -p "$W/logs" "$W/conf" "$W/pki/trust" "$W/upstream" "$W/out" "$W/images"
-LOGS="$W/logs"; CONF="$W/conf"
+make_workdir mirrorgate-system
 echo "work dir: $W   target: $TARGET"
-
-free_ports() { # N -> N distinct free loopback ports
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()
-EOF
-}
 read -r HUB_PORT GHCR_PORT QUAY_PORT P0 P1 P2 <<<"$(free_ports 6)"
-HUB_URL="https://$IP:$HUB_PORT"; GHCR_URL="https://$IP:$GHCR_PORT"; QUAY_URL="http://$IP:$QUAY_PORT"
-HUB_USER=mirror; HUB_PASS=mirrorpass
 echo "ports: hub=$HUB_PORT ghcr=$GHCR_PORT quay=$QUAY_PORT mirror=$P0(all) $P1(ghcr.io) $P2(quay.io)"
 
-# ----------------------------------------------------------------- PKI
 step "PKI: CA + server cert for 127.0.0.1/localhost"
-PKI="$W/pki"; CA_CRT="$PKI/ca.crt"
-{
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$PKI/ca.key" -out "$CA_CRT" -days 2 -subj "/CN=mirrorgate system-test CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" &&
-  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$PKI/server.key" -out "$PKI/server.csr" -subj "/CN=127.0.0.1" &&
-  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
-    "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-    "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" > "$PKI/server.ext" &&
-  openssl x509 -req -in "$PKI/server.csr" -CA "$CA_CRT" -CAkey "$PKI/ca.key" -CAcreateserial \
-    -days 2 -extfile "$PKI/server.ext" -out "$PKI/server.crt" &&
-  openssl verify -CAfile "$CA_CRT" "$PKI/server.crt"
-} >"$LOGS/openssl.log" 2>&1 || setup_failed "openssl failed" "$LOGS/openssl.log"
-cp "$CA_CRT" "$PKI/trust/ca.crt"     # skopeo --*-cert-dir form: *.crt = CA
+make_pki
 
-# ----------------------------------------------------------------- images
 step "generate test images"
-python3 "$HERE/mkimages.py" --out "$W/images" >"$LOGS/mkimages.json" 2>"$LOGS/mkimages.err" \
-  || setup_failed "mkimages.py failed" "$LOGS/mkimages.err"
-IMAGES="$W/images/images.json"
-img() { jq -r "$1" "$IMAGES"; }    # jq query on the summary
-jq -c 'map_values(.digest)' "$IMAGES"
+make_images
 
-# ----------------------------------------------------------------- upstreams
 step "upstream registries (docker-registry = CNCF distribution)"
-htpasswd -Bbc "$CONF/htpasswd" "$HUB_USER" "$HUB_PASS" >/dev/null 2>&1 || setup_failed "htpasswd"
+start_upstreams
+setup_skopeo
 
-write_registry() { # NAME PORT tls|plain htpasswd|none
-  local name="$1" port="$2" tls="" auth=""
-  mkdir -p "$W/upstream/$name"
-  if [ "$3" = tls ]; then
-    tls="  tls:
-    certificate: $PKI/server.crt
-    key: $PKI/server.key"
-  fi
-  if [ "$4" = htpasswd ]; then
-    auth="auth:
-  htpasswd:
-    realm: $name
-    path: $CONF/htpasswd"
-  fi
-  cat >"$CONF/$name.yml" <<EOF
-# distribution config, stand-in for $name (generated by tests/system/run.sh)
-version: 0.1
-log:
-  level: info
-  formatter: text
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $W/upstream/$name
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: $IP:$port
-  secret: system-test-$name
-$tls
-health:
-  storagedriver:
-    enabled: false
-$auth
-EOF
-}
-start_registry() { # NAME PORT URL
-  local name="$1" port="$2" url="$3"
-  # stdout: one combined-format access-log line per request; stderr: app log
-  start_bg "$LOGS/$name.access.log" "$LOGS/$name.log" docker-registry serve "$CONF/$name.yml"
-  wait_until 30 "$LAST_PID" \
-    curl -s -o /dev/null --cacert "$CA_CRT" -u "$HUB_USER:$HUB_PASS" -f "$url/v2/" \
-    || setup_failed "$name registry did not answer $url/v2/"
-  echo "$name: pid $LAST_PID $url"
-}
-write_registry hub  "$HUB_PORT"  tls   htpasswd
-write_registry ghcr "$GHCR_PORT" tls   none
-write_registry quay "$QUAY_PORT" plain none
-start_registry hub  "$HUB_PORT"  "$HUB_URL"
-start_registry ghcr "$GHCR_PORT" "$GHCR_URL"
-start_registry quay "$QUAY_PORT" "$QUAY_URL"
-code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$CA_CRT" "$HUB_URL/v2/")
-[ "$code" = 401 ] || setup_failed "hub without credentials answered $code, want 401"
-
-# ----------------------------------------------------------------- skopeo
-echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$CONF/policy.json"
-printf '# empty: no unqualified-search registries, no mirrors\n' >"$CONF/registries.conf"
-echo '{"auths":{}}' >"$CONF/auth.json"
-export REGISTRY_AUTH_FILE="$CONF/auth.json"   # never read ~/.docker or /run/containers creds
-SKOPEO=(skopeo --policy "$CONF/policy.json" --registries-conf "$CONF/registries.conf")
-
-# ----------------------------------------------------------------- seeding
 step "seed the upstreams (skopeo copy --preserve-digests from dir:)"
-declare -A UP_URL=([hub]="$HUB_URL" [ghcr]="$GHCR_URL" [quay]="$QUAY_URL")
-declare -A UP_HOSTPORT=([hub]="$IP:$HUB_PORT" [ghcr]="$IP:$GHCR_PORT" [quay]="$IP:$QUAY_PORT")
-dest_flags() { # UPSTREAM -> DEST_FLAGS array
-  case "$1" in
-    hub)  DEST_FLAGS=(--dest-cert-dir "$PKI/trust" --dest-creds "$HUB_USER:$HUB_PASS");;
-    ghcr) DEST_FLAGS=(--dest-cert-dir "$PKI/trust");;
-    quay) DEST_FLAGS=(--dest-tls-verify=false);;
-  esac
-}
-ACCEPT="application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json,application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json"
-upstream_digest() { # UPSTREAM REPO TAG -> Docker-Content-Digest of the manifest
-  local auth=()
-  [ "$1" = hub ] && auth=(-u "$HUB_USER:$HUB_PASS")
-  curl -sf -I --cacert "$CA_CRT" "${auth[@]}" -H "Accept: $ACCEPT" \
-    "${UP_URL[$1]}/v2/$2/manifests/$3" | tr -d '\r' | awk 'tolower($1)=="docker-content-digest:"{print $2}'
-}
-seed() { # UPSTREAM IMAGE REPO:TAG
-  local up="$1" image="$2" ref="$3" want got all=()
-  want=$(img ".\"$image\".digest")
-  [ "$(img ".\"$image\".instances // empty")" != "" ] && all=(--all)
-  dest_flags "$up"
-  timeout "$CMD_TIMEOUT" "${SKOPEO[@]}" copy "${all[@]}" --preserve-digests "${DEST_FLAGS[@]}" \
-    "dir:$W/images/$image" "docker://${UP_HOSTPORT[$up]}/$ref" >>"$LOGS/seed.log" 2>&1 \
-    || setup_failed "seeding $up $ref failed" "$LOGS/seed.log"
-  got=$(upstream_digest "$up" "${ref%:*}" "${ref##*:}")
-  [ "$got" = "$want" ] || setup_failed "seeded $up $ref has digest '$got', generated $want"
-  echo "seeded $up/$ref = $got"
-}
-seed hub  small     library/small:latest
-seed hub  small-oci library/small:oci
-seed hub  multi     library/multi:latest
-seed hub  alpine    library/alpine:3
-seed ghcr small     lab-org/small:latest
-seed ghcr multi-oci lab-org/multi:oci
-seed quay small     lab-org/small:latest
+seed_upstreams
 
 # ----------------------------------------------------------------- the mirror
 MIRROR_DATA="$W/mirror-data"
 if [ "$TARGET" = mirror ]; then
   step "start mirrorgate"
-  BIN="${MIRRORGATE_BIN:-$REPO/target/debug/mirrorgate}"
-  if [ ! -x "$BIN" ]; then
-    if [ -n "${MIRRORGATE_BIN:-}" ]; then setup_failed "MIRRORGATE_BIN=$BIN is not executable"; fi
-    echo "building $BIN (cargo build)"
-    (cd "$REPO" && cargo build) >"$LOGS/cargo-build.log" 2>&1 \
-      || setup_failed "cargo build failed" "$LOGS/cargo-build.log"
-  fi
+  find_mirror_bin
   cat >"$CONF/mirrorgate.toml" <<EOF
 # generated by tests/system/run.sh
 [storage]
@@ -349,52 +130,6 @@ src_ref() { # ROUTE UPSTREAM REPO:TAG -> SRC_REF, SRC_FLAGS
   esac
 }
 
-# Seconds a client command may take now: CMD_TIMEOUT, less near the end of
-# the budget; 0 when the budget is spent (a hanging mirror must not make the
-# test run for an hour).
-cmd_timeout() {
-  local left=$((BUDGET - (SECONDS - T_START)))
-  if [ "$left" -le 0 ]; then echo 0
-  elif [ "$left" -lt "$CMD_TIMEOUT" ]; then echo "$left"
-  else echo "$CMD_TIMEOUT"; fi
-}
-MIRROR_DEAD=""
-mirror_dead() { # true when the mirror process has exited (reported once in the log)
-  [ "$TARGET" = mirror ] || return 1
-  [ -n "$MIRROR_DEAD" ] && return 0
-  kill -0 "$MIRROR_PID" 2>/dev/null && return 1
-  local st; wait "$MIRROR_PID" && st=0 || st=$?
-  MIRROR_DEAD="mirrorgate exited with status $st ($(grep -m1 -iE 'panicked|overflow|fatal|error' "$LOGS/mirrorgate.log" | cut -c1-200))"
-  return 0
-}
-over_budget() { # NAME -> true (and records a FAIL) when the check cannot run
-  if mirror_dead; then bad "$1" "not run: $MIRROR_DEAD"; return 0; fi
-  if [ "$(cmd_timeout)" = 0 ]; then bad "$1" "not run: the ${BUDGET}s time budget is spent"; return 0; fi
-  return 1
-}
-
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-count_lines() { # REGEX FILE... -> matching lines (0 if none)
-  local re="$1"; shift
-  cat "$@" 2>/dev/null | grep -cE "$re" || true
-}
-
-# Verifies every file of a skopeo dir: copy: blobs hash to their names,
-# <hex>.manifest.json hash to <hex>. Prints the problems; returns 1 if any.
-verify_dir() {
-  local d="$1" f n h bad_files=0 count=0
-  for f in "$d"/*; do
-    n=$(basename "$f")
-    if [[ "$n" =~ ^[0-9a-f]{64}$ ]]; then h=$(sha256_of "$f")
-    elif [[ "$n" =~ ^([0-9a-f]{64})\.manifest\.json$ ]]; then h=$(sha256_of "$f"); n=${BASH_REMATCH[1]}
-    else continue; fi
-    count=$((count+1))
-    if [ "$h" != "$n" ]; then echo "$(basename "$f") hashes to $h"; bad_files=1; fi
-  done
-  [ "$count" -gt 0 ] || { echo "no blobs in $d"; return 1; }
-  return "$bad_files"
-}
-
 OUTN=0
 skopeo_check() { # NAME ROUTE UPSTREAM REPO:TAG IMAGE [--all]
   local name="$1" route="$2" up="$3" ref="$4" image="$5" all=() want got out why="" log
@@ -450,26 +185,8 @@ skopeo_check "4 skopeo default upstream (no prefix) library/alpine:3" default hu
 
 # ----------------------------------------------------------------- containerd
 step "5. containerd (ctr --hosts-dir, ?ns= routing)"
-C="$W/containerd"; SOCK="$C/containerd.sock"; HOSTS="$C/hosts.d"
-mkdir -p "$C/root" "$C/state" "$C/opt" "$HOSTS"
-cat >"$C/config.toml" <<EOF
-# private containerd for tests/system/run.sh
-version = 2
-root = "$C/root"
-state = "$C/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "$SOCK"
-[ttrpc]
-  address = "$SOCK.ttrpc"
-[debug]
-  level = "info"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$C/opt"
-EOF
+start_containerd "5 containerd"
+HOSTS="$C/hosts.d"
 for ns in docker.io ghcr.io quay.io; do
   mkdir -p "$HOSTS/$ns"
   if [ "$TARGET" = direct ]; then
@@ -491,74 +208,7 @@ server = "http://$IP:$DEAD_PORT"
   $extra
 EOF
 done
-CTR_OK=1
-start_bg "$LOGS/containerd.log" "$LOGS/containerd.log" containerd --config "$C/config.toml"
-CONTAINERD_PID=$LAST_PID
-if ! wait_until 30 "$CONTAINERD_PID" ctr --address "$SOCK" version; then
-  bad "5 containerd" "private containerd did not start (see $LOGS/containerd.log)"; CTR_OK=0
-fi
-CTR=(ctr --address "$SOCK" --namespace mirrorgate-test)
-ctrq() { timeout 30 "${CTR[@]}" "$@"; }   # local queries to our containerd
-CTR_AUTH=()
 [ "$TARGET" = direct ] && CTR_AUTH=(--user "$HUB_USER:$HUB_PASS")
-SNAPSHOTTER=overlayfs
-if [ "$CTR_OK" = 1 ]; then
-  if ! ctrq plugins ls 2>/dev/null | awk '$2=="overlayfs"{print $NF}' | grep -qx ok; then
-    SNAPSHOTTER=native
-  fi
-  echo "snapshotter: $SNAPSHOTTER"
-fi
-
-chain_id() { # CONFIG_FILE -> chain ID of its rootfs.diff_ids
-  local chain="" d
-  for d in $(jq -r '.rootfs.diff_ids[]' "$1"); do
-    if [ -z "$chain" ]; then chain="$d"
-    else chain="sha256:$(printf '%s %s' "$chain" "$d" | sha256sum | cut -d' ' -f1)"; fi
-  done
-  echo "$chain"
-}
-
-
-CTRN=0
-ctr_check() { # NAME REF IMAGE(summary key) CONFIG_DIGEST [MOUNT_FILE SIZE]
-  local name="$1" ref="$2" image="$3" cfg="$4" mfile="${5:-}" msize="${6:-}"
-  local want got log why="" chain want_chain status
-  [ "$CTR_OK" = 1 ] || { bad "$name" "no containerd"; return 0; }
-  over_budget "$name" && return 0
-  want=$(img ".\"$image\".digest")
-  CTRN=$((CTRN+1)); log="$LOGS/ctr-$CTRN.log"
-  echo "ctr images pull --hosts-dir $HOSTS --platform linux/amd64 $ref" >"$log"
-  if ! timeout "$(cmd_timeout)" "${CTR[@]}" images pull --hosts-dir "$HOSTS" "${CTR_AUTH[@]}" \
-       --snapshotter "$SNAPSHOTTER" --platform linux/amd64 --print-chainid "$ref" >>"$log" 2>&1; then
-    FAILED_LOGS+=("$log")
-    bad "$name" "ctr images pull $ref failed: $(grep -iE 'error|fail|ctr:' "$log" | tail -n 3 | tr '\n' ' ' | cut -c1-600)"
-    return 0
-  fi
-  got=$(ctrq images ls 2>/dev/null | awk -v r="$ref" '$1==r{print $3}')
-  [ "$got" = "$want" ] || why+="image digest '$got', upstream has $want; "
-  status=$(ctrq images check 2>/dev/null | awk -v r="$ref" '$1==r')
-  echo "$status" | grep -q 'complete' || why+="images check: '$status'; "
-  chain=$(sed -n 's/.*chain ID: *\(sha256:[0-9a-f]\{64\}\).*/\1/p' "$log" | tail -n 1)
-  want_chain=$(chain_id "$W/images/$image/${cfg#sha256:}")
-  [ "$chain" = "$want_chain" ] || why+="unpacked chain ID '$chain', want $want_chain; "
-  ctrq snapshots --snapshotter "$SNAPSHOTTER" info "$want_chain" >/dev/null 2>&1 \
-    || why+="no $SNAPSHOTTER snapshot $want_chain; "
-  if [ -n "$mfile" ] && [ -z "$why" ]; then
-    local mp="$C/mnt-$CTRN"; mkdir -p "$mp"
-    if ctrq images mount --snapshotter "$SNAPSHOTTER" --rw=false "$ref" "$mp" >>"$log" 2>&1; then
-      MOUNTED="$mp"
-      local sz; sz=$(stat -c %s "$mp/$mfile" 2>/dev/null || echo missing)
-      [ "$sz" = "$msize" ] || why+="unpacked $mfile size $sz, want $msize; "
-      # --rm: drop the view snapshot (its key is the mount path)
-      ctrq images unmount --rm "$mp" >>"$log" 2>&1 || umount "$mp" 2>/dev/null || true
-      MOUNTED=""
-    else
-      info "(ctr images mount not possible here; snapshot presence checked instead)"
-    fi
-  fi
-  if [ -z "$why" ]; then ok "$name ($ref = ${want:0:19}…, unpacked via $SNAPSHOTTER)"
-  else FAILED_LOGS+=("$log"); bad "$name" "$why"; fi
-}
 
 ghcr_before=$(count_lines '/v2/lab-org/multi/' "$LOGS/ghcr.access.log")
 ctr_check "5a ctr ?ns=docker.io docker.io/library/small:latest" docker.io/library/small:latest small \
