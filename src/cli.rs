@@ -113,7 +113,8 @@ fn ca_dir(dir: Option<PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<Path
         return Ok(d);
     }
     let c = match config {
-        Some(p) => Config::load(p).with_context(|| format!("invalid config {}", p.display()))?,
+        Some(p) => Config::load_without_secrets(p)
+            .with_context(|| format!("invalid config {}", p.display()))?,
         None => return Ok(PathBuf::from("./certs")),
     };
     match c.tls.source {
@@ -179,9 +180,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             install_dir,
         } => {
             let c = match &config {
-                Some(p) => {
-                    Config::load(p).with_context(|| format!("invalid config {}", p.display()))?
-                }
+                Some(p) => Config::load_without_secrets(p)
+                    .with_context(|| format!("invalid config {}", p.display()))?,
                 None => Config::embedded_default()?,
             };
             let ca = match ca {
@@ -223,7 +223,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let root = match (data_dir, &config) {
                 (Some(d), _) => d,
                 (None, Some(p)) => {
-                    Config::load(p)
+                    Config::load_without_secrets(p)
                         .with_context(|| format!("invalid config {}", p.display()))?
                         .storage_root
                 }

@@ -14,9 +14,9 @@
 //! | kind | files | install directory |
 //! |---|---|---|
 //! | containerd | `<registry>/hosts.toml`, `<registry>/mirrorgate-ca.crt` | `/etc/containerd/certs.d` (`config_path`, or `ctr --hosts-dir`) |
-//! | docker | `daemon.json`, `certs.d/<host:port>/ca.crt` | `/etc/docker` |
+//! | docker | `daemon.json`, `certs.d/<mirror address>/ca.crt` (no `:443`) | `/etc/docker` |
 //! | buildkit | `buildkitd.toml`, `mirrorgate-ca.crt` | `/etc/buildkit` |
-//! | podman | `registries.conf`, `certs.d/<host:port>/ca.crt` | `/etc/containers` |
+//! | podman | `registries.conf`, `certs.d/<mirror address>/ca.crt` (no `:443`) | `/etc/containers` |
 //! | k3s | `registries.yaml`, `mirrorgate-ca.crt` | `/etc/rancher/k3s` |
 
 use std::fmt;
@@ -136,18 +136,6 @@ impl fmt::Display for Mirror {
     }
 }
 
-impl Mirror {
-    /// `host:port` always with the port (certificate directories).
-    fn with_port(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        format!("{host}:{}", self.port)
-    }
-}
-
 /// One file to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeneratedFile {
@@ -223,10 +211,7 @@ pub fn generate(
             let json = serde_json::json!({ "registry-mirrors": [format!("https://{mirror}")] });
             let text = serde_json::to_string_pretty(&json).unwrap_or_default() + "\n";
             out.push(file("daemon.json".into(), text));
-            out.push(file(
-                format!("certs.d/{}/ca.crt", mirror.with_port()),
-                ca_pem.to_owned(),
-            ));
+            out.push(file(format!("certs.d/{mirror}/ca.crt"), ca_pem.to_owned()));
         }
         ClientKind::Buildkit => {
             let mut text = header(kind, mirror);
@@ -251,7 +236,7 @@ pub fn generate(
             let mut text = header(kind, mirror);
             text.push_str(
                 "# containers/image names no upstream: the path prefix after the mirror\n\
-                 # address selects it. The CA is read from certs.d/<host:port>/.\n",
+                 # address selects it. The CA is read from certs.d/<mirror address>/.\n",
             );
             for u in &upstreams {
                 text.push_str(&format!(
@@ -262,10 +247,7 @@ pub fn generate(
                 ));
             }
             out.push(file("registries.conf".into(), text));
-            out.push(file(
-                format!("certs.d/{}/ca.crt", mirror.with_port()),
-                ca_pem.to_owned(),
-            ));
+            out.push(file(format!("certs.d/{mirror}/ca.crt"), ca_pem.to_owned()));
         }
         ClientKind::K3s => {
             let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
@@ -331,11 +313,26 @@ mod tests {
             (m.host.as_str(), m.port, m.to_string()),
             ("mirror.internal", 5443, "mirror.internal:5443".into())
         );
+        // Port 443 is left out, as clients write it; docker and
+        // containers/image name the certs.d directory after the host as
+        // written, so the CA goes to certs.d/mirror.internal/.
         let m: Mirror = "mirror.internal".parse().unwrap();
-        assert_eq!(
-            (m.port, m.to_string(), m.with_port()),
-            (443, "mirror.internal".into(), "mirror.internal:443".into())
-        );
+        assert_eq!((m.port, m.to_string()), (443, "mirror.internal".into()));
+        let c = crate::config::Config::embedded_default().unwrap();
+        for kind in [ClientKind::Docker, ClientKind::Podman] {
+            let ca = rcgen::generate_simple_self_signed(vec!["ca".into()])
+                .unwrap()
+                .cert
+                .pem();
+            let files = generate(kind, &c, &m, &ca, Path::new("/etc/x")).unwrap();
+            assert!(
+                files
+                    .iter()
+                    .any(|f| f.path == std::path::Path::new("certs.d/mirror.internal/ca.crt")),
+                "{kind:?}: {:?}",
+                files.iter().map(|f| &f.path).collect::<Vec<_>>()
+            );
+        }
         let m: Mirror = "[::1]:5443".parse().unwrap();
         assert_eq!(
             (m.host.as_str(), m.to_string()),

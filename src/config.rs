@@ -282,10 +282,24 @@ impl Config {
         Self::from_toml(DEFAULT_CONFIG, Path::new("."))
     }
 
+    /// Like [`load`](Self::load), but upstream passwords are not read
+    /// (environment variables and files may be absent): for commands that
+    /// never talk to an upstream (`ca`, `client-config`, `verify`). The
+    /// credentials hold an empty placeholder.
+    pub fn load_without_secrets(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let raw: file::File = toml::from_str(&text).map_err(|e| Error::Parse(e.to_string()))?;
+        validate(raw, base, Secrets::Skip)
+    }
+
     /// Parses and validates TOML text; relative paths resolve against `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, Error> {
         let raw: file::File = toml::from_str(text).map_err(|e| Error::Parse(e.to_string()))?;
-        validate(raw, base)
+        validate(raw, base, Secrets::Read)
     }
 
     /// The upstream with this name.
@@ -316,7 +330,14 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, E
     }
 }
 
-fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
+/// Whether validation reads upstream passwords.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Read,
+    Skip,
+}
+
+fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Error> {
     let storage_root = resolve(base, &raw.storage.root.unwrap_or_else(|| "./data".into()));
     let verify_interval = match raw.storage.verify_interval.as_deref() {
         None => None,
@@ -350,7 +371,7 @@ fn validate(raw: file::File, base: &Path) -> Result<Config, Error> {
     let mut upstreams = Vec::new();
     let mut names = HashSet::new();
     for (i, u) in raw.upstreams.into_iter().enumerate() {
-        let up = validate_upstream(i, u, base, tag_ttl)?;
+        let up = validate_upstream(i, u, base, tag_ttl, secrets)?;
         for n in std::iter::once(up.id.as_str()).chain(up.aliases.iter().map(String::as_str)) {
             if !names.insert(n.to_owned()) {
                 return Err(invalid(
@@ -604,6 +625,7 @@ fn validate_upstream(
     u: file::Upstream,
     base: &Path,
     tag_ttl: Duration,
+    secrets: Secrets,
 ) -> Result<UpstreamConfig, Error> {
     let key = format!("upstream[{i}]");
     let name = u.name.to_ascii_lowercase();
@@ -711,6 +733,7 @@ fn validate_upstream(
     };
     let password = match u.password {
         None => None,
+        Some(_) if secrets == Secrets::Skip => Some(Secret::new("")),
         Some(file::Password::Inline(s)) => Some(Secret::new(s)),
         Some(file::Password::Env { env }) => {
             Some(Secret::new(std::env::var(&env).map_err(|_| {

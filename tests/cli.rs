@@ -101,3 +101,34 @@ fn ca_init_show_and_refuse_overwrite() {
     assert!(!ok);
     assert!(out.contains("ca init"), "{out}");
 }
+
+/// Commands that never talk to an upstream work without its secrets;
+/// `check-config` and `serve` still insist on them.
+#[test]
+fn tools_do_not_need_upstream_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        "[tls]\nca_dir = \"certs\"\nnames = [\"mirror.test\"]\n[[listener]]\naddr = \"127.0.0.1:5443\"\ntls = true\n\
+         [[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\ndefault = true\n\
+         username = \"me\"\npassword = { env = \"MIRRORGATE_TEST_UNSET_SECRET\" }\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (ok, out) = mirrorgate(&["ca", "init", "--config", cfg]);
+    assert!(ok, "{out}");
+    let (ok, out) = mirrorgate(&["ca", "show", "--config", cfg]);
+    assert!(ok, "{out}");
+    let (ok, out) = mirrorgate(&[
+        "client-config",
+        "containerd",
+        "--config",
+        cfg,
+        "--mirror",
+        "mirror.test:5443",
+    ]);
+    assert!(ok && out.contains("hosts.toml"), "{out}");
+    let (ok, out) = mirrorgate(&["check-config", cfg]);
+    assert!(!ok && out.contains("MIRRORGATE_TEST_UNSET_SECRET"), "{out}");
+}
