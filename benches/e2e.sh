@@ -6,17 +6,18 @@
 #   bash benches/e2e.sh --quick    # CI-sized: 16 MiB blobs, 1 round of 2 s load runs (~1 min)
 #   bash benches/e2e.sh --help     # every option of benches/e2e.py
 #
-# What it starts (fixed ports BENCH_PORT_BASE..+7, default 5800..5807, all
+# What it starts (fixed ports BENCH_PORT_BASE..+10, default 5800..5810, all
 # on 127.0.0.1): a token server (benches/e2e.py itself), an upstream CNCF
 # distribution registry with token auth, mirrorgate (plain HTTP + TLS with
 # its own `mirrorgate ca init` CA), CNCF distribution in proxy mode (plain
-# HTTP + HTTPS, one process each) and nginx serving the same files
-# statically (HTTP + HTTPS). Then it measures all of them and prints one
-# table; see benches/RESULTS.md for what each row means.
+# HTTP + HTTPS, one process each), an nginx proxy_cache (HTTP + HTTPS) in
+# front of an anonymous distribution on the upstream's storage, and nginx
+# serving the same files statically (HTTP + HTTPS). Then it measures all of
+# them and prints one table; see benches/RESULTS.md for what each row means.
 #
 # Environment:
 #   MIRRORGATE_BIN=path   use this binary instead of `cargo build --release`
-#   BENCH_PORT_BASE=N     first of the 8 loopback ports (default 5800)
+#   BENCH_PORT_BASE=N     first of the 11 loopback ports (default 5800)
 #   KEEP_WORKDIR=1        keep /tmp/mirrorgate-e2e.* (configs, logs, data)
 #
 # It installs what it needs with apt (only when a command is missing) and

@@ -9,7 +9,11 @@
 #   5. TLS system test: one TLS listener, clients set up only from
 #      `mirrorgate ca init` + `client-config`: ctr, skopeo, podman, dockerd
 #      (tests/system/tls.sh; also installs podman and docker.io if it can)
-# Exits non-zero if anything fails. Set SKIP_SYSTEM=1 to skip steps 4 and 5.
+#   6. the end-to-end benchmark in its short mode (benches/e2e.sh --quick,
+#      debug binary): checks that it runs and prints its table; its figures
+#      are not judged here (speed is never asserted in a test)
+# Exits non-zero if anything fails. Set SKIP_SYSTEM=1 to skip steps 4 to 6,
+# SKIP_BENCH=1 to skip step 6.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +41,11 @@ if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
 
   step "TLS system test: one TLS port, ctr, skopeo, podman, dockerd"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/tls.sh
+
+  if [ "${SKIP_BENCH:-0}" != 1 ]; then
+    step "end-to-end benchmark, short mode (runs; figures not judged)"
+    MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash benches/e2e.sh --quick
+  fi
 fi
 echo
 echo "scripts/test.sh: all steps passed"
