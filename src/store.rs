@@ -27,6 +27,7 @@
 pub mod gc;
 mod layout;
 mod private;
+pub mod read;
 mod tags;
 mod verify;
 mod writer;
@@ -243,7 +244,7 @@ impl BlobStore {
     pub async fn open_blob(
         &self,
         digest: &Digest,
-    ) -> Result<Option<(tokio::fs::File, u64, gc::InUseGuard)>, Error> {
+    ) -> Result<Option<(Arc<std::fs::File>, u64, gc::InUseGuard)>, Error> {
         let guard = self.in_use.hold(digest);
         let path = self.layout.blob(digest);
         let std_file = match std::fs::File::open(&path) {
@@ -262,11 +263,7 @@ impl BlobStore {
             // Best effort: a failure only makes eviction less accurate.
             let _ = std_file.set_modified(now);
         }
-        Ok(Some((
-            tokio::fs::File::from_std(std_file),
-            meta.len(),
-            guard,
-        )))
+        Ok(Some((Arc::new(std_file), meta.len(), guard)))
     }
 
     /// Starts writing a blob that must hash to `digest`.

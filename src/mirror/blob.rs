@@ -11,13 +11,11 @@
 //! HTTP response (the connection is closed short of `Content-Length`).
 
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use super::inflight::{Fill, FillState, Fills, Joined};
@@ -52,7 +50,7 @@ pub struct BlobBody {
 
 #[derive(Debug)]
 enum Source {
-    File(tokio::fs::File, store::gc::InUseGuard),
+    File(Arc<std::fs::File>, store::gc::InUseGuard),
     Fill(Arc<Fill>),
 }
 
@@ -79,27 +77,29 @@ impl BlobBody {
     }
 }
 
+/// Streams `len` bytes of a stored blob from `start`, in `CHUNK`s read
+/// straight from the page cache when they are there (`store::read`).
 fn file_stream(
-    mut file: tokio::fs::File,
+    file: Arc<std::fs::File>,
     start: u64,
     len: u64,
 ) -> BoxStream<'static, io::Result<Bytes>> {
-    let open = async move {
-        if start > 0 {
-            file.seek(io::SeekFrom::Start(start)).await?;
+    stream::try_unfold((file, start, len), |(file, pos, left)| async move {
+        if left == 0 {
+            return Ok(None);
         }
-        Ok::<_, io::Error>(tokio_util::io::ReaderStream::with_capacity(
-            file.take(len),
-            CHUNK,
-        ))
-    };
-    open.into_stream()
-        .map(|r| match r {
-            Ok(s) => s.boxed(),
-            Err(e) => stream::once(async { Err(e) }).boxed(),
-        })
-        .flatten()
-        .boxed()
+        let want = left.min(CHUNK as u64) as usize;
+        let b = store::read::read_at(&file, pos, want).await?;
+        if b.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stored blob is shorter than its size",
+            ));
+        }
+        let n = b.len() as u64;
+        Ok(Some((b, (file, pos + n, left - n))))
+    })
+    .boxed()
 }
 
 struct Reader {
@@ -195,14 +195,16 @@ fn fill_stream(
                     r.finished = true;
                     return Some((Err(io::Error::other("fill has no reader")), r));
                 };
-                let (pos, len) = (r.pos, (limit - r.pos).min(CHUNK as u64) as usize);
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0; len];
-                    file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-                })
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e)));
-                match read {
+                let len = (limit - r.pos).min(CHUNK as u64) as usize;
+                match store::read::read_at(&file, r.pos, len).await {
+                    Ok(b) if b.is_empty() => {
+                        r.finished = true;
+                        let e = io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "download file is shorter than announced",
+                        );
+                        return Some((Err(e), r));
+                    }
                     Ok(b) => {
                         r.pos += b.len() as u64;
                         return Some((Ok(b), r));
