@@ -650,6 +650,12 @@ http {{
             pids = [self.pids["ng"]] + children(self.pids["ng"])
         return sum(kb(p, "VmRSS") for p in pids), sum(kb(p, "VmHWM") for p in pids)
 
+    def rss_note(self, phase):
+        """Logs mirrorgate's memory after each phase (where a peak comes from)."""
+        rss, hwm = self.rss("mg")
+        self.R.setdefault("rss_phases", []).append((phase, rss, hwm))
+        log("  mirrorgate RSS after %s: %.1f MiB (peak so far %.1f MiB)" % (phase, rss / 1024, hwm / 1024))
+
     def seed(self):
         t = time.time()
         for name in ("small", "big", "cold"):
@@ -945,10 +951,14 @@ http {{
         self.seed()
         tok_after_seed = self.tok_log.mark()
         self.measure_pulls()
+        self.rss_note("pulls")
         self.measure_cold_gets()
+        self.rss_note("cold GETs")
         self.warm_up()
         self.measure_manifests()
+        self.rss_note("manifest load")
         self.measure_throughput()
+        self.rss_note("blob throughput")
         self.measure_fanout_floor()
         self.R["tokens"] = self.tokens(tok_after_seed)
         time.sleep(a.idle_wait)
@@ -1106,6 +1116,8 @@ http {{
                  ("; mirrorgate env: " + " ".join(a.mg_env)) if a.mg_env else ""),
               "- TLS negotiated: " + "; ".join("%s %s" % (k, v) for k, v in R["tls"].items()),
               "", *table, "",
+              "mirrorgate RSS after each phase: " + "; ".join(
+                  "%s %.1f MiB (peak %.1f)" % (p, r / 1024, h / 1024) for p, r, h in R.get("rss_phases", [])), "",
               "Targets failed: " + (", ".join(fails) if fails else "none"), ""]
         text = "\n".join(md)
         print(text)
