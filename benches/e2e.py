@@ -471,6 +471,10 @@ class Bench:
             # two cold blobs: one for a single cold GET, one for the concurrent cold GETs
             "cold": make_image(d + "/cold", "cold", [big, big], rng),
         }
+        # more fresh images for the cold-pull rounds after the first
+        for i in range(2, a.cold_rounds + 1):
+            self.img["small-%d" % i] = make_image(d + "/small-%d" % i, "small-%d" % i, small, rng)
+            self.img["big-%d" % i] = make_image(d + "/big-%d" % i, "big-%d" % i, [big], rng)
         log("images generated in %.1fs (small %s MiB, big %.0f MiB)" % (time.time() - t, a.small_mib, a.big_mib))
 
     def registry_yaml(self, name, port, root, tls, extra, level):
@@ -658,7 +662,7 @@ http {{
 
     def seed(self):
         t = time.time()
-        for name in ("small", "big", "cold"):
+        for name in self.img:
             run(self.skopeo("copy", "-q", "--preserve-digests", "--dest-cert-dir", self.pki + "/trust",
                             "--dest-creds", "admin:admin", "dir:" + self.img[name]["dir"],
                             "docker://%s:%d/library/%s:%s" % (IP, self.port["up"], name, self.tag)),
@@ -717,21 +721,33 @@ http {{
         return dt
 
     def measure_pulls(self):
-        log("cold pulls (skopeo copy over HTTPS): direct upstream, mirrorgate, dist-proxy")
+        rounds = self.a.cold_rounds
+        log("cold pulls (skopeo copy over HTTPS), %d round(s) of fresh images, interleaved, median: "
+            "direct upstream, mirrorgate, dist-proxy" % rounds)
+        times = {who: {"small": [], "big": []} for who in ("up", "mg", "dp")}
+        acct = {who: {"reqs": 0, "blob_gets": 0, "up_bytes": 0, "img_bytes": 0} for who in ("up", "mg", "dp")}
+        for r in range(1, rounds + 1):
+            for who in ("up", "mg", "dp"):
+                os.sync()  # nobody's fsync pays for an earlier step's dirty pages
+                m = self.up_log.mark()
+                for kind in ("small", "big"):
+                    name = kind if r == 1 else "%s-%d" % (kind, r)
+                    times[who][kind].append(self.pull(who, name, "cold pull %s via %s" % (name, who)))
+                self.up_log.settle(quiet_s=1.0)   # background fills (distribution fetches blobs twice)
+                lines = self.up_log.since(m)
+                nblob, ubytes = blob_gets(lines)
+                names = ("small", "big") if r == 1 else ("small-%d" % r, "big-%d" % r)
+                acct[who]["reqs"] += len(lines)
+                acct[who]["blob_gets"] += nblob
+                acct[who]["up_bytes"] += ubytes
+                acct[who]["img_bytes"] += sum(sum(x["size"] for x in self.img[n]["layers"]) for n in names)
         for who in ("up", "mg", "dp"):
-            os.sync()  # nobody's fsync pays for an earlier step's dirty pages
-            m = self.up_log.mark()
-            times = {}
-            for name in ("small", "big"):
-                times[name] = self.pull(who, name, "cold pull %s via %s" % (name, who))
-            self.up_log.settle(quiet_s=1.0)   # background fills (distribution fetches blobs twice)
-            lines = self.up_log.since(m)
-            nblob, ubytes = blob_gets(lines)
-            img_bytes = sum(sum(x["size"] for x in self.img[n]["layers"]) for n in ("small", "big"))
-            self.R["cold_" + who] = {"small": times["small"], "big": times["big"], "reqs": len(lines),
-                                     "blob_gets": nblob, "up_bytes": ubytes, "img_bytes": img_bytes}
-            log("  %s: small %.3fs big %.3fs; upstream %d reqs, %d blob GETs, %.2fx image bytes"
-                % (who, times["small"], times["big"], len(lines), nblob, ubytes / img_bytes))
+            t = times[who]
+            self.R["cold_" + who] = dict(acct[who], small=statistics.median(t["small"]),
+                                         big=statistics.median(t["big"]))
+            log("  %s: small %s big %s; upstream %d reqs, %d blob GETs, %.2fx image bytes"
+                % (who, "/".join("%.3f" % x for x in t["small"]), "/".join("%.3f" % x for x in t["big"]),
+                   acct[who]["reqs"], acct[who]["blob_gets"], acct[who]["up_bytes"] / acct[who]["img_bytes"]))
         log("warm pulls (%d runs each, median)" % self.a.warm_runs)
         for who in ("up", "mg", "dp"):
             res = {}
@@ -996,8 +1012,8 @@ http {{
 
         small_mib = self.img["small"]["bytes"] / MiB
         big_mib = self.img["big"]["bytes"] / MiB
-        for name, label in (("small", "cold pull, small image (%.1f MiB)" % small_mib),
-                            ("big", "cold pull, big image (%.0f MiB)" % big_mib)):
+        for name, label in (("small", "cold pull, small image (%.1f MiB), median of %d" % (small_mib, a.cold_rounds)),
+                            ("big", "cold pull, big image (%.0f MiB), median of %d" % (big_mib, a.cold_rounds))):
             mg, dp, up = R["cold_mg"][name], R["cold_dp"][name], R["cold_up"][name]
             row(label + " [ref: direct from upstream]", f_s(mg), f_s(dp), "", f_s(up), f_r(ratio(mg, dp)), "",
                 f_r(ratio(mg, up)), "<= 1.1x direct", verdict(mg <= 1.1 * up))
@@ -1148,6 +1164,8 @@ def main():
     ap.add_argument("--conns", type=int, default=32, help="connections per load run")
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=8, help="concurrent cold GETs")
+    ap.add_argument("--cold-rounds", type=int, default=None, help="cold pulls per image size, each of a fresh "
+                    "image, median taken (default 3; quick 1)")
     ap.add_argument("--warm-runs", type=int, default=None, help="warm pulls per image (default 5; quick 2)")
     ap.add_argument("--tput-runs", type=int, default=None, help="blob GETs per throughput figure (default 5; quick 3)")
     ap.add_argument("--token-ttl", type=int, default=3600, help="token lifetime (s); longer than the run")
@@ -1176,6 +1194,7 @@ def main():
     a.big_mib = a.big_mib or (16 if q else 200)
     a.duration = a.duration or (2 if q else 5)
     a.rounds = a.rounds or (1 if q else 3)
+    a.cold_rounds = a.cold_rounds or (1 if q else 3)
     a.warm_runs = a.warm_runs or (2 if q else 5)
     a.tput_runs = a.tput_runs or (3 if q else 5)
     a.idle_wait = a.idle_wait if a.idle_wait is not None else (1.0 if q else 5.0)
