@@ -17,15 +17,7 @@ async fn sigkill_during_a_cold_200mib_pull_loses_nothing() {
     let gate = up.hold_blobs_after(64 * 1024 * 1024);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = dir.path().join("mirrorgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[storage]\nroot = \"data\"\n[[listener]]\naddr = \"127.0.0.1:{port}\"\n{}",
-            upstream_toml("docker.io", &up.url(), "default = true")
-        ),
-    )
-    .unwrap();
+    let cfg = write_config(dir.path(), port, &up.url());
     let data = dir.path().join("data");
     let url = format!(
         "http://127.0.0.1:{port}/v2/library/big/blobs/{}",

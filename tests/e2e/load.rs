@@ -73,15 +73,7 @@ async fn two_hundred_clients_mixed_cached_and_cold() {
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = dir.path().join("mirrorgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[storage]\nroot = \"data\"\n[[listener]]\naddr = \"127.0.0.1:{port}\"\n{}",
-            upstream_toml("docker.io", &up.url(), "default = true")
-        ),
-    )
-    .unwrap();
+    let cfg = write_config(dir.path(), port, &up.url());
     let mirror = spawn(&cfg, port).await;
     let base = format!("http://127.0.0.1:{port}");
     let idle_kib = mirror.status_kib("VmRSS");

@@ -10,7 +10,7 @@ pub use fake_upstream::{Auth, FakeUpstream, Options};
 pub use gateway::{
     Gateway, assert_store_verified, client, client_from, files_under, upstream_toml,
 };
-pub use process::{free_port, spawn};
+pub use process::{free_port, spawn, write_config};
 
 /// The Accept header containerd sends when resolving a tag.
 pub const ACCEPT_ALL: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";

@@ -38,6 +38,22 @@ impl Proc {
 
 /// Starts `mirrorgate serve --config <config>` and waits until port
 /// `port` answers.
+/// Writes `dir/mirrorgate.toml` for a real-binary mirror: data under
+/// `dir/data`, one plain listener on `port`, `upstream_url` as the default
+/// docker.io upstream. Returns the config's path.
+pub fn write_config(dir: &std::path::Path, port: u16, upstream_url: &str) -> std::path::PathBuf {
+    let cfg = dir.join("mirrorgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\nroot = \"data\"\n[[listener]]\naddr = \"127.0.0.1:{port}\"\n{}",
+            super::upstream_toml("docker.io", upstream_url, "default = true")
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 pub async fn spawn(config: &std::path::Path, port: u16) -> Proc {
     let child = Proc(
         Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
