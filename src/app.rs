@@ -132,6 +132,13 @@ impl App {
             shutdown,
         )
         .await;
+        let left = self.mirror.drain(server::GRACE).await;
+        if left > 0 {
+            tracing::warn!(
+                downloads = left,
+                "grace period over; abandoning unfinished blob downloads (nothing partial is kept)"
+            );
+        }
         for task in [verifier, evictor].into_iter().flatten() {
             task.abort();
         }

@@ -184,6 +184,20 @@ impl Mirror {
         })
     }
 
+    /// Waits up to `grace` for in-flight blob downloads to end, so that a
+    /// blob a client has just received completely is also in the store
+    /// after a restart (clients get the final byte once it is verified; the
+    /// fsync and rename follow). Returns how many were still running.
+    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+        if tokio::time::timeout(grace, self.fills.drained())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        self.fills.len()
+    }
+
     /// The store.
     pub fn store(&self) -> &BlobStore {
         &self.store

@@ -19,7 +19,7 @@ use crate::config::{ServerConfig, UpstreamId};
 use crate::registry::{ConnInfo, Registry};
 
 /// How long in-flight requests may run after shutdown begins.
-const GRACE: Duration = Duration::from_secs(10);
+pub const GRACE: Duration = Duration::from_secs(10);
 
 /// A bound listener and its routing facts.
 #[derive(Debug)]

@@ -468,22 +468,31 @@ impl FillTask {
         }
         match sink {
             Sink::Disk(mut w) => {
-                let finished = tokio::task::spawn_blocking(move || w.finish(size))
-                    .await
-                    .map_err(|_| Error::Interrupted)?;
-                match finished {
-                    Ok(n) => Ok((n, true)),
-                    Err(store::Error::DigestMismatch { .. }) => Err(Error::Corrupt {
-                        expected: self.digest.clone(),
-                    }),
-                    Err(store::Error::SizeMismatch { .. }) => Err(Error::Interrupted),
-                    // Size and digest checked out; only fsync or rename
-                    // failed. Readers hold the file open: pass it through.
-                    Err(e) => {
+                let n = match w.verify(size) {
+                    Ok(n) => n,
+                    Err(store::Error::DigestMismatch { .. }) => {
+                        return Err(Error::Corrupt {
+                            expected: self.digest.clone(),
+                        });
+                    }
+                    Err(_) => return Err(Error::Interrupted),
+                };
+                // Verified: readers may have the final byte now. The fsync
+                // and rename need not hold them up (a crash before the
+                // rename leaves no blob, never a bad one); the fill stays
+                // joinable until the blob is in the store.
+                self.fill.state.send_replace(FillState::Done { size: n });
+                let committed = tokio::task::spawn_blocking(move || w.commit()).await;
+                match committed {
+                    Ok(Ok(())) => Ok((n, true)),
+                    // Only fsync or rename failed (or the runtime is
+                    // shutting down). Readers hold the file open.
+                    Ok(Err(e)) => {
                         tracing::error!(digest = %self.digest, error = %crate::error_chain(&e),
                             "cannot commit a verified blob to the store");
-                        Ok((written, false))
+                        Ok((n, false))
                     }
+                    Err(_) => Ok((n, false)),
                 }
             }
             Sink::Memory(h) => {

@@ -29,9 +29,11 @@ pub(crate) enum FillState {
         /// Bytes written and readable.
         written: u64,
     },
-    /// Complete and verified: committed to the store, or, when the store
-    /// failed (disk full), streamed through from the spill and the
-    /// temporary file's read handle without being cached.
+    /// Complete and verified: readers may have every byte. The blob is
+    /// being committed to the store (fsync and rename) while the fill stays
+    /// in the table, or, when the store failed (disk full), streamed through
+    /// from the spill and the temporary file's read handle without being
+    /// cached.
     Done {
         /// Final size.
         size: u64,
@@ -121,6 +123,8 @@ impl Spill {
 #[derive(Debug, Default)]
 pub(crate) struct Fills {
     map: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Woken whenever the table becomes empty.
+    emptied: tokio::sync::Notify,
 }
 
 /// Whether the caller must start the download or joined an existing one.
@@ -158,6 +162,26 @@ impl Fills {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
             map.remove(digest);
+            if map.is_empty() {
+                self.emptied.notify_waiters();
+            }
+        }
+    }
+
+    /// How many fills are running.
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Waits until no fill is running.
+    pub(crate) async fn drained(&self) {
+        loop {
+            // Registered before the check, so a removal in between wakes us.
+            let emptied = self.emptied.notified();
+            if self.len() == 0 {
+                return;
+            }
+            emptied.await;
         }
     }
 
@@ -172,6 +196,34 @@ impl Fills {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[tokio::test]
+    async fn drained_waits_for_the_last_fill() {
+        let fills = Arc::new(Fills::default());
+        // Nothing running: drained at once.
+        fills.drained().await;
+        let a = format!("sha256:{}", "a".repeat(64)).parse::<Digest>().unwrap();
+        let b = format!("sha256:{}", "b".repeat(64)).parse::<Digest>().unwrap();
+        let Some(Joined::Leader(fa)) = fills.join(&a, || false) else {
+            panic!("first join leads");
+        };
+        let Some(Joined::Leader(fb)) = fills.join(&b, || false) else {
+            panic!("first join leads");
+        };
+        let waiter = tokio::spawn({
+            let fills = fills.clone();
+            async move { fills.drained().await }
+        });
+        fills.remove(&a, &fa);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one fill still runs");
+        assert_eq!(fills.len(), 1);
+        fills.remove(&b, &fb);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("drained once the table is empty")
+            .unwrap();
+    }
 
     #[test]
     fn spill_window_reads_and_forgets() {

@@ -56,6 +56,40 @@ async fn write_verify_commit() {
 }
 
 #[tokio::test]
+async fn verified_but_uncommitted_is_not_stored() {
+    let (_d, s) = store().await;
+    let data = b"verified first".to_vec();
+    let dg = digest(&data);
+    let mut w = s.writer(&dg).await.unwrap();
+    w.write(&data).unwrap();
+    let r = w.open_reader().unwrap();
+    assert_eq!(
+        w.verify(Some(data.len() as u64)).unwrap(),
+        data.len() as u64
+    );
+    // Verified, not yet committed: not in the store, no more writes.
+    assert_eq!(s.stat(&dg).await.unwrap(), None);
+    assert!(w.write(b"x").is_err());
+    w.commit().unwrap();
+    assert_eq!(s.stat(&dg).await.unwrap(), Some(data.len() as u64));
+    // The reader opened on the temporary file still reads the whole blob.
+    let mut buf = vec![0u8; data.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&r, &mut buf, 0).unwrap();
+    assert_eq!(buf, data);
+    assert!(files_under(&s.layout().tmp_dir()).is_empty());
+
+    // A writer that fails verification can never be committed.
+    let dg2 = digest(b"other");
+    let mut w = s.writer(&dg2).await.unwrap();
+    w.write(b"not other").unwrap();
+    assert!(w.verify(None).is_err());
+    assert!(w.commit().is_err());
+    drop(w);
+    assert_eq!(s.stat(&dg2).await.unwrap(), None);
+    assert!(files_under(&s.layout().tmp_dir()).is_empty());
+}
+
+#[tokio::test]
 async fn mismatches_store_nothing() {
     let (_d, s) = store().await;
     let dg = digest(b"right");

@@ -22,6 +22,7 @@ pub struct BlobWriter {
     file: Option<std::fs::File>,
     hasher: Option<Digester>,
     written: u64,
+    verified: bool,
 }
 
 impl BlobWriter {
@@ -39,6 +40,7 @@ impl BlobWriter {
             tmp,
             file: Some(file),
             written: 0,
+            verified: false,
         })
     }
 
@@ -74,13 +76,23 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Checks size (when known) and digest, fsyncs and renames the file into
-    /// place. On any error the temporary file is removed and nothing is
-    /// stored. Returns the blob's size.
+    /// Checks size and digest, then makes the blob durable and visible:
+    /// [`verify`](Self::verify) and [`commit`](Self::commit) in one.
     pub fn finish(&mut self, expected_size: Option<u64>) -> Result<u64, Error> {
-        let (Some(file), Some(hasher)) = (self.file.take(), self.hasher.take()) else {
-            return Err(Error::io("finish", &self.tmp)(std::io::Error::other(
-                "writer finished",
+        let n = self.verify(expected_size)?;
+        self.commit()?;
+        Ok(n)
+    }
+
+    /// Checks that what was written has the expected size (when known) and
+    /// the writer's digest. Cheap: the bytes were hashed as they came. On
+    /// success the blob may be served from readers already open; it becomes
+    /// a stored blob with [`commit`](Self::commit). On failure nothing is
+    /// committed and dropping the writer removes the temporary file.
+    pub fn verify(&mut self, expected_size: Option<u64>) -> Result<u64, Error> {
+        let Some(hasher) = self.hasher.take() else {
+            return Err(Error::io("verify", &self.tmp)(std::io::Error::other(
+                "writer already verified",
             )));
         };
         if let Some(expected) = expected_size
@@ -98,12 +110,27 @@ impl BlobWriter {
                 actual,
             });
         }
+        self.verified = true;
+        Ok(self.written)
+    }
+
+    /// fsyncs a verified blob and renames it into place (atomic: a crash
+    /// leaves either no blob or the whole, verified one).
+    pub fn commit(&mut self) -> Result<(), Error> {
+        let file = match self.file.take() {
+            Some(file) if self.verified => file,
+            _ => {
+                return Err(Error::io("commit", &self.tmp)(std::io::Error::other(
+                    "blob not verified",
+                )));
+            }
+        };
         file.sync_all().map_err(Error::io("fsync", &self.tmp))?;
         drop(file);
         rename_into_place(&self.tmp, &self.layout.blob(&self.digest))?;
         // The temporary path no longer exists: nothing for Drop to remove.
         self.tmp = PathBuf::new();
-        Ok(self.written)
+        Ok(())
     }
 }
 
