@@ -288,6 +288,26 @@ def wait_url(url, proc, codes=("200",), timeout=30, extra=()):
     raise SystemExit("%s did not answer %s within %ds" % (url, codes, timeout))
 
 
+class Cpu:
+    """Whole-machine CPU use between two points, from /proc/stat: every
+    process counts (client, upstream, token server, the server under test,
+    the kernel's network stack). Shows whether a step was CPU-bound."""
+
+    HZ = os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def now():
+        v = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+        total = sum(v)
+        return total - v[3] - v[4], total    # busy, all (minus idle and iowait)
+
+    @classmethod
+    def since(cls, mark):
+        b0, t0 = mark
+        b1, t1 = cls.now()
+        return {"busy": (b1 - b0) / cls.HZ, "util": (b1 - b0) / max(1, t1 - t0)}
+
+
 def kb(pid, key):
     try:
         with open("/proc/%d/status" % pid) as f:
@@ -725,6 +745,7 @@ http {{
         log("cold pulls (skopeo copy over HTTPS), %d round(s) of fresh images, interleaved, median: "
             "direct upstream, mirrorgate, dist-proxy" % rounds)
         times = {who: {"small": [], "big": []} for who in ("up", "mg", "dp")}
+        cpu = {who: {"small": [], "big": []} for who in ("up", "mg", "dp")}
         acct = {who: {"reqs": 0, "blob_gets": 0, "up_bytes": 0, "img_bytes": 0} for who in ("up", "mg", "dp")}
         for r in range(1, rounds + 1):
             for who in ("up", "mg", "dp"):
@@ -732,7 +753,9 @@ http {{
                 m = self.up_log.mark()
                 for kind in ("small", "big"):
                     name = kind if r == 1 else "%s-%d" % (kind, r)
+                    c0 = Cpu.now()
                     times[who][kind].append(self.pull(who, name, "cold pull %s via %s" % (name, who)))
+                    cpu[who][kind].append(Cpu.since(c0))
                 self.up_log.settle(quiet_s=1.0)   # background fills (distribution fetches blobs twice)
                 lines = self.up_log.since(m)
                 nblob, ubytes = blob_gets(lines)
@@ -745,6 +768,9 @@ http {{
             t = times[who]
             self.R["cold_" + who] = dict(acct[who], small=statistics.median(t["small"]),
                                          big=statistics.median(t["big"]))
+            for kind in ("small", "big"):
+                self.R["cold_cpu_%s_%s" % (who, kind)] = {
+                    k: statistics.median(c[k] for c in cpu[who][kind]) for k in ("busy", "util")}
             log("  %s: small %s big %s; upstream %d reqs, %d blob GETs, %.2fx image bytes"
                 % (who, "/".join("%.3f" % x for x in t["small"]), "/".join("%.3f" % x for x in t["big"]),
                    acct[who]["reqs"], acct[who]["blob_gets"], acct[who]["up_bytes"] / acct[who]["img_bytes"]))
@@ -779,9 +805,11 @@ http {{
             % (n, single["size"] / MiB))
         # direct upstream GET of the same blob (always "warm": it is the origin)
         tok = self.upstream_token("library/cold")
+        c0 = Cpu.now()
         code, size, t_up, _ = self.curl_get("%s/v2/library/cold/blobs/%s" % (self.url("up", True), single["digest"]),
                                             ("-H", "Authorization: Bearer " + tok))
         self.R["single_up"] = t_up
+        self.R["single_up_cpu"] = Cpu.since(c0)
         for who in ("mg", "dp"):
             base = self.url(who, False)
             # the manifest first, as a client would (and so the token for the scope exists)
@@ -789,8 +817,10 @@ http {{
             self.up_log.settle(quiet_s=0.5)
             os.sync()
             m = self.up_log.mark()
+            c0 = Cpu.now()
             code, size, t1, _ = self.curl_get("%s/v2/library/cold/blobs/%s" % (base, single["digest"]),
                                               step="single cold GET via " + who)
+            cpu1 = Cpu.since(c0)
             if code != "200" or size != single["size"]:
                 raise SystemExit("%s single cold GET: %s %d bytes" % (who, code, size))
             self.up_log.settle(quiet_s=1.0)
@@ -801,17 +831,20 @@ http {{
             cmd = ["curl", "-s", "-o", "/dev/null", "--max-time", "600", "-w", "%{http_code} %{size_download} %{time_total}",
                    burl]
             COMMANDS.append(("%d concurrent cold GETs via %s" % (n, who), " ".join(cmd) + "   # x%d in parallel" % n))
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), Cpu.now()
             ps = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
             outs = [p.communicate()[0].split() for p in ps]
-            wall = time.monotonic() - t0
+            wall, cpun = time.monotonic() - t0, Cpu.since(c0)
             ok = sum(1 for o in outs if len(o) == 3 and o[0] == "200" and int(o[1]) == coal["size"])
             self.up_log.settle(quiet_s=1.5)
             nup, ubytes = blob_gets(self.up_log.since(m), coal["digest"].split(":")[1])
             self.R["cold_get_" + who] = {"single": t1, "single_up_gets": n1, "wall": wall, "ok": ok,
+                                         "single_cpu": cpu1, "wall_cpu": cpun,
                                          "up_gets": nup, "up_bytes": ubytes, "size": coal["size"]}
-            log("  %s: single %.3fs (%d upstream GETs); x%d wall %.3fs, %d/%d complete, %d upstream GETs (%.2fx blob)"
-                % (who, t1, n1, n, wall, ok, n, nup, ubytes / coal["size"]))
+            log("  %s: single %.3fs (%d upstream GETs, machine %.2f core-s, %.0f%% busy); x%d wall %.3fs "
+                "(%.2f core-s, %.0f%% busy), %d/%d complete, %d upstream GETs (%.2fx blob)"
+                % (who, t1, n1, cpu1["busy"], 100 * cpu1["util"], n, wall, cpun["busy"], 100 * cpun["util"],
+                   ok, n, nup, ubytes / coal["size"]))
 
     def warm_up(self):
         """Make sure every server/transport has the manifests and the big blob
@@ -935,15 +968,17 @@ http {{
         url = "%s/v2/library/big/blobs/%s" % (self.url("ng", False), lay["digest"])
         cmd = ["curl", "-s", "-o", "/dev/null", "--max-time", "600", "-w", "%{http_code} %{size_download}", url]
         COMMANDS.append(("%d concurrent GETs from nginx static" % n, " ".join(cmd) + "   # x%d in parallel" % n))
-        walls = []
+        walls, cpus = [], []
         for _ in range(3):
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), Cpu.now()
             ps = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
             outs = [p.communicate()[0].split() for p in ps]
             walls.append(time.monotonic() - t0)
+            cpus.append(Cpu.since(c0))
             if any(o != ["200", str(lay["size"])] for o in outs):
                 raise SystemExit("nginx static fan-out: %s" % outs)
         self.R["fanout_ng"] = statistics.median(walls)
+        self.R["fanout_ng_cpu"] = {k: statistics.median(c[k] for c in cpus) for k in ("busy", "util")}
         log("  %d concurrent GETs from nginx static: %.3fs (runs: %s)"
             % (n, self.R["fanout_ng"], "/".join("%.3f" % x for x in walls)))
 
@@ -1020,6 +1055,13 @@ http {{
         for name, label in (("small", "warm pull, small image (median)"), ("big", "warm pull, big image (median)")):
             mg, dp, up = R["warm_mg"][name], R["warm_dp"][name], R["warm_up"][name]
             row(label + " [ref: direct]", f_s(mg), f_s(dp), "", f_s(up), f_r(ratio(mg, dp)), "", f_r(ratio(mg, up)))
+        def f_cpu(c):
+            return "%.2f core-s (%.0f%% busy)" % (c["busy"], 100 * c["util"])
+
+        for name in ("small", "big"):
+            mg, dp, up = (R["cold_cpu_%s_%s" % (w, name)] for w in ("mg", "dp", "up"))
+            row("machine CPU, cold pull, %s image [ref: direct]" % name, f_cpu(mg), f_cpu(dp), "", f_cpu(up),
+                f_r(ratio(mg["busy"], dp["busy"])), "", f_r(ratio(mg["busy"], up["busy"])))
         mgc, dpc = R["cold_mg"], R["cold_dp"]
         row("upstream bytes / image bytes, cold pulls", "%.2fx" % (mgc["up_bytes"] / mgc["img_bytes"]),
             "%.2fx" % (dpc["up_bytes"] / dpc["img_bytes"]), "",
@@ -1044,6 +1086,19 @@ http {{
         row("%d concurrent cold GETs: wall [ref: %d concurrent GETs from nginx static]" % (n, n),
             f_s(mg["wall"]), f_s(dp["wall"]), "", f_s(R["fanout_ng"]), f_r(ratio(mg["wall"], dp["wall"])), "",
             f_r(ratio(mg["wall"], R["fanout_ng"])))
+        row("machine CPU, one cold GET [ref: direct HTTPS GET]", f_cpu(mg["single_cpu"]), f_cpu(dp["single_cpu"]),
+            "", f_cpu(R["single_up_cpu"]), f_r(ratio(mg["single_cpu"]["busy"], dp["single_cpu"]["busy"])), "",
+            f_r(ratio(mg["single_cpu"]["busy"], R["single_up_cpu"]["busy"])))
+        # What n clients cost at the least: one mirrored cold GET, plus n-1 more deliveries at what nginx
+        # (sendfile from the page cache) and curl spend on each; all cores busy with nothing else.
+        floor_cpu = mg["single_cpu"]["busy"] + (n - 1) / n * R["fanout_ng_cpu"]["busy"]
+        floor = floor_cpu / (os.cpu_count() or 1)
+        row("machine CPU, %d concurrent cold GETs [ref: one cold GET + %d/%d of %d GETs from nginx static]"
+            % (n, n - 1, n, n), f_cpu(mg["wall_cpu"]), f_cpu(dp["wall_cpu"]), "", "%.2f core-s" % floor_cpu,
+            f_r(ratio(mg["wall_cpu"]["busy"], dp["wall_cpu"]["busy"])), "", f_r(ratio(mg["wall_cpu"]["busy"], floor_cpu)))
+        row("%d concurrent cold GETs: wall [ref: CPU floor, that work on %d busy cores]" % (n, os.cpu_count() or 1),
+            f_s(mg["wall"]), f_s(dp["wall"]), "", f_s(floor), f_r(ratio(mg["wall"], dp["wall"])), "",
+            f_r(ratio(mg["wall"], floor)))
         row("%d concurrent cold GETs: upstream bytes / blob" % n, "%.2fx" % (mg["up_bytes"] / mg["size"]),
             "%.2fx" % (dp["up_bytes"] / dp["size"]), target="1.00x",
             ok=verdict(abs(mg["up_bytes"] / mg["size"] - 1) < 0.01))
