@@ -3,7 +3,9 @@
 //! A miss starts one background download (see `inflight`) that hashes and
 //! writes the blob to a temporary file, then checks size and digest and
 //! commits it. Every client of that blob — the one that caused the download
-//! and any that arrive while it runs — streams the temporary file as it grows.
+//! and any that arrive while it runs — streams it as it grows: the newest
+//! chunks straight from memory as upstream delivers them, older bytes from
+//! the temporary file.
 //!
 //! A client must never receive a complete body that fails its digest: until
 //! the download is verified, readers hold back the blob's final byte. If
@@ -18,7 +20,7 @@ use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use super::inflight::{Fill, FillState, Fills, Joined};
+use super::inflight::{Fill, FillState, Fills, Found, Joined};
 use super::{CacheStatus, Error, Fetch, Grant, Mirror, Upstream};
 use crate::config::UpstreamId;
 use crate::oci::{Digest, Digester, RepoName};
@@ -163,54 +165,54 @@ fn fill_stream(
                 }
             };
             let limit = r.end.map_or(limit, |e| e.min(limit));
-            let on_disk = r
-                .fill
-                .spill
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .on_disk;
-            if r.pos < limit && r.pos >= on_disk {
-                // Pass-through: the bytes are in the spill window.
-                let chunk = r
+            if r.pos < limit {
+                let want = (limit - r.pos).min(CHUNK as u64) as usize;
+                let found = r
                     .fill
-                    .spill
+                    .window
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .read(r.pos, (limit - r.pos).min(CHUNK as u64) as usize);
-                match chunk {
-                    Some(b) if !b.is_empty() => {
+                    .find(r.pos, want);
+                match found {
+                    // Keeping up: upstream's own chunks, no copy.
+                    Found::Memory(b) if !b.is_empty() => {
                         r.pos += b.len() as u64;
                         return Some((Ok(b), r));
                     }
-                    Some(_) => {}
-                    None => {
+                    Found::Memory(_) => {
+                        // Published bytes are always in the window first.
+                        r.finished = true;
+                        let e = io::Error::other("download window is behind its state");
+                        return Some((Err(e), r));
+                    }
+                    Found::File { upto } => {
+                        let Some(file) = r.fill.reader.get().cloned() else {
+                            r.finished = true;
+                            return Some((Err(io::Error::other("fill has no reader")), r));
+                        };
+                        let len = (limit.min(upto) - r.pos).min(CHUNK as u64) as usize;
+                        match store::read::read_at(&file, r.pos, len).await {
+                            Ok(b) if b.is_empty() => {
+                                r.finished = true;
+                                let e = io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    "download file is shorter than announced",
+                                );
+                                return Some((Err(e), r));
+                            }
+                            Ok(b) => {
+                                r.pos += b.len() as u64;
+                                return Some((Ok(b), r));
+                            }
+                            Err(e) => {
+                                r.finished = true;
+                                return Some((Err(e), r));
+                            }
+                        }
+                    }
+                    Found::Gone => {
                         r.finished = true;
                         let e = io::Error::other("client fell behind a pass-through download");
-                        return Some((Err(e), r));
-                    }
-                }
-            } else if r.pos < limit {
-                let limit = limit.min(on_disk);
-                let Some(file) = r.fill.reader.get().cloned() else {
-                    r.finished = true;
-                    return Some((Err(io::Error::other("fill has no reader")), r));
-                };
-                let len = (limit - r.pos).min(CHUNK as u64) as usize;
-                match store::read::read_at(&file, r.pos, len).await {
-                    Ok(b) if b.is_empty() => {
-                        r.finished = true;
-                        let e = io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "download file is shorter than announced",
-                        );
-                        return Some((Err(e), r));
-                    }
-                    Ok(b) => {
-                        r.pos += b.len() as u64;
-                        return Some((Ok(b), r));
-                    }
-                    Err(e) => {
-                        r.finished = true;
                         return Some((Err(e), r));
                     }
                 }
@@ -387,6 +389,10 @@ impl FillTask {
     /// whether it was stored: when the store fails (disk full), the download
     /// goes on in memory (pass-through) so that clients still get the blob,
     /// verified, but nothing is cached and nothing partial is left.
+    ///
+    /// Received chunks go to the fill's window first, where readers get them
+    /// at once; one batch at a time is hashed and written on the blocking
+    /// pool while the next one arrives.
     async fn download(&self) -> Result<(u64, bool), Error> {
         let resp = self.up.client.get_blob(&self.repo, &self.digest).await?;
         let size = resp.size;
@@ -397,15 +403,16 @@ impl FillTask {
                     let _ = self.fill.reader.set(Arc::new(reader));
                     Sink::Disk(writer)
                 }
-                Err(e) => self.pass_through(&e, 0, writer.abandon()),
+                Err(e) => self.pass_through(&e, 0, writer.abandon()).into(),
             },
-            Err(e) => self.pass_through(&e, 0, None),
+            Err(e) => self.pass_through(&e, 0, None).into(),
         };
         self.fill
             .state
             .send_replace(FillState::Streaming { size, written: 0 });
         let mut body = resp.body;
-        let mut written = 0u64;
+        let mut received = 0u64;
+        let mut on_disk = 0u64;
         while let Some(first) = body.next().await {
             let mut batch = vec![first.map_err(|_| Error::Interrupted)?];
             let mut n = batch[0].len();
@@ -419,55 +426,45 @@ impl FillTask {
                     _ => break,
                 }
             }
-            if size.is_some_and(|s| written + n as u64 > s) {
+            if size.is_some_and(|s| received + n as u64 > s) {
                 // More bytes than upstream announced: not the blob we want.
                 return Err(Error::Interrupted);
             }
-            sink = match sink {
-                Sink::Disk(mut w) => {
-                    let (w, batch, ok, err) = tokio::task::spawn_blocking(move || {
-                        for (i, c) in batch.iter().enumerate() {
-                            if let Err(e) = w.write(c) {
-                                return (w, batch, i, Some(e));
-                            }
-                        }
-                        let all = batch.len();
-                        (w, batch, all, None)
-                    })
-                    .await
-                    .map_err(|_| Error::Interrupted)?;
-                    match err {
-                        None => Sink::Disk(w),
-                        Some(e) => {
-                            // Chunks before `ok` are in the file; the rest
-                            // (already hashed by the failed write) in memory.
-                            let on_disk =
-                                written + batch[..ok].iter().map(|c| c.len() as u64).sum::<u64>();
-                            let sink = self.pass_through(&e, on_disk, w.abandon());
-                            let mut spill = self.lock_spill();
-                            batch.into_iter().skip(ok).for_each(|c| spill.push(c));
-                            sink
-                        }
-                    }
+            {
+                let mut window = self.lock_window();
+                batch.iter().for_each(|c| window.push(c.clone()));
+            }
+            received += n as u64;
+            self.fill.state.send_modify(|s| {
+                if let FillState::Streaming { written, .. } = s {
+                    *written = received;
                 }
-                Sink::Memory(mut h) => {
-                    let mut spill = self.lock_spill();
-                    for c in batch {
-                        h.update(&c);
-                        spill.push(c);
+            });
+            sink = match self.settle(sink, &mut on_disk).await? {
+                Ready::Disk(mut w) => Sink::Writing(tokio::task::spawn_blocking(move || {
+                    for (i, c) in batch.iter().enumerate() {
+                        if let Err(e) = w.write(c) {
+                            return Written {
+                                writer: w,
+                                batch,
+                                failed: Some((i, e)),
+                            };
+                        }
                     }
+                    Written {
+                        writer: w,
+                        batch,
+                        failed: None,
+                    }
+                })),
+                Ready::Memory(mut h) => {
+                    batch.iter().for_each(|c| h.update(c));
                     Sink::Memory(h)
                 }
             };
-            written += n as u64;
-            self.fill.state.send_modify(|s| {
-                if let FillState::Streaming { written: w, .. } = s {
-                    *w = written;
-                }
-            });
         }
-        match sink {
-            Sink::Disk(mut w) => {
+        match self.settle(sink, &mut on_disk).await? {
+            Ready::Disk(mut w) => {
                 let n = match w.verify(size) {
                     Ok(n) => n,
                     Err(store::Error::DigestMismatch { .. }) => {
@@ -495,12 +492,12 @@ impl FillTask {
                     Err(_) => Ok((n, false)),
                 }
             }
-            Sink::Memory(h) => {
-                if size.is_some_and(|s| s != written) {
+            Ready::Memory(h) => {
+                if size.is_some_and(|s| s != received) {
                     return Err(Error::Interrupted);
                 }
                 if h.finish() == self.digest {
-                    Ok((written, false))
+                    Ok((received, false))
                 } else {
                     Err(Error::Corrupt {
                         expected: self.digest.clone(),
@@ -510,19 +507,51 @@ impl FillTask {
         }
     }
 
-    /// Switches to pass-through at byte `on_disk` after a store error.
-    fn pass_through(&self, e: &store::Error, on_disk: u64, hasher: Option<Digester>) -> Sink {
-        tracing::error!(digest = %self.digest, error = %crate::error_chain(e),
-            "cannot write blob to the store (disk full?); streaming it through without caching");
-        self.lock_spill().start(on_disk);
-        // A writer always has its hasher until it finishes; a fresh one
-        // here could only make the final check fail, never pass wrongly.
-        Sink::Memory(hasher.unwrap_or_else(|| Digester::new(self.digest.algorithm())))
+    /// Waits for the batch being written, if any: the sink is then ready
+    /// for the next batch, on disk (the batch is in the file) or, when the
+    /// write failed, in memory with every byte received so far hashed.
+    async fn settle(&self, sink: Sink, on_disk: &mut u64) -> Result<Ready, Error> {
+        let task = match sink {
+            Sink::Disk(w) => return Ok(Ready::Disk(w)),
+            Sink::Memory(h) => return Ok(Ready::Memory(h)),
+            Sink::Writing(task) => task,
+        };
+        let Written {
+            writer,
+            batch,
+            failed,
+        } = task.await.map_err(|_| Error::Interrupted)?;
+        match failed {
+            None => {
+                *on_disk += batch.iter().map(|c| c.len() as u64).sum::<u64>();
+                self.lock_window().set_on_disk(*on_disk);
+                Ok(Ready::Disk(writer))
+            }
+            Some((i, e)) => {
+                // Chunks before `i` are in the file. The writer hashed chunk
+                // `i` before its write failed; the rest of the batch is
+                // hashed here. The window has all of them.
+                *on_disk += batch[..i].iter().map(|c| c.len() as u64).sum::<u64>();
+                let mut h = self.pass_through(&e, *on_disk, writer.abandon());
+                batch[i + 1..].iter().for_each(|c| h.update(c));
+                Ok(Ready::Memory(h))
+            }
+        }
     }
 
-    fn lock_spill(&self) -> std::sync::MutexGuard<'_, super::inflight::Spill> {
+    /// Switches to pass-through at byte `on_disk` after a store error.
+    fn pass_through(&self, e: &store::Error, on_disk: u64, hasher: Option<Digester>) -> Digester {
+        tracing::error!(digest = %self.digest, error = %crate::error_chain(e),
+            "cannot write blob to the store (disk full?); streaming it through without caching");
+        self.lock_window().start_pass_through(on_disk);
+        // A writer always has its hasher until it finishes; a fresh one
+        // here could only make the final check fail, never pass wrongly.
+        hasher.unwrap_or_else(|| Digester::new(self.digest.algorithm()))
+    }
+
+    fn lock_window(&self) -> std::sync::MutexGuard<'_, super::inflight::Window> {
         self.fill
-            .spill
+            .window
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -532,8 +561,29 @@ impl FillTask {
 enum Sink {
     /// The store's temporary file (hashed as written).
     Disk(store::BlobWriter),
+    /// A batch is being hashed and written on the blocking pool.
+    Writing(tokio::task::JoinHandle<Written>),
     /// Memory only, hashed here: pass-through after a store failure.
     Memory(Digester),
+}
+
+/// A sink with no write running.
+enum Ready {
+    Disk(store::BlobWriter),
+    Memory(Digester),
+}
+
+impl From<Digester> for Sink {
+    fn from(h: Digester) -> Self {
+        Sink::Memory(h)
+    }
+}
+
+/// A finished batch write: the writer back, and where it failed, if it did.
+struct Written {
+    writer: store::BlobWriter,
+    batch: Vec<Bytes>,
+    failed: Option<(usize, store::Error)>,
 }
 
 struct FillGuard {

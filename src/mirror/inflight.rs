@@ -4,8 +4,9 @@
 //! download task; later requests find the `Fill` and join it. The download
 //! task owns the `BlobWriter`, so it runs to the end (or failure) whether or
 //! not any client is still reading: a client that disconnects never aborts
-//! caching. Progress is published on a `watch` channel; readers stream the
-//! temporary file up to the published length through their own read handle.
+//! caching. Progress is published on a `watch` channel; readers take the
+//! newest bytes from the fill's in-memory [`Window`] and older ones from the
+//! temporary file, through their own read handle.
 //! The entry is removed only after the blob is in the store (or the fill
 //! failed), so a request never finds neither.
 
@@ -32,7 +33,7 @@ pub(crate) enum FillState {
     /// Complete and verified: readers may have every byte. The blob is
     /// being committed to the store (fsync and rename) while the fill stays
     /// in the table, or, when the store failed (disk full), streamed through
-    /// from the spill and the temporary file's read handle without being
+    /// from the window and the temporary file's read handle without being
     /// cached.
     Done {
         /// Final size.
@@ -49,72 +50,111 @@ pub(crate) struct Fill {
     /// Read handle on the temporary file, set before `Streaming` is first
     /// published (unless the temporary file could not even be created).
     pub(crate) reader: OnceLock<Arc<std::fs::File>>,
-    /// Bytes that could not be written to disk, for pass-through.
-    pub(crate) spill: Mutex<Spill>,
+    /// The most recently received bytes, served to readers from memory.
+    pub(crate) window: Mutex<Window>,
 }
 
-/// Pass-through when the store fails mid-download (disk full): bytes from
-/// `on_disk` on live in memory, in a window of at most [`SPILL_WINDOW`]
-/// bytes. A reader that falls behind the window fails (its client retries).
-#[derive(Debug)]
-pub(crate) struct Spill {
-    /// Bytes readable from the temporary file (`u64::MAX`: all of them).
+/// The newest bytes of a download, kept in memory so that readers keeping
+/// up with it get upstream's chunks as they arrive (no copy, no wait for
+/// the disk write) and readers behind it read the temporary file.
+///
+/// Normally the window only lets go of bytes that are already in the
+/// temporary file (`on_disk`), so every byte is in one place or the other,
+/// and it keeps at most [`WINDOW`] bytes beyond those. When the store fails
+/// mid-download (disk full) it becomes a pass-through: `on_disk` stops
+/// where the file does, the window keeps at most [`SPILL_WINDOW`] bytes,
+/// and a reader that falls behind it fails (its client retries).
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    /// Bytes readable from the temporary file.
     pub(crate) on_disk: u64,
+    /// The store failed: nothing more goes to the file.
+    pub(crate) pass_through: bool,
     /// Offset of the first byte in `chunks`.
-    pub(crate) base: u64,
-    pub(crate) chunks: std::collections::VecDeque<bytes::Bytes>,
-    pub(crate) len: usize,
+    base: u64,
+    chunks: std::collections::VecDeque<bytes::Bytes>,
+    len: usize,
 }
 
+/// Bytes a window keeps beyond those already on disk.
+pub(crate) const WINDOW: usize = 2 * 1024 * 1024;
 /// Most bytes a pass-through keeps in memory.
 pub(crate) const SPILL_WINDOW: usize = 32 * 1024 * 1024;
 
-impl Default for Spill {
-    fn default() -> Self {
-        Self {
-            on_disk: u64::MAX,
-            base: 0,
-            chunks: std::collections::VecDeque::new(),
-            len: 0,
-        }
-    }
+/// Where a reader finds the bytes at its position.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Found {
+    /// In memory (empty: nothing received there yet).
+    Memory(bytes::Bytes),
+    /// In the temporary file, up to this offset.
+    File { upto: u64 },
+    /// Gone: a pass-through reader fell behind the window.
+    Gone,
 }
 
-impl Spill {
-    /// Starts pass-through at `offset`.
-    pub(crate) fn start(&mut self, offset: u64) {
-        self.on_disk = offset;
-        self.base = offset;
-    }
-
-    /// Appends a chunk, dropping the oldest beyond the window.
+impl Window {
+    /// Appends a received chunk.
     pub(crate) fn push(&mut self, b: bytes::Bytes) {
         self.len += b.len();
         self.chunks.push_back(b);
-        while self.len > SPILL_WINDOW && self.chunks.len() > 1 {
-            if let Some(old) = self.chunks.pop_front() {
-                self.len -= old.len();
-                self.base += old.len() as u64;
+        self.trim();
+    }
+
+    /// Bytes up to `on_disk` are in the temporary file now.
+    pub(crate) fn set_on_disk(&mut self, on_disk: u64) {
+        self.on_disk = on_disk;
+        self.trim();
+    }
+
+    /// The store failed: the file ends at `on_disk`, the rest lives here.
+    pub(crate) fn start_pass_through(&mut self, on_disk: u64) {
+        self.on_disk = on_disk;
+        self.pass_through = true;
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        let keep = if self.pass_through {
+            SPILL_WINDOW
+        } else {
+            WINDOW
+        };
+        while self.chunks.len() > 1 && self.len > keep {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let end = self.base + front.len() as u64;
+            if !self.pass_through && end > self.on_disk {
+                // Not in the file yet: the only copy.
+                break;
             }
+            self.len -= front.len();
+            self.base = end;
+            self.chunks.pop_front();
         }
     }
 
-    /// Up to `max` bytes at `pos`; `None` if `pos` fell out of the window.
-    pub(crate) fn read(&self, pos: u64, max: usize) -> Option<bytes::Bytes> {
-        let mut at = self.base;
-        if pos < at {
-            return None;
+    /// Where the bytes at `pos` are; from memory at most `max` bytes (up to
+    /// a chunk boundary).
+    pub(crate) fn find(&self, pos: u64, max: usize) -> Found {
+        if pos < self.base {
+            return if pos < self.on_disk {
+                Found::File { upto: self.on_disk }
+            } else {
+                Found::Gone
+            };
         }
+        let mut at = self.base;
         for c in &self.chunks {
             let end = at + c.len() as u64;
             if pos < end {
                 let from = (pos - at) as usize;
                 let to = c.len().min(from + max);
-                return Some(c.slice(from..to));
+                return Found::Memory(c.slice(from..to));
             }
             at = end;
         }
-        Some(bytes::Bytes::new())
+        Found::Memory(bytes::Bytes::new())
     }
 }
 
@@ -150,7 +190,7 @@ impl Fills {
         let fill = Arc::new(Fill {
             state,
             reader: OnceLock::new(),
-            spill: Mutex::default(),
+            window: Mutex::default(),
         });
         map.insert(digest.clone(), fill.clone());
         Some(Joined::Leader(fill))
@@ -202,8 +242,12 @@ mod tests {
         let fills = Arc::new(Fills::default());
         // Nothing running: drained at once.
         fills.drained().await;
-        let a = format!("sha256:{}", "a".repeat(64)).parse::<Digest>().unwrap();
-        let b = format!("sha256:{}", "b".repeat(64)).parse::<Digest>().unwrap();
+        let a = format!("sha256:{}", "a".repeat(64))
+            .parse::<Digest>()
+            .unwrap();
+        let b = format!("sha256:{}", "b".repeat(64))
+            .parse::<Digest>()
+            .unwrap();
         let Some(Joined::Leader(fa)) = fills.join(&a, || false) else {
             panic!("first join leads");
         };
@@ -226,25 +270,56 @@ mod tests {
     }
 
     #[test]
-    fn spill_window_reads_and_forgets() {
-        let mut s = Spill::default();
-        s.start(100);
+    fn window_keeps_what_is_not_on_disk_yet() {
+        let mut w = Window::default();
+        let chunk = Bytes::from(vec![7u8; WINDOW / 2]);
+        for _ in 0..4 {
+            w.push(chunk.clone());
+        }
+        // Nothing written yet: all of it stays, past the nominal size.
+        assert_eq!(w.find(0, 10), Found::Memory(chunk.slice(0..10)));
+        let q = chunk.len() as u64;
+        // Reads stop at a chunk boundary; the end of what arrived is empty.
+        assert_eq!(w.find(q - 3, 10).len_in_memory(), Some(3));
+        assert_eq!(w.find(4 * q, 10), Found::Memory(Bytes::new()));
+        // Written: the window lets go of the oldest, which the file has.
+        w.set_on_disk(3 * q);
+        assert_eq!(w.find(0, 10), Found::File { upto: 3 * q });
+        assert_eq!(w.find(q + 1, 10), Found::File { upto: 3 * q });
+        assert_eq!(w.find(2 * q, 10).len_in_memory(), Some(10));
+        assert!(w.len <= WINDOW);
+        // Every byte is in memory or on disk.
+        assert!(w.base <= w.on_disk);
+    }
+
+    #[test]
+    fn pass_through_window_reads_and_forgets() {
+        let mut w = Window::default();
+        w.start_pass_through(100);
+        // (bytes before 100 are in the file)
+        w.base = 100;
         let chunk = Bytes::from(vec![7u8; SPILL_WINDOW / 4]);
         for _ in 0..4 {
-            s.push(chunk.clone());
+            w.push(chunk.clone());
         }
-        assert_eq!(s.read(100, 10).unwrap().len(), 10);
-        assert_eq!(s.read(99, 10), None);
-        // The end of what was pushed: nothing more yet.
+        assert_eq!(w.find(100, 10).len_in_memory(), Some(10));
+        assert_eq!(w.find(99, 10), Found::File { upto: 100 });
         let end = 100 + SPILL_WINDOW as u64;
-        assert_eq!(s.read(end, 10).unwrap().len(), 0);
-        // Reads stop at a chunk boundary.
-        let q = SPILL_WINDOW as u64 / 4;
-        assert_eq!(s.read(100 + q - 3, 10).unwrap().len(), 3);
+        assert_eq!(w.find(end, 10), Found::Memory(Bytes::new()));
         // Beyond the window the oldest chunk goes; its readers fail.
-        s.push(chunk);
-        assert_eq!(s.read(100, 1), None);
-        assert_eq!(s.read(100 + q, 1).unwrap().len(), 1);
-        assert!(s.len <= SPILL_WINDOW);
+        w.push(chunk);
+        assert_eq!(w.find(100, 1), Found::Gone);
+        let q = SPILL_WINDOW as u64 / 4;
+        assert_eq!(w.find(100 + q, 1).len_in_memory(), Some(1));
+        assert!(w.len <= SPILL_WINDOW);
+    }
+
+    impl Found {
+        fn len_in_memory(&self) -> Option<usize> {
+            match self {
+                Found::Memory(b) => Some(b.len()),
+                _ => None,
+            }
+        }
     }
 }
