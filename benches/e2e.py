@@ -41,6 +41,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -308,6 +309,15 @@ class Cpu:
         return {"busy": (b1 - b0) / cls.HZ, "util": (b1 - b0) / max(1, t1 - t0)}
 
 
+def proc_cpu(pid):
+    """CPU seconds (user + system, all threads) a live process has used."""
+    try:
+        f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / Cpu.HZ
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def kb(pid, key):
     try:
         with open("/proc/%d/status" % pid) as f:
@@ -529,6 +539,7 @@ class Bench:
                 "    rootcertbundle: %s/token.crt\n") % (IP, P["token"], SERVICE, ISSUER, self.pki)
         y = self.registry_yaml("upstream", P["up"], w + "/upstream", True, auth, "warn")
         up = self.procs.start("upstream", ["docker-registry", "serve", y])
+        self.pids["up"] = up.pid
         wait_url(self.url("up", True) + "/v2/", up, codes=("401",), extra=("--cacert", self.cabundle))
         # the same storage, anonymous, plain HTTP: the origin behind the nginx proxy_cache peer
         y = self.registry_yaml("upstream-anon", P["up_anon"], w + "/upstream", False, "", "warn")
@@ -753,9 +764,16 @@ http {{
                 m = self.up_log.mark()
                 for kind in ("small", "big"):
                     name = kind if r == 1 else "%s-%d" % (kind, r)
-                    c0 = Cpu.now()
+                    srv = {"mg": self.pids["mg"], "dp": self.pids["dp_tls"]}.get(who)
+                    c0, u0 = Cpu.now(), proc_cpu(self.pids["up"])
+                    s0, k0 = proc_cpu(srv) if srv else 0.0, resource.getrusage(resource.RUSAGE_CHILDREN)
                     times[who][kind].append(self.pull(who, name, "cold pull %s via %s" % (name, who)))
-                    cpu[who][kind].append(Cpu.since(c0))
+                    k1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    c = Cpu.since(c0)
+                    c["client"] = (k1.ru_utime + k1.ru_stime) - (k0.ru_utime + k0.ru_stime)
+                    c["upstream"] = proc_cpu(self.pids["up"]) - u0
+                    c["server"] = (proc_cpu(srv) - s0) if srv else 0.0
+                    cpu[who][kind].append(c)
                 self.up_log.settle(quiet_s=1.0)   # background fills (distribution fetches blobs twice)
                 lines = self.up_log.since(m)
                 nblob, ubytes = blob_gets(lines)
@@ -770,7 +788,8 @@ http {{
                                          big=statistics.median(t["big"]))
             for kind in ("small", "big"):
                 self.R["cold_cpu_%s_%s" % (who, kind)] = {
-                    k: statistics.median(c[k] for c in cpu[who][kind]) for k in ("busy", "util")}
+                    k: statistics.median(c[k] for c in cpu[who][kind])
+                    for k in ("busy", "util", "client", "upstream", "server")}
             log("  %s: small %s big %s; upstream %d reqs, %d blob GETs, %.2fx image bytes"
                 % (who, "/".join("%.3f" % x for x in t["small"]), "/".join("%.3f" % x for x in t["big"]),
                    acct[who]["reqs"], acct[who]["blob_gets"], acct[who]["up_bytes"] / acct[who]["img_bytes"]))
@@ -1062,6 +1081,14 @@ http {{
             mg, dp, up = (R["cold_cpu_%s_%s" % (w, name)] for w in ("mg", "dp", "up"))
             row("machine CPU, cold pull, %s image [ref: direct]" % name, f_cpu(mg), f_cpu(dp), "", f_cpu(up),
                 f_r(ratio(mg["busy"], dp["busy"])), "", f_r(ratio(mg["busy"], up["busy"])))
+        for name in ("small", "big"):
+            mg, dp, up = (R["cold_cpu_%s_%s" % (w, name)] for w in ("mg", "dp", "up"))
+
+            def split(c, srv=True):
+                return "%.2f / %.2f%s core-s" % (c["client"], c["upstream"], (" / %.2f" % c["server"]) if srv else "")
+
+            row("CPU by process, cold pull, %s image: skopeo / upstream / server [ref: direct]" % name,
+                split(mg), split(dp), "", split(up, False), f_r(ratio(mg["server"], dp["server"])), "", "")
         mgc, dpc = R["cold_mg"], R["cold_dp"]
         row("upstream bytes / image bytes, cold pulls", "%.2fx" % (mgc["up_bytes"] / mgc["img_bytes"]),
             "%.2fx" % (dpc["up_bytes"] / dpc["img_bytes"]), "",
