@@ -238,6 +238,13 @@ impl BlobStore {
         }
     }
 
+    /// Keeps `digest` from eviction while the guard lives, whether or not it
+    /// is stored yet: for clients streaming a download that is about to be
+    /// committed.
+    pub fn hold(&self, digest: &Digest) -> gc::InUseGuard {
+        self.in_use.hold(digest)
+    }
+
     /// Opens a stored blob for reading, with its size. The guard keeps it
     /// from eviction while it is served; the open also counts as an access
     /// for LRU eviction.

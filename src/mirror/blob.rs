@@ -53,7 +53,9 @@ pub struct BlobBody {
 #[derive(Debug)]
 enum Source {
     File(Arc<std::fs::File>, store::gc::InUseGuard),
-    Fill(Arc<Fill>),
+    /// A download; the guard keeps the blob from eviction once committed,
+    /// while this client still streams it.
+    Fill(Arc<Fill>, store::gc::InUseGuard),
 }
 
 impl BlobBody {
@@ -74,7 +76,12 @@ impl BlobBody {
                     })
                     .boxed()
             }
-            Source::Fill(fill) => fill_stream(fill, start, end.or(self.size)),
+            Source::Fill(fill, guard) => fill_stream(fill, start, end.or(self.size))
+                .map(move |r| {
+                    let _ = &guard;
+                    r
+                })
+                .boxed(),
         }
     }
 }
@@ -309,11 +316,12 @@ impl Mirror {
                 let Some(fill) = self.fills.get(digest) else {
                     return Err(Error::NotCached);
                 };
+                let guard = self.store.hold(digest);
                 let size = ready(&fill).await?;
                 return Ok(BlobBody {
                     size,
                     status: CacheStatus::Coalesced,
-                    source: Source::Fill(fill),
+                    source: Source::Fill(fill, guard),
                 });
             }
             let path = self.store.layout().blob(digest);
@@ -333,11 +341,12 @@ impl Mirror {
                     (f, CacheStatus::Miss)
                 }
             };
+            let guard = self.store.hold(digest);
             let size = ready(&fill).await?;
             return Ok(BlobBody {
                 size,
                 status,
-                source: Source::Fill(fill),
+                source: Source::Fill(fill, guard),
             });
         }
         Err(Error::Interrupted)
