@@ -147,7 +147,13 @@ fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, Error> {
     .map_err(|e| Error::Build(Box::new(e)))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 unless asked: a 200 MiB blob from distribution over h2 took
+    // 25% more machine CPU (0.67 vs 0.53 core-s) and 20% more time.
+    tls.alpn_protocols = if cfg.http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(tls)
 }
 

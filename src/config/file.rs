@@ -116,6 +116,7 @@ pub(crate) struct Upstream {
     pub(crate) implicit_library: Option<bool>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) read_timeout: Option<String>,
+    pub(crate) http2: Option<bool>,
     pub(crate) tag_ttl: Option<String>,
     pub(crate) breaker_failures: Option<u32>,
     pub(crate) breaker_backoff: Option<String>,

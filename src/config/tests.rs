@@ -37,6 +37,10 @@ fn minimal_and_defaults() {
     assert_eq!(c.storage_root, Path::new("/base/./data"));
     assert_eq!(c.cache.metadata_max_bytes, DEFAULT_METADATA_MAX);
     assert_eq!(c.upstreams[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    assert!(!c.upstreams[0].http2, "HTTP/1.1 to upstreams unless asked");
+    let c = parse(&format!("{MINIMAL}http2 = true\n")).unwrap();
+    assert!(c.upstreams[0].http2);
+    assert!(parse(&format!("{MINIMAL}http2 = \"yes\"\n")).is_err());
 }
 
 fn err(text: &str) -> String {
