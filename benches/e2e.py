@@ -1247,7 +1247,7 @@ def main():
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=8, help="concurrent cold GETs")
     ap.add_argument("--cold-rounds", type=int, default=None, help="cold pulls per image size, each of a fresh "
-                    "image, median taken (default 3; quick 1)")
+                    "image, median taken (default 5; quick 1)")
     ap.add_argument("--warm-runs", type=int, default=None, help="warm pulls per image (default 5; quick 2)")
     ap.add_argument("--tput-runs", type=int, default=None, help="blob GETs per throughput figure (default 5; quick 3)")
     ap.add_argument("--token-ttl", type=int, default=3600, help="token lifetime (s); longer than the run")
@@ -1276,7 +1276,7 @@ def main():
     a.big_mib = a.big_mib or (16 if q else 200)
     a.duration = a.duration or (2 if q else 5)
     a.rounds = a.rounds or (1 if q else 3)
-    a.cold_rounds = a.cold_rounds or (1 if q else 3)
+    a.cold_rounds = a.cold_rounds or (1 if q else 5)
     a.warm_runs = a.warm_runs or (2 if q else 5)
     a.tput_runs = a.tput_runs or (3 if q else 5)
     a.idle_wait = a.idle_wait if a.idle_wait is not None else (1.0 if q else 5.0)
