@@ -182,19 +182,33 @@ fn fill_up(dir: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_streams_through_without_caching() {
     const MIB: usize = 1024 * 1024;
-    let up = FakeUpstream::start(Options::default()).await;
+    // Over TLS with HTTP/2 (`http2 = true`), upstream's body arrives in many
+    // small chunks at once, so the write that hits ENOSPC fails in the
+    // middle of a batch: the rest of that batch must still be hashed.
+    let (ca_pem, identity) = crate::support::fake_upstream::test_ca_and_identity();
+    let up = FakeUpstream::start(Options {
+        tls: Some(identity),
+        ..Options::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let extra = format!(
+        "default = true\nhttp2 = true\nca_file = {:?}",
+        ca.display().to_string()
+    );
     let big = docker_image(97, &[6 * MIB]);
     let small = docker_image(98, &[20_000]);
     up.add_image("library/big", "1", &big);
     up.add_image("library/small", "1", &small);
-    let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let _fs = SmallFs::mount(&data, "2m");
     let gw = Gateway::start(
         &format!(
             "[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
-            upstream_toml("docker.io", &up.url(), "default = true")
+            upstream_toml("docker.io", &up.url(), &extra)
         ),
         &data,
     )

@@ -396,6 +396,9 @@ fn tls_acceptor(id: &TlsIdentity) -> tokio_rustls::TlsAcceptor {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .expect("server config");
+    let mut cfg = cfg;
+    // Like distribution: HTTP/2 for clients that offer it.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
 
@@ -420,7 +423,14 @@ async fn serve(
             match tls {
                 Some(a) => {
                     if let Ok(s) = a.accept(stream).await {
-                        let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                        if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            let h2 = hyper::server::conn::http2::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            );
+                            let _ = h2.serve_connection(TokioIo::new(s), svc).await;
+                        } else {
+                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                        }
                     }
                 }
                 None => {
