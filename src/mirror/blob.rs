@@ -48,14 +48,15 @@ pub struct BlobBody {
     /// How it was obtained.
     pub status: CacheStatus,
     source: Source,
+    /// Keeps the blob from eviction while it is streamed, stored or (for a
+    /// download) committed while this client still reads it.
+    guard: store::gc::InUseGuard,
 }
 
 #[derive(Debug)]
 enum Source {
-    File(Arc<std::fs::File>, store::gc::InUseGuard),
-    /// A download; the guard keeps the blob from eviction once committed,
-    /// while this client still streams it.
-    Fill(Arc<Fill>, store::gc::InUseGuard),
+    File(Arc<std::fs::File>),
+    Fill(Arc<Fill>),
 }
 
 impl BlobBody {
@@ -65,24 +66,21 @@ impl BlobBody {
         start: u64,
         end: Option<u64>,
     ) -> BoxStream<'static, io::Result<Bytes>> {
-        match self.source {
-            Source::File(file, guard) => {
+        let stream = match self.source {
+            Source::File(file) => {
                 let len = end.or(self.size).unwrap_or(u64::MAX).saturating_sub(start);
-                // The guard lives as long as the stream: no eviction meanwhile.
                 file_stream(file, start, len)
-                    .map(move |r| {
-                        let _ = &guard;
-                        r
-                    })
-                    .boxed()
             }
-            Source::Fill(fill, guard) => fill_stream(fill, start, end.or(self.size))
-                .map(move |r| {
-                    let _ = &guard;
-                    r
-                })
-                .boxed(),
-        }
+            Source::Fill(fill) => fill_stream(fill, start, end.or(self.size)),
+        };
+        // The guard lives as long as the stream: no eviction meanwhile.
+        let guard = self.guard;
+        stream
+            .map(move |r| {
+                let _ = &guard;
+                r
+            })
+            .boxed()
     }
 }
 
@@ -308,7 +306,8 @@ impl Mirror {
                 return Ok(BlobBody {
                     size: Some(len),
                     status: CacheStatus::Hit,
-                    source: Source::File(file, guard),
+                    source: Source::File(file),
+                    guard,
                 });
             }
             if grant.fetch == Fetch::CacheOnly {
@@ -321,7 +320,8 @@ impl Mirror {
                 return Ok(BlobBody {
                     size,
                     status: CacheStatus::Coalesced,
-                    source: Source::Fill(fill, guard),
+                    source: Source::Fill(fill),
+                    guard,
                 });
             }
             let path = self.store.layout().blob(digest);
@@ -346,7 +346,8 @@ impl Mirror {
             return Ok(BlobBody {
                 size,
                 status,
-                source: Source::Fill(fill, guard),
+                source: Source::Fill(fill),
+                guard,
             });
         }
         Err(Error::Interrupted)

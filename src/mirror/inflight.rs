@@ -67,9 +67,9 @@ pub(crate) struct Fill {
 #[derive(Debug, Default)]
 pub(crate) struct Window {
     /// Bytes readable from the temporary file.
-    pub(crate) on_disk: u64,
+    on_disk: u64,
     /// The store failed: nothing more goes to the file.
-    pub(crate) pass_through: bool,
+    pass_through: bool,
     /// Offset of the first byte in `chunks`.
     base: u64,
     chunks: std::collections::VecDeque<bytes::Bytes>,
