@@ -165,7 +165,7 @@ fn metadata_cache(c: &mut Criterion) {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let docker = upstream_id(&config(dir.path()), "docker.io");
-    let cache = MetadataCache::new(64 << 20);
+    let cache = MetadataCache::new(64 << 20, mirrorgate::clock::system());
     let manifest = Value::Manifest(Arc::new(ManifestEntry {
         bytes: Bytes::from(vec![b'm'; 1500]),
         media_type: MediaType::new(DOCKER_MANIFEST),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::mirror::Mirror;
 use crate::registry::route::Router;
@@ -45,12 +46,19 @@ pub struct App {
 
 impl App {
     /// Opens the store (sweeping stale temporary files) and builds the
-    /// mirror and the registry API.
+    /// mirror and the registry API, on the system clock.
     pub async fn build(config: Config) -> Result<Self, Error> {
+        Self::build_with_clock(config, crate::clock::system()).await
+    }
+
+    /// [`App::build`] with the clock that times tag TTLs, stale serving and
+    /// the circuit breakers (a [`ManualClock`](crate::clock::ManualClock)
+    /// in tests of those policies).
+    pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<Self, Error> {
         let store = BlobStore::open(&config.storage_root)
             .await?
             .with_max_size(config.max_size);
-        let mirror = Arc::new(Mirror::build(&config, store)?);
+        let mirror = Arc::new(Mirror::build(&config, store, clock)?);
         let tls = crate::tls::build(&config)?;
         let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());
         let registry = Arc::new(
@@ -78,6 +86,17 @@ impl App {
     /// The registry API service.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Waits until the background work of the requests answered so far is
+    /// done: every blob download has committed (or failed and cleaned up),
+    /// and eviction has caught up with those commits. Clients receive a
+    /// cold blob's last byte before its commit, so whoever inspects the
+    /// store right after a response (tests, tools) waits here first. Needs
+    /// [`App::run`] to be running when `[storage] max_size` is set.
+    pub async fn settle(&self) {
+        self.mirror.downloads_done().await;
+        self.mirror.store().evicted().await;
     }
 
     /// Binds every configured listener.

@@ -9,12 +9,17 @@
 //! from when upstream last confirmed them, not from insertion), so the next
 //! request revalidates; manifests by digest are immutable and only leave by
 //! eviction.
+//!
+//! Freshness is decided by the mirror's [`Clock`](crate::clock::Clock) on
+//! every read: moka's own expiry (in real time) only returns the memory of
+//! expired entries sooner.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
+use crate::clock::SharedClock;
 use crate::oci::{Digest, MediaType};
 use crate::store::{TagKey, TagRecord};
 
@@ -57,12 +62,23 @@ pub enum Value {
     Manifest(Arc<ManifestEntry>),
 }
 
+impl Value {
+    /// Whether both are the very same entry (not merely equal).
+    fn same(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Tag(a), Self::Tag(b)) => Arc::ptr_eq(a, b),
+            (Self::Manifest(a), Self::Manifest(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// Per-entry expiry: tags live for what remains of their TTL.
-struct Expiry;
+struct Expiry(SharedClock);
 
 impl moka::Expiry<Key, Value> for Expiry {
     fn expire_after_create(&self, _key: &Key, value: &Value, _now: Instant) -> Option<Duration> {
-        remaining(value)
+        remaining(value, self.0.now())
     }
 
     fn expire_after_update(
@@ -72,14 +88,15 @@ impl moka::Expiry<Key, Value> for Expiry {
         _now: Instant,
         _current: Option<Duration>,
     ) -> Option<Duration> {
-        remaining(value)
+        remaining(value, self.0.now())
     }
 }
 
-fn remaining(value: &Value) -> Option<Duration> {
+/// How long `value` stays fresh at `now` (`None`: forever).
+fn remaining(value: &Value, now: SystemTime) -> Option<Duration> {
     match value {
         Value::Tag(t) if t.stale => Some(Duration::ZERO),
-        Value::Tag(t) => Some(t.ttl.saturating_sub(t.record.age(SystemTime::now()))),
+        Value::Tag(t) => Some(t.ttl.saturating_sub(t.record.age(now))),
         Value::Manifest(_) => None,
     }
 }
@@ -101,6 +118,7 @@ fn weigh(key: &Key, value: &Value) -> u32 {
 #[derive(Clone)]
 pub struct MetadataCache {
     inner: moka::future::Cache<Key, Value>,
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for MetadataCache {
@@ -113,19 +131,36 @@ impl std::fmt::Debug for MetadataCache {
 }
 
 impl MetadataCache {
-    /// A cache holding at most about `max_bytes` of metadata.
-    pub fn new(max_bytes: u64) -> Self {
+    /// A cache holding at most about `max_bytes` of metadata, judging tag
+    /// freshness by `clock`.
+    pub fn new(max_bytes: u64, clock: SharedClock) -> Self {
         let inner = moka::future::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(weigh)
-            .expire_after(Expiry)
+            .expire_after(Expiry(clock.clone()))
             .build();
-        Self { inner }
+        Self { inner, clock }
     }
 
-    /// The entry for `key` if present and not expired.
+    /// The entry for `key` if present and still fresh by the clock. An
+    /// entry found expired is removed, unless a concurrent load has already
+    /// replaced it, so that the next [`try_get_with`](Self::try_get_with)
+    /// loads it again (once, however many callers found it expired).
     pub async fn get(&self, key: &Key) -> Option<Value> {
-        self.inner.get(key).await
+        let v = self.inner.get(key).await?;
+        if remaining(&v, self.clock.now()).is_none_or(|d| !d.is_zero()) {
+            return Some(v);
+        }
+        self.inner
+            .entry_by_ref(key)
+            .and_compute_with(|cur| async move {
+                match cur {
+                    Some(e) if e.value().same(&v) => moka::ops::compute::Op::Remove,
+                    _ => moka::ops::compute::Op::Nop,
+                }
+            })
+            .await;
+        None
     }
 
     /// Returns the entry for `key`, running `init` to load it when absent.
@@ -160,6 +195,7 @@ impl MetadataCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock as _;
     use crate::store::tags_epoch_ms;
 
     fn manifest(n: usize) -> Value {
@@ -171,7 +207,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_by_bytes() {
-        let c = MetadataCache::new(1024 * 1024);
+        let c = MetadataCache::new(1024 * 1024, crate::clock::system());
         for i in 0..64u32 {
             let d = Digest::sha256_of(&i.to_le_bytes());
             c.insert(Key::Manifest(d), manifest(64 * 1024)).await;
@@ -179,9 +215,11 @@ mod tests {
         assert!(c.weighted_size().await <= 1024 * 1024);
     }
 
-    #[tokio::test]
+    // Paused time: the loader's sleep only keeps it pending while the other
+    // seven join; nothing waits for real.
+    #[tokio::test(start_paused = true)]
     async fn coalesces_loads() {
-        let c = MetadataCache::new(1024 * 1024);
+        let c = MetadataCache::new(1024 * 1024, crate::clock::system());
         let key = Key::Manifest(Digest::sha256_of(b"k"));
         let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -205,11 +243,12 @@ mod tests {
 
     #[test]
     fn tag_expiry_counts_from_check_time() {
+        let now = SystemTime::now();
         let rec = |age: Duration| TagRecord {
             digest: Digest::sha256_of(b"m"),
             media_type: "x".into(),
             size: 1,
-            checked_at_ms: tags_epoch_ms(SystemTime::now() - age),
+            checked_at_ms: tags_epoch_ms(now - age),
         };
         let entry = |age, stale| {
             Value::Tag(Arc::new(TagEntry {
@@ -218,16 +257,46 @@ mod tests {
                 stale,
             }))
         };
-        let fresh = remaining(&entry(Duration::from_secs(100), false)).unwrap();
-        assert!(fresh <= Duration::from_secs(200) && fresh > Duration::from_secs(190));
+        // Millisecond timestamps: at most 1 ms is lost to rounding.
+        let fresh = remaining(&entry(Duration::from_secs(100), false), now).unwrap();
+        assert!(fresh <= Duration::from_secs(200) && fresh >= Duration::from_millis(199_999));
         assert_eq!(
-            remaining(&entry(Duration::from_secs(400), false)),
+            remaining(&entry(Duration::from_secs(400), false), now),
             Some(Duration::ZERO)
         );
         assert_eq!(
-            remaining(&entry(Duration::ZERO, true)),
+            remaining(&entry(Duration::ZERO, true), now),
             Some(Duration::ZERO)
         );
-        assert_eq!(remaining(&manifest(1)), None);
+        assert_eq!(remaining(&manifest(1), now), None);
+    }
+
+    #[tokio::test]
+    async fn a_tag_expires_by_the_clock_not_by_real_time() {
+        let clock = crate::clock::ManualClock::new();
+        let c = MetadataCache::new(1024 * 1024, clock.clone());
+        // The kind of key does not matter to the cache.
+        let key = Key::Manifest(Digest::sha256_of(b"tag-key"));
+        let tag = Value::Tag(Arc::new(TagEntry {
+            record: TagRecord {
+                digest: Digest::sha256_of(b"m"),
+                media_type: "x".into(),
+                size: 1,
+                checked_at_ms: tags_epoch_ms(clock.now()),
+            },
+            ttl: Duration::from_secs(60),
+            stale: false,
+        }));
+        c.insert(key.clone(), tag.clone()).await;
+        clock.advance(Duration::from_secs(59));
+        assert!(c.get(&key).await.is_some_and(|v| v.same(&tag)));
+        clock.advance(Duration::from_secs(1));
+        assert!(c.get(&key).await.is_none(), "expired at its TTL");
+        // And it was removed, so a load runs again.
+        let reloaded = c
+            .try_get_with::<std::io::Error, _>(key.clone(), async { Ok(manifest(1)) })
+            .await
+            .unwrap();
+        assert!(matches!(reloaded, Value::Manifest(_)));
     }
 }

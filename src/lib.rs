@@ -11,7 +11,8 @@
 //!
 //! The layers point one way; each only uses those above it in this list:
 //!
-//! - [`oci`]: pure types (digests, names, tags, media types).
+//! - [`oci`]: pure types (digests, names, tags, media types); [`clock`]:
+//!   the time that policies (TTLs, breakers) are decided by.
 //! - [`config`]: the validated configuration.
 //! - [`store`]: the content-addressed store on disk (no HTTP).
 //! - [`cache`]: the in-memory metadata cache (moka).
@@ -42,6 +43,7 @@ pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod clientconfig;
+pub mod clock;
 pub mod config;
 pub mod mirror;
 pub mod oci;

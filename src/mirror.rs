@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::cache::MetadataCache;
+use crate::clock::SharedClock;
 use crate::config::{Config, UpstreamConfig, UpstreamId};
 use crate::oci::{Digest, RepoName};
 use crate::store::BlobStore;
@@ -101,8 +102,16 @@ impl Grant {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The upstream request failed or upstream answered with an error.
-    #[error("upstream request failed")]
-    Upstream(#[source] Arc<upstream::Error>),
+    #[error("upstream {upstream} at {host}")]
+    Upstream {
+        /// Which upstream.
+        upstream: UpstreamId,
+        /// Its `host[:port]`.
+        host: Arc<str>,
+        /// What went wrong.
+        #[source]
+        source: Arc<upstream::Error>,
+    },
     /// Local storage failed.
     #[error("storage failed")]
     Store(#[source] Arc<crate::store::Error>),
@@ -124,15 +133,19 @@ pub enum Error {
     NoUpstream(UpstreamId),
 }
 
-impl From<upstream::Error> for Error {
-    fn from(e: upstream::Error) -> Self {
-        Self::Upstream(Arc::new(e))
-    }
-}
-
 impl From<crate::store::Error> for Error {
     fn from(e: crate::store::Error) -> Self {
         Self::Store(Arc::new(e))
+    }
+}
+
+impl Error {
+    /// The upstream error underneath, if upstream is what failed.
+    pub fn upstream(&self) -> Option<&upstream::Error> {
+        match self {
+            Self::Upstream { source, .. } => Some(source),
+            _ => None,
+        }
     }
 }
 
@@ -155,14 +168,31 @@ pub struct Mirror {
     /// `(digest, owner)` pairs upstream confirmed for a public repository
     /// although the digest is private elsewhere.
     confirmed: moka::sync::Cache<(Digest, String), ()>,
+    /// Decides tag freshness.
+    clock: SharedClock,
+}
+
+impl Upstream {
+    /// `e`, said of this upstream (its name and host go into the error).
+    pub(crate) fn fail(&self, e: upstream::Error) -> Error {
+        Error::Upstream {
+            upstream: self.config.id.clone(),
+            host: self.client.host().clone(),
+            source: Arc::new(e),
+        }
+    }
 }
 
 impl Mirror {
     /// Builds the mirror: one long-lived client per upstream.
-    pub fn build(config: &Config, store: BlobStore) -> Result<Self, upstream::Error> {
+    pub fn build(
+        config: &Config,
+        store: BlobStore,
+        clock: SharedClock,
+    ) -> Result<Self, upstream::Error> {
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
-            let client = UpstreamClient::build(u)?;
+            let client = UpstreamClient::build(u, clock.clone())?;
             upstreams.insert(
                 u.id.clone(),
                 Arc::new(Upstream {
@@ -174,7 +204,8 @@ impl Mirror {
         Ok(Self {
             upstreams,
             store,
-            cache: MetadataCache::new(config.cache.metadata_max_bytes),
+            cache: MetadataCache::new(config.cache.metadata_max_bytes, clock.clone()),
+            clock,
             fills: Arc::new(inflight::Fills::default()),
             stale_if_error: config.cache.stale_if_error,
             confirmed: moka::sync::Cache::builder()
@@ -196,6 +227,13 @@ impl Mirror {
             return 0;
         }
         self.fills.len()
+    }
+
+    /// Waits until no blob download is running: each has committed its blob
+    /// (or failed and removed its temporary file). Downloads started
+    /// meanwhile are waited for too.
+    pub async fn downloads_done(&self) {
+        self.fills.drained().await;
     }
 
     /// The store.
@@ -251,9 +289,13 @@ impl Mirror {
             let r = crate::oci::Reference::Digest(digest.clone());
             up.client
                 .head_manifest(repo, &r, crate::oci::AcceptClass::all_modern())
-                .await?;
+                .await
+                .map_err(|e| up.fail(e))?;
         } else {
-            up.client.head_blob(repo, digest).await?;
+            up.client
+                .head_blob(repo, digest)
+                .await
+                .map_err(|e| up.fail(e))?;
         }
         self.confirmed.insert(key, ());
         Ok(())
@@ -271,10 +313,10 @@ impl Mirror {
         if grant.fetch == Fetch::CacheOnly {
             return Err(Error::NotCached);
         }
-        Ok(up
-            .client
+        up.client
             .get_tags(&self.upstream_repo(id, repo), query)
-            .await?)
+            .await
+            .map_err(|e| up.fail(e))
     }
 
     /// Passes the referrers API through; an upstream 404 stays an error so
@@ -292,10 +334,10 @@ impl Mirror {
             return Err(Error::NotCached);
         }
         let repo = self.upstream_repo(id, repo);
-        Ok(up
-            .client
+        up.client
             .get_referrers(&repo, digest, artifact_type)
-            .await?)
+            .await
+            .map_err(|e| up.fail(e))
     }
 
     /// Repositories of `id` that have cached content, sorted.

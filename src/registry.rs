@@ -134,15 +134,29 @@ impl Query {
         out
     }
 
-    fn paging(&self) -> Vec<(String, String)> {
+    /// The page size `n`: absent (or empty, as distribution reads it), or a
+    /// non-negative integer; anything else is the client's error.
+    fn page_size(&self) -> Result<Option<usize>, ApiError> {
+        match self.n.as_deref() {
+            None | Some("") => Ok(None),
+            Some(n) if n.bytes().all(|b| b.is_ascii_digit()) => {
+                // Larger than any page: as good as unlimited.
+                Ok(Some(n.parse().unwrap_or(usize::MAX)))
+            }
+            Some(_) => Err(ApiError::bad_page_size()),
+        }
+    }
+
+    /// `n` and `last` for upstream, `n` checked first.
+    fn paging(&self) -> Result<Vec<(String, String)>, ApiError> {
         let mut v = Vec::new();
-        if let Some(n) = &self.n {
-            v.push(("n".to_owned(), n.clone()));
+        if let Some(n) = self.page_size()? {
+            v.push(("n".to_owned(), n.to_string()));
         }
         if let Some(l) = &self.last {
             v.push(("last".to_owned(), l.clone()));
         }
-        v
+        Ok(v)
     }
 }
 
@@ -261,6 +275,7 @@ impl Registry {
 
     /// Answers one request. Never fails: errors become OCI error responses.
     pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<LoggedBody> {
+        self.metrics.request_started();
         let mut log = AccessLog {
             method: req.method().clone(),
             path: req
@@ -280,8 +295,11 @@ impl Registry {
             Ok(r) => r,
             Err(mut e) => {
                 if e.status == StatusCode::UNAUTHORIZED && e.realm.is_none() {
+                    let cause = e.cause.take();
                     e = self.challenge(&e.message);
+                    e.cause = cause;
                 }
+                response::log_error(&e, &log);
                 response::error(&e, head)
             }
         };
@@ -348,7 +366,10 @@ impl Registry {
         let user = self.identify(req).await?;
         log.user.clone_from(&user);
         let ParsedPath { prefix, endpoint } = path::parse(req.uri().path())?;
-        if endpoint == Endpoint::Upload || (method != Method::GET && method != Method::HEAD) {
+        if endpoint == Endpoint::Upload {
+            return Err(ApiError::no_uploads());
+        }
+        if method != Method::GET && method != Method::HEAD {
             return Err(ApiError::read_only());
         }
         let query = Query::parse(req.uri().query());
@@ -414,9 +435,10 @@ impl Registry {
             Endpoint::Blob(_, digest) => self.blob(ctx, id, &name()?, &digest).await,
             Endpoint::Tags(_) => {
                 ctx.log.cache = Some(CacheStatus::Pass);
+                let paging = ctx.query.paging()?;
                 let p = self
                     .mirror
-                    .tags(id, &name()?, &ctx.query.paging(), ctx.grant)
+                    .tags(id, &name()?, &paging, ctx.grant)
                     .await
                     .map_err(|e| from_mirror(&e, Subject::Repository))?;
                 Ok(passthrough(ctx, p))
@@ -438,7 +460,7 @@ impl Registry {
             }
             Endpoint::Catalog => self.catalog(ctx, id).await,
             // Handled in dispatch.
-            Endpoint::Ping | Endpoint::Upload => Err(ApiError::read_only()),
+            Endpoint::Ping | Endpoint::Upload => Err(ApiError::no_uploads()),
         }
     }
 
@@ -473,10 +495,12 @@ impl Registry {
         set(&mut r, header::ETAG, &format!("\"{}\"", m.digest));
         r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
         if m.status == CacheStatus::Stale {
+            // The OCI spec's form of a warning (code 299, agent `-`), which
+            // clients surface to their users.
             set(
                 &mut r,
                 header::WARNING,
-                "110 mirrorgate \"upstream unreachable: tag served from cache\"",
+                "299 - \"upstream unreachable: tag served from cache, it may be stale\"",
             );
         }
         Ok(r)
@@ -566,13 +590,13 @@ impl Registry {
         ctx: &mut Ctx<'_>,
         id: &UpstreamId,
     ) -> Result<Response<Body>, ApiError> {
+        let n = ctx.query.page_size()?;
         ctx.log.cache = Some(CacheStatus::Hit);
         let repos = self
             .mirror
             .catalog(id)
             .await
             .map_err(|e| from_mirror(&e, Subject::Repository))?;
-        let n = ctx.query.n.as_deref().and_then(|n| n.parse::<usize>().ok());
         // Only what this client could pull: admitted repositories, and
         // private ones for authenticated clients.
         let rules = self.policy.rules.get(id);
@@ -701,7 +725,20 @@ mod tests {
         let q = Query::parse(Some("ns=docker.io&n=10&last=a%2Fb&x=1&artifactType=t"));
         assert_eq!(q.ns.as_deref(), Some("docker.io"));
         assert_eq!(q.last.as_deref(), Some("a/b"));
-        assert_eq!(q.paging().len(), 2);
+        assert_eq!(q.paging().unwrap().len(), 2);
         assert_eq!(q.artifact_type.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn page_sizes() {
+        let n = |q: &str| Query::parse(Some(q)).page_size().map_err(|e| e.status);
+        assert_eq!(n(""), Ok(None));
+        assert_eq!(n("n="), Ok(None));
+        assert_eq!(n("n=0"), Ok(Some(0)));
+        assert_eq!(n("n=25"), Ok(Some(25)));
+        assert_eq!(n("n=99999999999999999999999"), Ok(Some(usize::MAX)));
+        for bad in ["n=-1", "n=foo", "n=1.5", "n=%2B1", "n= 1"] {
+            assert_eq!(n(bad), Err(StatusCode::BAD_REQUEST), "{bad}");
+        }
     }
 }

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::{ServerConfig, UpstreamId};
+use crate::registry::metrics::ConnectionGuard;
 use crate::registry::{ConnInfo, Registry};
 
 /// How long in-flight requests may run after shutdown begins.
@@ -148,6 +149,8 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Counted with the slot: both live as long as the connection.
+        let slot = (slot, registry.metrics().connection_opened());
         let _ = stream.set_nodelay(true);
         let base = ConnInfo {
             peer,
@@ -170,7 +173,7 @@ async fn accept_loop(
                     let stream = match accepted {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
-                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            tracing::debug!(error = %crate::error_chain(&e), %peer, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
@@ -197,7 +200,7 @@ fn serve_conn<S>(
     registry: Arc<Registry>,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
-    slot: OwnedSemaphorePermit,
+    slot: (OwnedSemaphorePermit, ConnectionGuard),
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -214,7 +217,7 @@ fn serve_conn<S>(
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(error = %e, %peer, "connection ended with an error");
+            tracing::debug!(error = %crate::error_chain(&*e), %peer, "connection ended with an error");
         }
         drop(slot);
     });

@@ -108,8 +108,29 @@ pub struct BlobStore {
     approx_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Wakes the eviction task when a commit crosses `max_size`.
     over_budget: Arc<tokio::sync::Notify>,
+    /// Eviction passes asked for by commits, and the last one answered.
+    eviction: Arc<EvictionProgress>,
     /// Digests fetched for private repositories.
     private: Arc<PrivateMarks>,
+}
+
+/// Counts the eviction passes commits asked for and the ones done, so that
+/// a caller can wait until eviction has caught up ([`BlobStore::evicted`]).
+#[derive(Debug)]
+struct EvictionProgress {
+    /// Passes asked for (one per commit that left the store over budget).
+    asked: std::sync::atomic::AtomicU64,
+    /// The value of `asked` that the last finished pass had seen.
+    done: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for EvictionProgress {
+    fn default() -> Self {
+        Self {
+            asked: Default::default(),
+            done: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 /// Refresh a served blob's last-access time at most this often.
@@ -151,6 +172,7 @@ impl BlobStore {
             max_size: None,
             approx_bytes: Arc::new(std::sync::atomic::AtomicU64::new(bytes)),
             over_budget: Arc::default(),
+            eviction: Arc::default(),
             private: Arc::new(private),
         })
     }
@@ -187,8 +209,23 @@ impl BlobStore {
             .fetch_add(size, std::sync::atomic::Ordering::Relaxed)
             + size;
         if self.max_size.is_some_and(|m| now > m) {
+            self.eviction
+                .asked
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.over_budget.notify_one();
         }
+    }
+
+    /// Waits until eviction has answered every commit so far that left the
+    /// store over budget. Needs the task of [`Self::spawn_evictor`].
+    pub async fn evicted(&self) {
+        let want = self
+            .eviction
+            .asked
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let mut done = self.eviction.done.subscribe();
+        // The sender lives in `self`, so the channel cannot close here.
+        let _ = done.wait_for(|d| *d >= want).await;
     }
 
     /// One eviction pass: when blobs exceed `max_size`, deletes the least
@@ -211,9 +248,16 @@ impl BlobStore {
         let store = self.clone();
         Some(tokio::spawn(async move {
             loop {
+                // Read before the pass: a commit during the pass asks again
+                // (and leaves a wake-up), so it gets a pass of its own.
+                let asked = store
+                    .eviction
+                    .asked
+                    .load(std::sync::atomic::Ordering::SeqCst);
                 if let Err(e) = store.evict_once().await {
                     tracing::error!(error = %crate::error_chain(&e), "eviction failed");
                 }
+                store.eviction.done.send_replace(asked);
                 let _ = tokio::time::timeout(
                     std::time::Duration::from_secs(60),
                     store.over_budget.notified(),

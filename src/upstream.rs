@@ -19,7 +19,6 @@ pub mod breaker;
 mod error;
 
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -31,9 +30,12 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-pub use error::Error;
+pub use error::{Error, TimeoutPhase};
+
+use self::error::Timeouts;
 
 use self::auth::{Scheme, TokenCache};
+use crate::clock::SharedClock;
 use crate::config::{Credentials, UpstreamConfig, UpstreamId};
 use crate::oci::{AcceptClass, Digest, MediaType, Reference, RepoName};
 
@@ -113,11 +115,15 @@ pub struct Passthrough {
 pub struct UpstreamClient {
     id: UpstreamId,
     base: String,
+    /// `host[:port]` of `base`, for error messages.
+    host: Arc<str>,
     http: reqwest::Client,
     credentials: Option<Credentials>,
     scheme: RwLock<Option<Scheme>>,
     tokens: TokenCache,
     breaker: breaker::Breaker,
+    timeouts: Timeouts,
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -157,6 +163,15 @@ fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, Error> {
     Ok(tls)
 }
 
+/// `host[:port]` of a URL, the port only when the URL names one.
+fn url_authority(u: &url::Url) -> String {
+    let host = u.host_str().unwrap_or_default();
+    match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    }
+}
+
 fn header_str(h: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
@@ -170,8 +185,9 @@ fn header_digest(h: &HeaderMap) -> Option<Digest> {
 }
 
 impl UpstreamClient {
-    /// Builds the client (no network I/O).
-    pub fn build(cfg: &UpstreamConfig) -> Result<Self, Error> {
+    /// Builds the client (no network I/O). `clock` times the breaker's
+    /// backoff and bearer token expiry.
+    pub fn build(cfg: &UpstreamConfig, clock: SharedClock) -> Result<Self, Error> {
         let mut builder = reqwest::Client::builder();
         if let (Some(host), false) = (cfg.url.host_str(), cfg.connect_to.is_empty()) {
             builder = builder.resolve_to_addrs(host, &cfg.connect_to);
@@ -189,6 +205,7 @@ impl UpstreamClient {
         Ok(Self {
             id: cfg.id.clone(),
             base: cfg.url.as_str().trim_end_matches('/').to_owned(),
+            host: url_authority(&cfg.url).into(),
             http,
             credentials: cfg.credentials.clone(),
             scheme: RwLock::new(None),
@@ -198,12 +215,22 @@ impl UpstreamClient {
                 backoff: cfg.breaker_backoff,
                 max_backoff: cfg.breaker_backoff.max(std::time::Duration::from_secs(60)),
             }),
+            timeouts: Timeouts {
+                connect: cfg.connect_timeout,
+                read: cfg.read_timeout,
+            },
+            clock,
         })
     }
 
     /// The upstream's name.
     pub fn id(&self) -> &UpstreamId {
         &self.id
+    }
+
+    /// `host[:port]` of the upstream's URL (without credentials or path).
+    pub fn host(&self) -> &Arc<str> {
+        &self.host
     }
 
     fn url(&self, repo: &RepoName, tail: &str) -> Result<url::Url, Error> {
@@ -241,7 +268,7 @@ impl UpstreamClient {
                     .await
                     .map_err(|e| match &*e {
                         Error::Unauthorized => Error::Unauthorized,
-                        other => Error::Protocol(format!("token request failed: {other}")),
+                        _ => Error::Token(e),
                     })?;
                 auth::bearer_header(&token).map(Some)
             }
@@ -266,16 +293,16 @@ impl UpstreamClient {
         if let Some(c) = &self.credentials {
             req = req.header(AUTHORIZATION, auth::basic_header(c)?);
         }
-        let resp = req.send().await.map_err(Error::from_reqwest)?;
+        let resp = req.send().await.map_err(|e| self.timeouts.classify(e))?;
         match resp.status() {
             s if s.is_success() => {
-                let body = read_limited(resp, MAX_METADATA_BYTES).await?;
-                let token = auth::parse_token(&body, SystemTime::now())?;
+                let body = read_limited(resp, MAX_METADATA_BYTES, self.timeouts).await?;
+                let token = auth::parse_token(&body, self.clock.now())?;
                 tracing::debug!(upstream = %self.id, scope, ttl_s = token.ttl.as_secs(), "fetched bearer token");
                 Ok(Arc::new(token))
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Error::Unauthorized),
-            _ => Err(status_error(resp).await),
+            _ => Err(status_error(resp, self.timeouts).await),
         }
     }
 
@@ -293,8 +320,7 @@ impl UpstreamClient {
         repo: &RepoName,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, Error> {
-        use std::time::Instant;
-        if self.breaker.admit(Instant::now()) == breaker::Admit::Reject {
+        if self.breaker.admit(self.clock.instant()) == breaker::Admit::Reject {
             return Err(Error::CircuitOpen);
         }
         let result = self.send_authorized(method, url, repo, headers).await;
@@ -302,7 +328,7 @@ impl UpstreamClient {
             Ok(r) => !(r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS),
             Err(e) => !e.is_unavailable(),
         };
-        self.breaker.record(ok, Instant::now());
+        self.breaker.record(ok, self.clock.instant());
         result
     }
 
@@ -326,7 +352,7 @@ impl UpstreamClient {
             if let Some(a) = &authz {
                 req = req.header(AUTHORIZATION, a.clone());
             }
-            let resp = req.send().await.map_err(Error::from_reqwest)?;
+            let resp = req.send().await.map_err(|e| self.timeouts.classify(e))?;
             if resp.status() != StatusCode::UNAUTHORIZED || retried {
                 return Ok(resp);
             }
@@ -365,7 +391,7 @@ impl UpstreamClient {
         if resp.status().is_success() {
             Ok(resp)
         } else {
-            Err(status_error(resp).await)
+            Err(status_error(resp, self.timeouts).await)
         }
     }
 
@@ -414,7 +440,7 @@ impl UpstreamClient {
         let media_type =
             MediaType::new(header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default());
         let digest_header = header_digest(resp.headers());
-        let bytes = read_limited(resp, MAX_METADATA_BYTES).await?;
+        let bytes = read_limited(resp, MAX_METADATA_BYTES, self.timeouts).await?;
         Ok(Manifest {
             bytes,
             media_type,
@@ -441,9 +467,10 @@ impl UpstreamClient {
             .send_ok(Method::GET, url, repo, HeaderMap::new())
             .await?;
         let size = header_len(resp.headers());
+        let timeouts = self.timeouts;
         let body = resp
             .bytes_stream()
-            .map(|r| r.map_err(Error::from_reqwest))
+            .map(move |r| r.map_err(|e| timeouts.classify(e)))
             .boxed();
         Ok(BlobStream { size, body })
     }
@@ -487,7 +514,7 @@ impl UpstreamClient {
         if let Some(v) = h.get("oci-filters-applied") {
             headers.insert("oci-filters-applied", v.clone());
         }
-        let body = read_limited(resp, MAX_METADATA_BYTES).await?;
+        let body = read_limited(resp, MAX_METADATA_BYTES, self.timeouts).await?;
         Ok(Passthrough {
             status,
             content_type,
@@ -499,16 +526,20 @@ impl UpstreamClient {
 }
 
 /// Reads a whole body, refusing more than `limit` bytes.
-async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes, Error> {
+async fn read_limited(
+    resp: reqwest::Response,
+    limit: usize,
+    timeouts: Timeouts,
+) -> Result<Bytes, Error> {
     if header_len(resp.headers()).is_some_and(|n| n > limit as u64) {
-        return Err(Error::TooLarge);
+        return Err(Error::TooLarge { limit });
     }
     let mut buf = BytesMut::new();
     let mut s = resp.bytes_stream();
     while let Some(chunk) = s.next().await {
-        let chunk = chunk.map_err(Error::from_reqwest)?;
+        let chunk = chunk.map_err(|e| timeouts.classify(e))?;
         if buf.len() + chunk.len() > limit {
-            return Err(Error::TooLarge);
+            return Err(Error::TooLarge { limit });
         }
         buf.extend_from_slice(&chunk);
     }
@@ -517,10 +548,12 @@ async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes, Er
 
 /// Turns a non-success response into [`Error::Status`], keeping the OCI
 /// error code of a JSON body and `Retry-After`.
-async fn status_error(resp: reqwest::Response) -> Error {
+async fn status_error(resp: reqwest::Response, timeouts: Timeouts) -> Error {
     let status = resp.status().as_u16();
     let retry_after = header_str(resp.headers(), RETRY_AFTER).map(str::to_owned);
-    let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+    let body = read_limited(resp, MAX_ERROR_BODY, timeouts)
+        .await
+        .unwrap_or_default();
     let first = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("errors")?.get(0).cloned());

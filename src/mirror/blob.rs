@@ -280,7 +280,11 @@ impl Mirror {
         if grant.fetch == Fetch::CacheOnly {
             return Err(Error::NotCached);
         }
-        let head = up.client.head_blob(repo, digest).await?;
+        let head = up
+            .client
+            .head_blob(repo, digest)
+            .await
+            .map_err(|e| up.fail(e))?;
         Ok(BlobHead {
             size: head.size,
             status: CacheStatus::Miss,
@@ -386,8 +390,17 @@ impl FillTask {
                 FillState::Done { size }
             }
             Err(e) => {
-                tracing::warn!(upstream = %self.up.config.id, repo = %self.repo, digest = %self.digest,
-                    error = %crate::error_chain(&e), "blob download failed; nothing stored");
+                // Before streaming began, every waiting request gets this
+                // error as its response and logs it there; after, their
+                // bodies just break off, so this is the one place to say why.
+                let started = !matches!(*self.fill.state.borrow(), FillState::Starting);
+                if started {
+                    tracing::warn!(repo = %self.repo, digest = %self.digest,
+                        error = %crate::error_chain(&e), "blob download failed midway; nothing stored");
+                } else {
+                    tracing::debug!(repo = %self.repo, digest = %self.digest,
+                        error = %crate::error_chain(&e), "blob download failed; nothing stored");
+                }
                 FillState::Failed(e)
             }
         };
@@ -404,7 +417,12 @@ impl FillTask {
     /// at once; one batch at a time is hashed and written on the blocking
     /// pool while the next one arrives.
     async fn download(&self) -> Result<(u64, bool), Error> {
-        let resp = self.up.client.get_blob(&self.repo, &self.digest).await?;
+        let resp = self
+            .up
+            .client
+            .get_blob(&self.repo, &self.digest)
+            .await
+            .map_err(|e| self.up.fail(e))?;
         let size = resp.size;
         let mut sink = match self.store.writer(&self.digest).await {
             Ok(writer) => match writer.open_reader() {
@@ -424,22 +442,16 @@ impl FillTask {
         let mut received = 0u64;
         let mut on_disk = 0u64;
         while let Some(first) = body.next().await {
-            let mut batch = vec![first.map_err(|_| Error::Interrupted)?];
-            let mut n = batch[0].len();
-            while n < WRITE_BATCH {
-                match body.next().now_or_never() {
-                    Some(Some(Ok(c))) => {
-                        n += c.len();
-                        batch.push(c);
-                    }
-                    Some(Some(Err(_))) => return Err(Error::Interrupted),
-                    _ => break,
+            let batch = match self.gather(first, &mut body, size, received) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Let a write in progress finish and drop its writer, so
+                    // the temporary file is gone once this task is.
+                    let _ = self.settle(sink, &mut on_disk).await;
+                    return Err(e);
                 }
-            }
-            if size.is_some_and(|s| received + n as u64 > s) {
-                // More bytes than upstream announced: not the blob we want.
-                return Err(Error::Interrupted);
-            }
+            };
+            let n: usize = batch.iter().map(Bytes::len).sum();
             {
                 let mut window = self.lock_window();
                 batch.iter().for_each(|c| window.push(c.clone()));
@@ -515,6 +527,34 @@ impl FillTask {
                 }
             }
         }
+    }
+
+    /// `first` and whatever else upstream has ready now, up to
+    /// `WRITE_BATCH` bytes, refusing more bytes than upstream announced.
+    fn gather(
+        &self,
+        first: Result<Bytes, crate::upstream::Error>,
+        body: &mut BoxStream<'static, Result<Bytes, crate::upstream::Error>>,
+        size: Option<u64>,
+        received: u64,
+    ) -> Result<Vec<Bytes>, Error> {
+        let mut batch = vec![first.map_err(|e| self.up.fail(e))?];
+        let mut n = batch[0].len();
+        while n < WRITE_BATCH {
+            match body.next().now_or_never() {
+                Some(Some(Ok(c))) => {
+                    n += c.len();
+                    batch.push(c);
+                }
+                Some(Some(Err(e))) => return Err(self.up.fail(e)),
+                _ => break,
+            }
+        }
+        if size.is_some_and(|s| received + n as u64 > s) {
+            // More bytes than upstream announced: not the blob we want.
+            return Err(Error::Interrupted);
+        }
+        Ok(batch)
     }
 
     /// Waits for the batch being written, if any: the sink is then ready

@@ -1,11 +1,9 @@
 //! Manifests: tag resolution with TTL + HEAD revalidation, and immutable
 //! manifests by digest.
 
+use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
-
-use bytes::Bytes;
 
 use super::{CacheStatus, Error, Fetch, Grant, Mirror, Upstream};
 use crate::cache::{Key, ManifestEntry, TagEntry, Value};
@@ -158,7 +156,8 @@ impl Mirror {
             let m = up
                 .client
                 .get_manifest(repo, &Reference::Digest(digest.clone()), AcceptClass::all_modern())
-                .await?;
+                .await
+                .map_err(|e| up.fail(e))?;
             if !digest.verify(&m.bytes) {
                 tracing::warn!(upstream = %up.config.id, %repo, %digest, "manifest does not match its digest");
                 return Err(Error::Corrupt {
@@ -213,7 +212,7 @@ impl Mirror {
         let entry = |record, stale| Arc::new(TagEntry { record, ttl, stale });
         let disk = self.store.tag(key).await?;
         if let Some(rec) = &disk
-            && rec.age(SystemTime::now()) < ttl
+            && rec.age(self.clock.now()) < ttl
         {
             return Ok(entry(rec.clone(), false));
         }
@@ -230,7 +229,7 @@ impl Mirror {
             Ok(head) => match head.digest {
                 Some(d) if d == old.digest => {
                     let rec = TagRecord {
-                        checked_at_ms: tags_epoch_ms(SystemTime::now()),
+                        checked_at_ms: tags_epoch_ms(self.clock.now()),
                         ..old
                     };
                     best_effort(&rec.digest, self.store.put_tag(key, &rec).await);
@@ -243,7 +242,7 @@ impl Mirror {
                         digest: d,
                         media_type: m.media_type.as_str().to_owned(),
                         size: m.bytes.len() as u64,
-                        checked_at_ms: tags_epoch_ms(SystemTime::now()),
+                        checked_at_ms: tags_epoch_ms(self.clock.now()),
                     };
                     best_effort(&rec.digest, self.store.put_tag(key, &rec).await);
                     Ok(entry(rec, false))
@@ -253,18 +252,19 @@ impl Mirror {
             },
             Err(e) if e.is_not_found() => {
                 self.store.remove_tag(key).await?;
-                Err(e.into())
+                Err(up.fail(e))
             }
             // Upstream unreachable (connect error, timeout, 5xx, 429, open
             // circuit): serve the last known digest for a while.
             Err(e)
-                if e.is_unavailable() && old.age(SystemTime::now()) < ttl + self.stale_if_error =>
+                if e.is_unavailable() && old.age(self.clock.now()) < ttl + self.stale_if_error =>
             {
-                tracing::warn!(upstream = %up.config.id, repo = %key.repo, tag = %key.tag, error = %e,
+                let e = up.fail(e);
+                tracing::warn!(repo = %key.repo, tag = %key.tag, error = %crate::error_chain(&e),
                     "tag revalidation failed; serving the last known digest");
                 Ok(entry(old, true))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(up.fail(e)),
         }
     }
 
@@ -275,7 +275,8 @@ impl Mirror {
         let m = up
             .client
             .get_manifest(&key.repo, &reference, key.class)
-            .await?;
+            .await
+            .map_err(|e| up.fail(e))?;
         let digest = match &m.digest_header {
             Some(d) if d.verify(&m.bytes) => d.clone(),
             Some(d) => {
@@ -301,7 +302,7 @@ impl Mirror {
             digest: digest.clone(),
             media_type: m.media_type.as_str().to_owned(),
             size: m.bytes.len() as u64,
-            checked_at_ms: tags_epoch_ms(SystemTime::now()),
+            checked_at_ms: tags_epoch_ms(self.clock.now()),
         };
         best_effort(&digest, self.store.put_tag(key, &rec).await);
         self.cache

@@ -5,11 +5,17 @@
 //! bad) logs at debug; upstream (the registry we mirror failed) at warn;
 //! internal (our disk or a bug) at error, and the client sees a generic
 //! message without internals.
+//!
+//! The error that caused a response travels with it as [`ApiError::cause`]:
+//! never shown to the client, logged once with its whole chain (which
+//! upstream and host, and the operating system's reason) where the response
+//! is rendered (`response::error`).
 
 use http::{HeaderValue, StatusCode, header};
 
 use super::path::PathError;
 use super::route::NoRoute;
+use crate::config::UpstreamId;
 use crate::mirror;
 use crate::upstream;
 
@@ -38,8 +44,11 @@ pub enum Code {
     TooManyRequests,
     /// 502/503/504: upstream unavailable.
     Unavailable,
-    /// 416: unsatisfiable range.
+    /// 416: unsatisfiable range (distribution's code; the OCI spec lists
+    /// none for 416).
     RangeInvalid,
+    /// 400: `n` is not a non-negative integer (distribution's code).
+    PaginationNumberInvalid,
     /// 500/502: anything else.
     Unknown,
 }
@@ -60,6 +69,7 @@ impl Code {
             Self::TooManyRequests => "TOOMANYREQUESTS",
             Self::Unavailable => "UNAVAILABLE",
             Self::RangeInvalid => "RANGE_INVALID",
+            Self::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Self::Unknown => "UNKNOWN",
         }
     }
@@ -73,6 +83,7 @@ impl Code {
             "TAG_INVALID" => Self::TagInvalid,
             "DIGEST_INVALID" => Self::DigestInvalid,
             "DENIED" => Self::Denied,
+            "PAGINATION_NUMBER_INVALID" => Self::PaginationNumberInvalid,
             _ => return None,
         })
     }
@@ -101,6 +112,9 @@ pub enum Subject {
     Repository,
 }
 
+/// The underlying error of a response, for the log only.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
 /// An error ready to be rendered.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -116,6 +130,10 @@ pub struct ApiError {
     pub retry_after: Option<String>,
     /// The Basic realm of a 401's `WWW-Authenticate` challenge.
     pub realm: Option<String>,
+    /// What caused it: logged with its chain, never sent to the client.
+    pub cause: Option<Cause>,
+    /// `Allow` of a 405 (default `GET, HEAD`).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -128,7 +146,15 @@ impl ApiError {
             origin,
             retry_after: None,
             realm: None,
+            cause: None,
+            allow: None,
         }
+    }
+
+    /// The same error, caused by `cause`.
+    pub fn caused_by(mut self, cause: Cause) -> Self {
+        self.cause = Some(cause);
+        self
     }
 
     /// 401 with a Basic challenge for `realm`.
@@ -164,6 +190,25 @@ impl ApiError {
         )
     }
 
+    /// 400 for a page size `n` that is not a non-negative integer.
+    pub fn bad_page_size() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            Code::PaginationNumberInvalid,
+            Origin::Downstream,
+            "n must be a non-negative integer",
+        )
+    }
+
+    /// 405 on an upload URL: a pull-only mirror serves no method there
+    /// (an empty `Allow`, RFC 9110 section 10.2.1).
+    pub fn no_uploads() -> Self {
+        Self {
+            allow: Some(""),
+            ..Self::read_only()
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> String {
         serde_json::json!({
@@ -189,7 +234,8 @@ impl ApiError {
             h.push((header::WWW_AUTHENTICATE, v));
         }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
-            h.push((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
+            let allow = self.allow.unwrap_or("GET, HEAD");
+            h.push((header::ALLOW, HeaderValue::from_static(allow)));
         }
         h
     }
@@ -201,7 +247,7 @@ impl From<PathError> for ApiError {
             PathError::NotFound => (StatusCode::NOT_FOUND, Code::Unsupported),
             PathError::TooLong => (StatusCode::URI_TOO_LONG, Code::NameInvalid),
             PathError::Name => (StatusCode::BAD_REQUEST, Code::NameInvalid),
-            PathError::Tag => (StatusCode::BAD_REQUEST, Code::TagInvalid),
+            PathError::ImpossibleReference => (StatusCode::NOT_FOUND, Code::ManifestUnknown),
             PathError::Digest => (StatusCode::BAD_REQUEST, Code::DigestInvalid),
         };
         Self::new(status, code, Origin::Downstream, e.to_string())
@@ -227,21 +273,25 @@ fn unknown_code(subject: Subject) -> Code {
     }
 }
 
-/// Maps a mirror error for a request about `subject`.
+/// Maps a mirror error for a request about `subject`. The error itself
+/// becomes the cause.
 pub fn from_mirror(e: &mirror::Error, subject: Subject) -> ApiError {
     use mirror::Error as M;
-    let up = |status, code, msg: &str| ApiError::new(status, code, Origin::Upstream, msg);
-    match e {
-        M::Upstream(u) => from_upstream(u, subject),
+    let cause: Cause = std::sync::Arc::new(e.clone());
+    let up = |status, code, msg: String| ApiError::new(status, code, Origin::Upstream, msg);
+    let api = match e {
+        M::Upstream {
+            upstream, source, ..
+        } => from_upstream(upstream, source, subject),
         M::Corrupt { expected } => up(
             StatusCode::BAD_GATEWAY,
             Code::Unknown,
-            &format!("upstream sent content that does not match {expected}; nothing was stored"),
+            format!("upstream sent content that does not match {expected}; nothing was stored"),
         ),
         M::Interrupted => up(
             StatusCode::BAD_GATEWAY,
             Code::Unavailable,
-            "the upstream transfer broke off; nothing was stored",
+            "the upstream transfer broke off; nothing was stored".into(),
         ),
         M::Store(_) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -261,10 +311,13 @@ pub fn from_mirror(e: &mirror::Error, subject: Subject) -> ApiError {
             Origin::Internal,
             format!("no upstream {id}"),
         ),
-    }
+    };
+    api.caused_by(cause)
 }
 
-fn from_upstream(e: &upstream::Error, subject: Subject) -> ApiError {
+/// Maps what `upstream` (by name) answered or how reaching it failed. The
+/// message names the upstream but none of its internals.
+fn from_upstream(upstream: &UpstreamId, e: &upstream::Error, subject: Subject) -> ApiError {
     use upstream::Error as U;
     let up = |status, code, msg: String| ApiError::new(status, code, Origin::Upstream, msg);
     match e {
@@ -276,69 +329,90 @@ fn from_upstream(e: &upstream::Error, subject: Subject) -> ApiError {
         } => {
             let upstream_code = code.as_deref().and_then(Code::from_upstream);
             match *status {
-                404 => up(
+                // Not a failure: what the client asked for does not exist.
+                404 => ApiError::new(
                     StatusCode::NOT_FOUND,
                     upstream_code.unwrap_or_else(|| unknown_code(subject)),
+                    Origin::Downstream,
                     format!("{} not found upstream", subject_name(subject)),
                 ),
                 // Docker Hub answers 401 for repositories that do not exist.
-                401 => up(
+                401 => ApiError::new(
                     StatusCode::NOT_FOUND,
                     Code::NameUnknown,
-                    "repository does not exist upstream or requires authorization".into(),
+                    Origin::Downstream,
+                    "repository does not exist upstream or requires authorization",
                 ),
                 403 => up(
                     StatusCode::FORBIDDEN,
                     Code::Denied,
-                    "upstream denied access".into(),
+                    format!("upstream {upstream} denied access"),
                 ),
                 429 => ApiError {
                     retry_after: retry_after.clone(),
                     ..up(
                         StatusCode::TOO_MANY_REQUESTS,
                         Code::TooManyRequests,
-                        "upstream rate limit reached".into(),
+                        format!("upstream {upstream} rate limit reached"),
                     )
                 },
+                // The client's own query (tags/list `n`, `last`) was refused.
+                400 if subject == Subject::Repository => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    upstream_code.unwrap_or(Code::Unknown),
+                    Origin::Downstream,
+                    format!("upstream {upstream} refused the request as invalid"),
+                ),
                 s if (400..500).contains(&s) => up(
                     StatusCode::BAD_GATEWAY,
                     Code::Unknown,
-                    format!("upstream rejected the request with status {s}"),
+                    format!("upstream {upstream} rejected the request with status {s}"),
                 ),
                 s => up(
                     StatusCode::BAD_GATEWAY,
                     Code::Unavailable,
-                    format!("upstream failed with status {s}"),
+                    format!("upstream {upstream} failed with status {s}"),
                 ),
             }
         }
-        U::Unauthorized => up(
+        U::Unauthorized => ApiError::new(
             StatusCode::NOT_FOUND,
             Code::NameUnknown,
-            "repository does not exist upstream or requires authorization".into(),
+            Origin::Downstream,
+            "repository does not exist upstream or requires authorization",
         ),
-        U::Timeout(_) => up(
+        U::Timeout { .. } => up(
             StatusCode::GATEWAY_TIMEOUT,
             Code::Unavailable,
-            "upstream timed out".into(),
+            format!("upstream {upstream} timed out"),
         ),
         U::CircuitOpen => ApiError {
             retry_after: Some("5".into()),
             ..up(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Code::Unavailable,
-                "upstream is down and this is not cached; failing fast".into(),
+                format!("upstream {upstream} is down and this is not cached; failing fast"),
             )
         },
         U::Connect(_) => up(
             StatusCode::SERVICE_UNAVAILABLE,
             Code::Unavailable,
-            "upstream unreachable".into(),
+            format!("upstream {upstream} is unreachable"),
         ),
-        _ => up(
+        U::Token(inner) if inner.is_unavailable() => up(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            format!("upstream {upstream}'s token service is unreachable"),
+        ),
+        U::Body(_) | U::Transport(_) => up(
+            StatusCode::BAD_GATEWAY,
+            Code::Unavailable,
+            format!("the transfer from upstream {upstream} broke off; nothing was stored"),
+        ),
+        U::Build(_) | U::TooLarge { .. } | U::Protocol(_) | U::Token(_) => up(
             StatusCode::BAD_GATEWAY,
             Code::Unknown,
-            "upstream sent an invalid response".into(),
+            format!("upstream {upstream} sent an invalid response"),
         ),
     }
 }

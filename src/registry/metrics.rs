@@ -3,6 +3,7 @@
 //! relaxed increments per request.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::mirror::CacheStatus;
@@ -20,11 +21,52 @@ pub struct Metrics {
     by_class: [AtomicU64; 4],
     bytes_sent: AtomicU64,
     aborted: AtomicU64,
+    /// Requests started and not yet [`record`](Self::record)ed.
+    in_flight: AtomicU64,
+    /// Client connections accepted and not yet closed.
+    connections: Arc<AtomicU64>,
+}
+
+/// Counts one open client connection until dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<AtomicU64>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Metrics {
-    /// Records one finished response.
+    /// Counts a request as in flight until its response is
+    /// [`record`](Self::record)ed.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// Requests being answered now (their response bodies not yet done).
+    pub fn requests_in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Counts an accepted client connection while the guard lives.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.connections.fetch_add(1, Relaxed);
+        ConnectionGuard(self.connections.clone())
+    }
+
+    /// Client connections open now.
+    pub fn connections_open(&self) -> u64 {
+        self.connections.load(Relaxed)
+    }
+
+    /// Records one finished response (of a request counted by
+    /// [`request_started`](Self::request_started)).
     pub fn record(&self, cache: Option<CacheStatus>, status: u16, bytes: u64, complete: bool) {
+        // Saturating: a response recorded without a start never wraps.
+        let _ = self
+            .in_flight
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
         let outcome = match cache {
             Some(CacheStatus::Hit) => 0,
             Some(CacheStatus::Miss) => 1,
@@ -87,6 +129,16 @@ impl Metrics {
             "mirrorgate_responses_aborted_total {}",
             self.aborted.load(Relaxed)
         );
+        s.push_str("# HELP mirrorgate_requests_in_flight Requests being answered (until their response body is done).\n");
+        s.push_str("# TYPE mirrorgate_requests_in_flight gauge\n");
+        let _ = writeln!(
+            s,
+            "mirrorgate_requests_in_flight {}",
+            self.requests_in_flight()
+        );
+        s.push_str("# HELP mirrorgate_connections_open Client connections open (TLS handshakes included).\n");
+        s.push_str("# TYPE mirrorgate_connections_open gauge\n");
+        let _ = writeln!(s, "mirrorgate_connections_open {}", self.connections_open());
         s.push_str("# HELP mirrorgate_store_bytes Bytes of blobs in the store (approximate).\n");
         s.push_str("# TYPE mirrorgate_store_bytes gauge\n");
         let _ = writeln!(s, "mirrorgate_store_bytes {store_bytes}");
@@ -101,6 +153,11 @@ mod tests {
     #[test]
     fn counts_and_renders() {
         let m = Metrics::default();
+        m.request_started();
+        m.request_started();
+        let conn = m.connection_opened();
+        assert_eq!((m.requests_in_flight(), m.connections_open()), (2, 1));
+        drop(conn);
         m.record(Some(CacheStatus::Stale), 200, 10, true);
         m.record(Some(CacheStatus::Hit), 206, 5, false);
         m.record(None, 404, 0, true);
@@ -116,5 +173,7 @@ mod tests {
         assert!(t.contains("mirrorgate_response_bytes_total 15\n"));
         assert!(t.contains("mirrorgate_responses_aborted_total 1\n"));
         assert!(t.contains("mirrorgate_store_bytes 42\n"));
+        assert!(t.contains("mirrorgate_requests_in_flight 0\n"), "{t}");
+        assert!(t.contains("mirrorgate_connections_open 0\n"));
     }
 }

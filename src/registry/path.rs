@@ -53,9 +53,11 @@ pub enum PathError {
     /// The repository name breaks the OCI grammar.
     #[error("invalid repository name")]
     Name,
-    /// The tag breaks the grammar.
-    #[error("invalid tag")]
-    Tag,
+    /// A manifest reference that is neither a valid tag nor a digest: no
+    /// registry can hold such a manifest, so it is answered as unknown
+    /// (the OCI conformance suite probes with `.INVALID_MANIFEST_NAME`).
+    #[error("manifest unknown: the reference is neither a valid tag nor a digest")]
+    ImpossibleReference,
     /// The digest is malformed or uses an unsupported algorithm.
     #[error("invalid digest")]
     Digest,
@@ -97,9 +99,12 @@ fn parse_endpoint(rest: &str) -> Result<Endpoint, PathError> {
     if let Some(n) = rest.strip_suffix("/tags/list") {
         return Ok(Endpoint::Tags(name(n)?));
     }
-    if let Some(i) = rest.find("/blobs/uploads") {
+    // `/blobs/uploads`, `/blobs/uploads/` or `/blobs/uploads/<id>`; a name
+    // may itself contain `blobs/uploads` (`x/blobs/uploads/manifests/1`).
+    if let Some(i) = rest.rfind("/blobs/uploads") {
         let tail = &rest[i + "/blobs/uploads".len()..];
-        if tail.is_empty() || tail.starts_with('/') {
+        let session = tail.strip_prefix('/');
+        if tail.is_empty() || session.is_some_and(|id| !id.contains('/')) {
             name(&rest[..i])?;
             return Ok(Endpoint::Upload);
         }
@@ -108,12 +113,14 @@ fn parse_endpoint(rest: &str) -> Result<Endpoint, PathError> {
     let (n, kind) = head.rsplit_once('/').ok_or(PathError::NotFound)?;
     match kind {
         "manifests" => {
+            // The name first: a bad name is the client's error to hear about.
+            let n = name(n)?;
             let reference = if last.contains(':') {
                 Reference::Digest(digest(last)?)
             } else {
-                Reference::Tag(last.parse().map_err(|_| PathError::Tag)?)
+                Reference::Tag(last.parse().map_err(|_| PathError::ImpossibleReference)?)
             };
-            Ok(Endpoint::Manifest(name(n)?, reference))
+            Ok(Endpoint::Manifest(n, reference))
         }
         "blobs" => Ok(Endpoint::Blob(name(n)?, digest(last)?)),
         "referrers" => Ok(Endpoint::Referrers(name(n)?, digest(last)?)),
@@ -154,7 +161,17 @@ mod tests {
             Ok(Endpoint::Referrers(..))
         ));
         assert_eq!(ep("/v2/a/blobs/uploads/"), Ok(Endpoint::Upload));
+        assert_eq!(ep("/v2/a/blobs/uploads"), Ok(Endpoint::Upload));
         assert_eq!(ep("/v2/a/blobs/uploads/123-456"), Ok(Endpoint::Upload));
+        assert_eq!(
+            ep("/v2/a/blobs/uploads/b/blobs/uploads/9"),
+            Ok(Endpoint::Upload)
+        );
+        // A name that contains `blobs/uploads` is still a name.
+        assert!(matches!(
+            ep("/v2/x/blobs/uploads/manifests/latest"),
+            Ok(Endpoint::Manifest(n, _)) if n.as_str() == "x/blobs/uploads"
+        ));
     }
 
     #[test]
@@ -174,10 +191,14 @@ mod tests {
         assert_eq!(ep("/"), Err(PathError::NotFound));
         assert_eq!(ep("/v3/"), Err(PathError::NotFound));
         assert_eq!(ep("/v2/a/unknown/x"), Err(PathError::NotFound));
-        assert_eq!(ep("/v2/a/manifests/"), Err(PathError::Tag));
+        assert_eq!(ep("/v2/a/manifests/"), Err(PathError::ImpossibleReference));
         assert_eq!(ep("/v2/A/manifests/latest"), Err(PathError::Name));
+        assert_eq!(ep("/v2/A/manifests/.x"), Err(PathError::Name));
         assert_eq!(ep("/v2/../etc/manifests/latest"), Err(PathError::Name));
-        assert_eq!(ep("/v2/a/manifests/.hidden"), Err(PathError::Tag));
+        assert_eq!(
+            ep("/v2/a/manifests/.INVALID_MANIFEST_NAME"),
+            Err(PathError::ImpossibleReference)
+        );
         assert_eq!(ep("/v2/a/blobs/sha256:1234"), Err(PathError::Digest));
         assert_eq!(ep("/v2/a/blobs/latest"), Err(PathError::Digest));
         assert_eq!(ep("/v2/a%2fb/manifests/latest"), Err(PathError::Name));

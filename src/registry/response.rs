@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 
 use super::Body;
+use super::access_log::AccessLog;
 use super::error::{ApiError, Origin};
 
 /// `Docker-Distribution-API-Version`, sent on every response.
@@ -56,20 +57,31 @@ pub fn json(status: StatusCode, body: String, head: bool) -> Response<Body> {
     r
 }
 
-/// Renders an error as the OCI envelope, and logs it once at the level its
-/// origin calls for.
-pub fn error(e: &ApiError, head: bool) -> Response<Body> {
+/// Logs an error response once, at the level its origin calls for, with
+/// the request it answered and the whole chain of its cause.
+pub fn log_error(e: &ApiError, req: &AccessLog) {
+    let cause = e
+        .cause
+        .as_deref()
+        .map(|c| crate::error_chain(c as &dyn std::error::Error));
+    let cause = cause.as_deref().unwrap_or("-");
+    let (method, path) = (&req.method, &req.path);
+    let upstream = req.upstream.as_deref().unwrap_or("-");
+    let code = e.code.as_str();
+    let status = e.status.as_u16();
+    // `reply` is what the client was told; `error` is why, for operators.
     match e.origin {
-        Origin::Downstream => {
-            tracing::debug!(code = e.code.as_str(), message = %e.message, "bad request")
-        }
-        Origin::Upstream => {
-            tracing::warn!(code = e.code.as_str(), message = %e.message, "upstream error")
-        }
-        Origin::Internal => {
-            tracing::error!(code = e.code.as_str(), message = %e.message, "internal error")
-        }
+        Origin::Downstream => tracing::debug!(%method, %path, %upstream, status, code,
+            reply = %e.message, error = cause, "request refused"),
+        Origin::Upstream => tracing::warn!(%method, %path, %upstream, status, code,
+            reply = %e.message, error = cause, "upstream error"),
+        Origin::Internal => tracing::error!(%method, %path, %upstream, status, code,
+            reply = %e.message, error = cause, "internal error"),
     }
+}
+
+/// Renders an error as the OCI envelope (logging is [`log_error`]'s job).
+pub fn error(e: &ApiError, head: bool) -> Response<Body> {
     let mut r = json(e.status, e.body(), head);
     for (k, v) in e.headers() {
         r.headers_mut().insert(k, v);

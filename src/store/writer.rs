@@ -125,6 +125,12 @@ impl BlobWriter {
                 )));
             }
         };
+        // The commit is the blob's first access for LRU eviction. The
+        // kernel stamps writes from a coarse clock (one tick is several
+        // milliseconds), so blobs committed in the same tick would tie;
+        // a precise stamp keeps their order. Best effort, like every access
+        // time: a failure only makes eviction less exact.
+        let _ = file.set_modified(std::time::SystemTime::now());
         file.sync_all().map_err(Error::io("fsync", &self.tmp))?;
         drop(file);
         rename_into_place(&self.tmp, &self.layout.blob(&self.digest))?;

@@ -111,6 +111,11 @@ impl SniResolver {
     /// The certificate for `name` (`""` = no SNI), issuing or renewing it
     /// when needed.
     fn get_or_issue(&self, name: &str) -> Result<Arc<CertifiedKey>, Error> {
+        self.get_or_issue_at(name, SystemTime::now())
+    }
+
+    /// [`Self::get_or_issue`] as of `now`.
+    fn get_or_issue_at(&self, name: &str, now: SystemTime) -> Result<Arc<CertifiedKey>, Error> {
         let Source::Ca {
             ca,
             ips,
@@ -121,7 +126,6 @@ impl SniResolver {
         else {
             return Err(Error::BadPem(Default::default()));
         };
-        let now = SystemTime::now();
         if let Some(i) = issued.read().unwrap_or_else(|p| p.into_inner()).get(name)
             && i.renew_at > now
         {
@@ -187,16 +191,23 @@ mod tests {
             ca,
             vec!["a.test".into()],
             vec![IpAddr::from([127, 0, 0, 1])],
-            Duration::from_secs(3),
+            Duration::from_secs(3600),
         )
         .unwrap();
-        let first = r.get_or_issue("a.test").unwrap();
+        let t0 = SystemTime::now();
+        let first = r.get_or_issue_at("a.test", t0).unwrap();
         assert!(
-            Arc::ptr_eq(&first, &r.get_or_issue("a.test").unwrap()),
+            Arc::ptr_eq(&first, &r.get_or_issue_at("a.test", t0).unwrap()),
             "cached while fresh"
         );
-        std::thread::sleep(Duration::from_millis(2100));
-        let renewed = r.get_or_issue("a.test").unwrap();
+        let later = t0 + Duration::from_secs(2300);
+        assert!(
+            Arc::ptr_eq(&first, &r.get_or_issue_at("a.test", later).unwrap()),
+            "cached until two thirds of its validity"
+        );
+        let renewed = r
+            .get_or_issue_at("a.test", t0 + Duration::from_secs(2401))
+            .unwrap();
         assert!(
             !Arc::ptr_eq(&first, &renewed),
             "renewed after two thirds of its validity"

@@ -13,8 +13,9 @@ async fn eight_concurrent_cold_blob_requests_cause_one_upstream_get() {
     let img = docker_image(20, &[2 * 1024 * 1024]);
     up.add_image("library/co", "1", &img);
     let layer = img.layers[0].clone();
-    // Stream slowly, so every request arrives while the download runs.
-    up.throttle_blobs(64 * 1024, Duration::from_millis(20));
+    // Upstream sends the first part, then waits until all eight requests
+    // are in the mirror, so every one of them meets the running download.
+    let gate = up.hold_blobs_after(64 * 1024);
     let dir = tempfile::tempdir().unwrap();
     let gw = single(&up, dir.path(), "").await;
     let c = client();
@@ -28,10 +29,13 @@ async fn eight_concurrent_cold_blob_requests_cause_one_upstream_get() {
             r.bytes().await.unwrap()
         }));
     }
+    gw.wait_in_flight(8).await;
+    gate.release();
     for t in tasks {
         assert_eq!(t.await.unwrap(), layer.bytes);
     }
     assert_eq!(up.count("GET", "/blobs/"), 1, "exactly one upstream GET");
+    gw.settle().await;
     assert_store_verified(dir.path());
     gw.stop().await;
 }
@@ -100,17 +104,12 @@ async fn caching_finishes_when_the_first_client_disconnects() {
     drop(s); // the client goes away mid-download
     gate.release();
     // The download completes in the background and lands in the store.
+    gw.settle().await;
     let stored = dir
         .path()
         .join("blobs/sha256")
         .join(&layer.digest[7..9])
         .join(&layer.digest[7..]);
-    for _ in 0..200 {
-        if stored.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
     assert!(stored.exists(), "blob cached after the client left");
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(r.bytes().await.unwrap(), layer.bytes);
@@ -148,7 +147,7 @@ async fn concurrent_cold_manifest_requests_cause_one_upstream_get() {
             }));
         }
         gate.wait_for_requests(1).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        gw.wait_in_flight(8).await;
         gate.release();
         for t in tasks {
             assert_eq!(t.await.unwrap(), want.manifest.bytes);

@@ -1,8 +1,6 @@
 //! Bounded disk: least-recently-used eviction under `[storage] max_size`,
 //! never evicting a blob that is being served.
 
-use std::time::Duration;
-
 use futures_util::StreamExt;
 
 use crate::support::image::docker_image;
@@ -15,14 +13,11 @@ fn stored(root: &std::path::Path) -> u64 {
         .sum()
 }
 
-async fn settle(root: &std::path::Path, max: u64) {
-    for _ in 0..200 {
-        if stored(root) <= max {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("store stayed over its budget: {} > {max}", stored(root));
+fn is_stored(root: &std::path::Path, digest: &str) -> bool {
+    root.join("blobs/sha256")
+        .join(&digest[7..9])
+        .join(&digest[7..])
+        .exists()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,27 +36,34 @@ async fn eviction_keeps_the_store_under_max_size_by_last_access() {
     )
     .await;
     let c = client();
-    for l in &img.layers {
+    for (i, l) in img.layers.iter().enumerate() {
         let r = c
             .get(format!("{}/v2/library/d/blobs/{}", gw.url(0), l.digest))
             .send()
             .await
             .unwrap();
         assert_eq!(r.bytes().await.unwrap(), l.bytes);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Committed, and evicted down to 90% of the budget if it went over.
+        gw.settle().await;
+        assert!(
+            stored(dir.path()) <= MIB as u64,
+            "over budget after blob {i}"
+        );
+        assert!(is_stored(dir.path(), &l.digest), "blob {i} just committed");
     }
-    settle(dir.path(), MIB as u64).await;
     assert_store_verified(dir.path());
-    // The most recent survive, the oldest went first.
-    let present = |d: &str| {
-        dir.path()
-            .join("blobs/sha256")
-            .join(&d[7..9])
-            .join(&d[7..])
-            .exists()
-    };
-    assert!(present(&img.layers[7].digest));
-    assert!(!present(&img.layers[0].digest));
+    // 256 KiB blobs under 1 MiB: the 5th commit evicts the two oldest (down
+    // to 0.9 MiB), the 7th the next two. The most recent four survive.
+    let present: Vec<bool> = img
+        .layers
+        .iter()
+        .map(|l| is_stored(dir.path(), &l.digest))
+        .collect();
+    assert_eq!(
+        present,
+        [false, false, false, false, true, true, true, true],
+        "least recently used evicted first"
+    );
     // An evicted blob is simply fetched again.
     let r = c
         .get(format!(
@@ -111,6 +113,7 @@ async fn a_blob_being_served_is_never_evicted() {
             .len(),
         16 * MIB
     );
+    gw.settle().await;
     let slow = c.get(url(0)).send().await.unwrap();
     // B, C, D push the store to 64 MiB; eviction must skip A (the oldest).
     for i in 1..4 {
@@ -125,16 +128,16 @@ async fn a_blob_being_served_is_never_evicted() {
                 .len(),
             16 * MIB
         );
+        gw.settle().await;
     }
-    settle(dir.path(), 40 * MIB as u64).await;
-    let a = &img.layers[0].digest;
+    assert!(stored(dir.path()) <= 40 * MIB as u64, "eviction ran");
     assert!(
-        dir.path()
-            .join("blobs/sha256")
-            .join(&a[7..9])
-            .join(&a[7..])
-            .exists(),
+        is_stored(dir.path(), &img.layers[0].digest),
         "A is being served"
+    );
+    assert!(
+        !is_stored(dir.path(), &img.layers[1].digest),
+        "B, the oldest not in use, went instead"
     );
     let mut body = Vec::new();
     let mut s = slow.bytes_stream();
@@ -227,6 +230,7 @@ async fn disk_full_streams_through_without_caching() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.unwrap(), big.layers[0].bytes);
     }
+    gw.settle().await;
     // Nothing partial or corrupt was left behind, and nothing was cached.
     assert!(files_under(&data.join("tmp")).is_empty(), "temp files left");
     assert_store_verified(&data);

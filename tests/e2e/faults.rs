@@ -184,6 +184,8 @@ async fn corrupt_blob_is_not_stored_and_the_response_is_aborted() {
     let r = c.get(&url).send().await.unwrap();
     // Headers were sent (streaming), but the body must not complete.
     assert!(r.bytes().await.is_err(), "a corrupt body must not complete");
+    // The download task ends after the client's body does.
+    gw.settle().await;
     assert!(files_under(&dir.path().join("blobs")).is_empty());
     assert!(files_under(&dir.path().join("tmp")).is_empty());
     // The next request tries again (nothing cached), and fails the same way.
@@ -215,6 +217,8 @@ async fn truncated_upstream_stream_is_not_stored() {
     if let Ok(b) = r.bytes().await {
         panic!("truncated body completed with {} bytes", b.len());
     }
+    // The download task ends after the client's body does.
+    gw.settle().await;
     assert!(files_under(&dir.path().join("blobs")).is_empty());
     assert!(files_under(&dir.path().join("tmp")).is_empty());
     gw.stop().await;

@@ -72,10 +72,9 @@ async fn two_hundred_clients_mixed_cached_and_cold() {
         images.push(img);
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), port, &up.url());
-    let mirror = spawn(&cfg, port).await;
-    let base = format!("http://127.0.0.1:{port}");
+    let cfg = write_config(dir.path(), &up.url(), "");
+    let mirror = spawn(&cfg).await;
+    let base = mirror.url();
     let idle_kib = mirror.status_kib("VmRSS");
 
     // Half the images are cached before the load starts.

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use mirrorgate::clock::ManualClock;
+
 use crate::support::image::docker_image;
 use crate::support::*;
 
@@ -20,15 +22,18 @@ async fn cached_images_pull_with_upstream_down_across_a_restart() {
     let img = docker_image(70, &[5000]);
     up.add_image("library/off", "1", &img);
     let dir = tempfile::tempdir().unwrap();
-    let extra = "tag_ttl = \"1s\"";
-    let cache = "[cache]\nstale_if_error = \"3s\"\n";
+    let extra = "tag_ttl = \"1m\"";
+    let cache = "[cache]\nstale_if_error = \"1h\"\n";
+    // One manual clock across both runs: time passes only when told.
+    let clock = ManualClock::new();
     let start = |up: &FakeUpstream| {
         let cfg = format!(
             "{cache}[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
             upstream_toml("docker.io", &up.url(), &format!("default = true\n{extra}"))
         );
         let root = dir.path().to_owned();
-        async move { Gateway::start(&cfg, &root).await }
+        let clock = clock.clone();
+        async move { Gateway::start_with_clock(&cfg, &root, clock).await }
     };
     let c = client();
     let gw = start(&up).await;
@@ -51,11 +56,17 @@ async fn cached_images_pull_with_upstream_down_across_a_restart() {
 
     // Upstream dies; the mirror restarts after the tag's TTL ran out.
     up.set_down(true);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_secs(61));
     let gw = start(&up).await;
     let r = get(&c, format!("{}/v2/library/off/manifests/1", gw.url(0))).await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["warning"].to_str().unwrap().starts_with("110 "));
+    // The OCI spec's warning form: code 299, agent "-".
+    assert!(
+        r.headers()["warning"]
+            .to_str()
+            .unwrap()
+            .starts_with("299 - \"")
+    );
     assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
     let metrics = c
         .get(format!("{}/metrics", gw.url(0)))
@@ -89,7 +100,7 @@ async fn cached_images_pull_with_upstream_down_across_a_restart() {
     );
 
     // Past tag_ttl + stale_if_error the stale tag is no longer served.
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    clock.advance(Duration::from_secs(3600));
     let r = get(&c, format!("{}/v2/library/off/manifests/1", gw.url(0))).await;
     assert!(r.status().is_server_error(), "{}", r.status());
     assert_eq!(error_code(r).await, "UNAVAILABLE");
@@ -113,10 +124,12 @@ async fn circuit_breaker_fails_fast_then_probes_and_recovers() {
     let img = docker_image(71, &[100]);
     up.add_image("library/cb", "1", &img);
     let dir = tempfile::tempdir().unwrap();
-    let gw = single(
+    let clock = ManualClock::new();
+    let gw = single_with_clock(
         &up,
         dir.path(),
-        "breaker_failures = 2\nbreaker_backoff = \"400ms\"",
+        "breaker_failures = 2\nbreaker_backoff = \"10s\"",
+        clock.clone(),
     )
     .await;
     let c = client();
@@ -140,13 +153,17 @@ async fn circuit_breaker_fails_fast_then_probes_and_recovers() {
         "no request reached the dead upstream"
     );
     // After the backoff one probe goes out (and fails: backoff doubles).
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    clock.advance(Duration::from_secs(10));
     assert_eq!(get(&c, url.clone()).await.status(), 502);
     assert_eq!(up.requests().len(), seen + 1);
     assert_eq!(get(&c, url.clone()).await.status(), 503);
+    // Still open short of the doubled backoff.
+    clock.advance(Duration::from_secs(19));
+    assert_eq!(get(&c, url.clone()).await.status(), 503);
+    assert_eq!(up.requests().len(), seen + 1);
     // Upstream is back: the next probe closes the circuit.
     up.set_down(false);
-    tokio::time::sleep(Duration::from_millis(850)).await;
+    clock.advance(Duration::from_secs(1));
     let r = get(&c, url.clone()).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);

@@ -8,9 +8,9 @@ pub mod process;
 
 pub use fake_upstream::{Auth, FakeUpstream, Options};
 pub use gateway::{
-    Gateway, assert_store_verified, client, client_from, files_under, upstream_toml,
+    Gateway, assert_store_verified, client, client_from, files_under, upstream_toml, wait_until,
 };
-pub use process::{free_port, spawn, write_config};
+pub use process::{Proc, serve_command, spawn, spawn_command, write_config};
 
 /// The Accept header containerd sends when resolving a tag.
 pub const ACCEPT_ALL: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
@@ -18,11 +18,21 @@ pub const ACCEPT_ALL: &str = "application/vnd.docker.distribution.manifest.v2+js
 /// A mirror with one listener, in front of one fake upstream named
 /// `docker.io` (the default).
 pub async fn single(up: &FakeUpstream, dir: &std::path::Path, extra: &str) -> Gateway {
+    single_with_clock(up, dir, extra, mirrorgate::clock::system()).await
+}
+
+/// [`single`] on the given clock.
+pub async fn single_with_clock(
+    up: &FakeUpstream,
+    dir: &std::path::Path,
+    extra: &str,
+    clock: mirrorgate::clock::SharedClock,
+) -> Gateway {
     let cfg = format!(
         "[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
         upstream_toml("docker.io", &up.url(), &format!("default = true\n{extra}"))
     );
-    Gateway::start(&cfg, dir).await
+    Gateway::start_with_clock(&cfg, dir, clock).await
 }
 
 /// Parses an OCI error envelope and returns its first code.

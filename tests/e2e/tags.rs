@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use mirrorgate::clock::ManualClock;
+
 use crate::support::image::docker_image;
 use crate::support::*;
 
@@ -21,7 +23,10 @@ async fn tags_are_trusted_for_ttl_then_revalidated_with_head() {
     up.add_image("library/t", "latest", &v1);
     up.add_image("library/t", "v2", &v2);
     let dir = tempfile::tempdir().unwrap();
-    let gw = single(&up, dir.path(), "tag_ttl = \"1s\"").await;
+    // The TTL runs on a manual clock: within it nothing expires however
+    // slow the machine, and past it nothing is waited for.
+    let clock = ManualClock::new();
+    let gw = single_with_clock(&up, dir.path(), "tag_ttl = \"60s\"", clock.clone()).await;
     let c = client();
 
     let r = get_tag(&c, &gw, "latest").await;
@@ -50,7 +55,7 @@ async fn tags_are_trusted_for_ttl_then_revalidated_with_head() {
     );
 
     // After the TTL: one HEAD, no GET, same digest.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_secs(61));
     let r = get_tag(&c, &gw, "latest").await;
     assert_eq!(
         r.headers()["docker-content-digest"],
@@ -67,7 +72,7 @@ async fn tags_are_trusted_for_ttl_then_revalidated_with_head() {
     // The tag moves upstream: after the TTL, HEAD sees a new digest and the
     // new manifest is fetched once, by digest.
     up.set_tag("library/t", "latest", &v2.manifest.digest);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_secs(61));
     let r = get_tag(&c, &gw, "latest").await;
     assert_eq!(
         r.headers()["docker-content-digest"],
@@ -90,7 +95,7 @@ async fn tags_are_trusted_for_ttl_then_revalidated_with_head() {
 
     // Upstream down after the TTL: the last known digest is served, marked.
     up.set_down(true);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_secs(61));
     let r = get_tag(&c, &gw, "latest").await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("warning"));
@@ -99,7 +104,7 @@ async fn tags_are_trusted_for_ttl_then_revalidated_with_head() {
 
     // Deleted upstream: after the TTL the tag is gone here too.
     up.remove_tag("library/t", "latest");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_secs(61));
     let r = get_tag(&c, &gw, "latest").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");

@@ -57,6 +57,21 @@ pub struct TlsIdentity {
 
 /// A throwaway CA and a leaf for 127.0.0.1/localhost: `(ca_pem, identity)`.
 pub fn test_ca_and_identity() -> (String, TlsIdentity) {
+    test_ca_and_leaf(|_| {})
+}
+
+/// [`test_ca_and_identity`] with a leaf that expired yesterday.
+pub fn test_ca_and_expired_identity() -> (String, TlsIdentity) {
+    test_ca_and_leaf(|p| {
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::days(30);
+        p.not_after = now - time::Duration::days(1);
+    })
+}
+
+fn test_ca_and_leaf(
+    leaf_params: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (String, TlsIdentity) {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -69,10 +84,11 @@ pub fn test_ca_and_identity() -> (String, TlsIdentity) {
     let ca_pem = ca.self_signed(&ca_key).expect("self-signed").pem();
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let leaf_key = rcgen::KeyPair::generate().expect("key");
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("params")
-        .signed_by(&leaf_key, &issuer)
-        .expect("signed");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("params");
+    leaf_params(&mut params);
+    let leaf = params.signed_by(&leaf_key, &issuer).expect("signed");
     (
         ca_pem,
         TlsIdentity {

@@ -15,6 +15,7 @@ pub struct Gateway {
     pub addrs: Vec<SocketAddr>,
     /// The data directory.
     pub root: PathBuf,
+    app: Arc<App>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -23,6 +24,17 @@ impl Gateway {
     /// Starts a mirror from TOML config text. Listener addresses in the text
     /// should use port 0.
     pub async fn start(config: &str, root: &Path) -> Self {
+        Self::start_with_clock(config, root, mirrorgate::clock::system()).await
+    }
+
+    /// [`Gateway::start`] with the clock that times tag TTLs, stale serving
+    /// and the circuit breaker: a `ManualClock` makes those tests wait for
+    /// nothing.
+    pub async fn start_with_clock(
+        config: &str,
+        root: &Path,
+        clock: mirrorgate::clock::SharedClock,
+    ) -> Self {
         let root_line = format!("root = {:?}\n", root.display().to_string());
         let text = if config.contains("[storage]\n") {
             config.replacen("[storage]\n", &format!("[storage]\n{root_line}"), 1)
@@ -30,25 +42,53 @@ impl Gateway {
             format!("[storage]\n{root_line}{config}")
         };
         let config = Config::from_toml(&text, root).expect("test config is valid");
-        let app = Arc::new(App::build(config).await.expect("app builds"));
+        let app = Arc::new(
+            App::build_with_clock(config, clock)
+                .await
+                .expect("app builds"),
+        );
         let listeners = app.bind().await.expect("bind");
         let addrs = listeners
             .iter()
             .map(|l| l.tcp.local_addr().expect("local addr"))
             .collect();
         let (tx, rx) = oneshot::channel::<()>();
+        let running = app.clone();
         let task = tokio::spawn(async move {
-            app.run(listeners, async {
-                let _ = rx.await;
-            })
-            .await;
+            running
+                .run(listeners, async {
+                    let _ = rx.await;
+                })
+                .await;
         });
         Self {
             addrs,
             root: root.to_owned(),
+            app,
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Waits until the store reflects every response received so far: blob
+    /// downloads committed (or cleaned up after a failure) and eviction
+    /// caught up (see `App::settle`).
+    pub async fn settle(&self) {
+        self.app.settle().await;
+    }
+
+    /// The mirror's request and connection counters.
+    pub fn metrics(&self) -> &mirrorgate::registry::metrics::Metrics {
+        self.app.registry().metrics()
+    }
+
+    /// Waits until `n` requests are being answered (e.g. all parked on one
+    /// coalesced upstream fetch).
+    pub async fn wait_in_flight(&self, n: u64) {
+        wait_until(&format!("{n} requests in flight"), || {
+            self.metrics().requests_in_flight() >= n
+        })
+        .await;
     }
 
     /// `http://addr` of listener `i`.
@@ -72,6 +112,20 @@ impl Drop for Gateway {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+    }
+}
+
+/// Polls `cond` (cheap, in-process state) until it holds. Never a guess
+/// at how long something takes: the deadline only turns a hang into a
+/// failure with a message.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
 
