@@ -117,13 +117,35 @@ pub enum Error {
     Store(#[source] Arc<crate::store::Error>),
     /// Upstream sent content that does not match the digest it was asked by
     /// (or announced). Nothing was stored.
-    #[error("upstream content does not match digest {expected}")]
+    #[error("upstream {upstream} at {host} sent content that does not match {expected}{}",
+        actual.as_ref().map(|a| format!(" (it hashes to {a})")).unwrap_or_default())]
     Corrupt {
+        /// Which upstream.
+        upstream: UpstreamId,
+        /// Its `host[:port]`.
+        host: Arc<str>,
         /// The expected digest.
         expected: Digest,
+        /// What the content hashed to, when known.
+        actual: Option<Digest>,
     },
-    /// The upstream stream ended early or broke; nothing was stored.
-    #[error("upstream stream broke off")]
+    /// Upstream sent more or fewer bytes than it announced; nothing was
+    /// stored.
+    #[error("upstream {upstream} at {host} announced {announced} bytes but sent {}{sent}",
+        if sent > announced { "at least " } else { "" })]
+    WrongLength {
+        /// Which upstream.
+        upstream: UpstreamId,
+        /// Its `host[:port]`.
+        host: Arc<str>,
+        /// Its `Content-Length`.
+        announced: u64,
+        /// What arrived.
+        sent: u64,
+    },
+    /// The download task ended without a result (it was cancelled, or the
+    /// runtime is shutting down); nothing was stored.
+    #[error("the download was interrupted")]
     Interrupted,
     /// The request was cache-only and the content is not cached.
     #[error("not cached, and this client may not fetch from upstream")]
@@ -179,6 +201,26 @@ impl Upstream {
             upstream: self.config.id.clone(),
             host: self.client.host().clone(),
             source: Arc::new(e),
+        }
+    }
+
+    /// This upstream sent content that is not `expected`.
+    pub(crate) fn corrupt(&self, expected: &Digest, actual: Option<Digest>) -> Error {
+        Error::Corrupt {
+            upstream: self.config.id.clone(),
+            host: self.client.host().clone(),
+            expected: expected.clone(),
+            actual,
+        }
+    }
+
+    /// This upstream sent `sent` bytes of an `announced`-byte body.
+    pub(crate) fn wrong_length(&self, announced: u64, sent: u64) -> Error {
+        Error::WrongLength {
+            upstream: self.config.id.clone(),
+            host: self.client.host().clone(),
+            announced,
+            sent,
         }
     }
 }

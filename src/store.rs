@@ -436,9 +436,9 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, E
     };
     match serde_json::from_slice(&bytes) {
         Ok(v) => Ok(Some(v)),
-        Err(_) => {
+        Err(e) => {
             // A torn or foreign file: treat as absent, it will be rewritten.
-            tracing::warn!(path = %path.display(), "ignoring unreadable record");
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable record");
             Ok(None)
         }
     }

@@ -489,12 +489,13 @@ impl FillTask {
             Ready::Disk(mut w) => {
                 let n = match w.verify(size) {
                     Ok(n) => n,
-                    Err(store::Error::DigestMismatch { .. }) => {
-                        return Err(Error::Corrupt {
-                            expected: self.digest.clone(),
-                        });
+                    Err(store::Error::DigestMismatch { actual, .. }) => {
+                        return Err(self.up.corrupt(&self.digest, Some(actual)));
                     }
-                    Err(_) => return Err(Error::Interrupted),
+                    Err(store::Error::SizeMismatch { expected, actual }) => {
+                        return Err(self.up.wrong_length(expected, actual));
+                    }
+                    Err(e) => return Err(e.into()),
                 };
                 // Verified: readers may have the final byte now. The fsync
                 // and rename need not hold them up (a crash before the
@@ -515,15 +516,12 @@ impl FillTask {
                 }
             }
             Ready::Memory(h) => {
-                if size.is_some_and(|s| s != received) {
-                    return Err(Error::Interrupted);
+                if let Some(s) = size.filter(|s| *s != received) {
+                    return Err(self.up.wrong_length(s, received));
                 }
-                if h.finish() == self.digest {
-                    Ok((received, false))
-                } else {
-                    Err(Error::Corrupt {
-                        expected: self.digest.clone(),
-                    })
+                match h.finish() {
+                    d if d == self.digest => Ok((received, false)),
+                    d => Err(self.up.corrupt(&self.digest, Some(d))),
                 }
             }
         }
@@ -550,9 +548,9 @@ impl FillTask {
                 _ => break,
             }
         }
-        if size.is_some_and(|s| received + n as u64 > s) {
+        if let Some(s) = size.filter(|s| received + n as u64 > *s) {
             // More bytes than upstream announced: not the blob we want.
-            return Err(Error::Interrupted);
+            return Err(self.up.wrong_length(s, received + n as u64));
         }
         Ok(batch)
     }

@@ -155,16 +155,23 @@ impl Mirror {
             // Ask with every modern type: by digest there is only one answer.
             let m = up
                 .client
-                .get_manifest(repo, &Reference::Digest(digest.clone()), AcceptClass::all_modern())
+                .get_manifest(
+                    repo,
+                    &Reference::Digest(digest.clone()),
+                    AcceptClass::all_modern(),
+                )
                 .await
                 .map_err(|e| up.fail(e))?;
             if !digest.verify(&m.bytes) {
-                tracing::warn!(upstream = %up.config.id, %repo, %digest, "manifest does not match its digest");
-                return Err(Error::Corrupt {
-                    expected: digest.clone(),
-                });
+                let actual = Digest::of(digest.algorithm(), &m.bytes);
+                return Err(up.corrupt(digest, Some(actual)));
             }
-            best_effort(digest, self.store.put_manifest(digest, m.bytes.clone(), &m.media_type).await);
+            best_effort(
+                digest,
+                self.store
+                    .put_manifest(digest, m.bytes.clone(), &m.media_type)
+                    .await,
+            );
             best_effort(digest, self.store.mark_repo(&up.config.id, repo).await);
             Ok(manifest_value(m.bytes, m.media_type))
         })
@@ -279,13 +286,8 @@ impl Mirror {
             .map_err(|e| up.fail(e))?;
         let digest = match &m.digest_header {
             Some(d) if d.verify(&m.bytes) => d.clone(),
-            Some(d) => {
-                tracing::warn!(upstream = %up.config.id, repo = %key.repo, digest = %d,
-                    "manifest does not match Docker-Content-Digest");
-                return Err(Error::Corrupt {
-                    expected: d.clone(),
-                });
-            }
+            // Upstream's Docker-Content-Digest does not match its bytes.
+            Some(d) => return Err(up.corrupt(d, Some(Digest::of(d.algorithm(), &m.bytes)))),
             None => Digest::sha256_of(&m.bytes),
         };
         best_effort(

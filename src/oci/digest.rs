@@ -66,6 +66,13 @@ impl Digest {
         &self.hex
     }
 
+    /// The `algorithm` digest of `bytes`.
+    pub fn of(algorithm: Algorithm, bytes: &[u8]) -> Self {
+        let mut d = Digester::new(algorithm);
+        d.update(bytes);
+        d.finish()
+    }
+
     /// Computes the sha256 digest of `bytes`.
     pub fn sha256_of(bytes: &[u8]) -> Self {
         let mut d = Digester::new(Algorithm::Sha256);

@@ -283,10 +283,19 @@ pub fn from_mirror(e: &mirror::Error, subject: Subject) -> ApiError {
         M::Upstream {
             upstream, source, ..
         } => from_upstream(upstream, source, subject),
-        M::Corrupt { expected } => up(
+        M::Corrupt {
+            upstream, expected, ..
+        } => up(
             StatusCode::BAD_GATEWAY,
             Code::Unknown,
-            format!("upstream sent content that does not match {expected}; nothing was stored"),
+            format!(
+                "upstream {upstream} sent content that does not match {expected}; nothing was stored"
+            ),
+        ),
+        M::WrongLength { upstream, .. } => up(
+            StatusCode::BAD_GATEWAY,
+            Code::Unavailable,
+            format!("the transfer from upstream {upstream} broke off; nothing was stored"),
         ),
         M::Interrupted => up(
             StatusCode::BAD_GATEWAY,
