@@ -1,8 +1,6 @@
 //! Bounded disk: least-recently-used eviction under `[storage] max_size`,
 //! never evicting a blob that is being served.
 
-use futures_util::StreamExt;
-
 use crate::support::image::docker_image;
 use crate::support::*;
 
@@ -114,7 +112,8 @@ async fn a_blob_being_served_is_never_evicted() {
         16 * MIB
     );
     gw.settle().await;
-    let slow = c.get(url(0)).send().await.unwrap();
+    let path = format!("/v2/library/busy/blobs/{}", img.layers[0].digest);
+    let slow = StalledGet::start(gw.addrs[0], &path).await;
     // B, C, D push the store to 64 MiB; eviction must skip A (the oldest).
     for i in 1..4 {
         assert_eq!(
@@ -139,13 +138,50 @@ async fn a_blob_being_served_is_never_evicted() {
         !is_stored(dir.path(), &img.layers[1].digest),
         "B, the oldest not in use, went instead"
     );
-    let mut body = Vec::new();
-    let mut s = slow.bytes_stream();
-    while let Some(chunk) = s.next().await {
-        body.extend_from_slice(&chunk.unwrap());
-    }
-    assert_eq!(body, img.layers[0].bytes);
+    assert_eq!(slow.finish().await, img.layers[0].bytes);
     gw.stop().await;
+}
+
+/// A GET whose client reads the response head and then nothing more, on a
+/// socket with a tiny receive buffer: the mirror cannot finish sending a
+/// blob far larger than the socket buffers, so that blob stays being served
+/// (whatever the machine's load) until [`StalledGet::finish`].
+struct StalledGet {
+    stream: tokio::net::TcpStream,
+    read: Vec<u8>,
+}
+
+impl StalledGet {
+    async fn start(addr: std::net::SocketAddr, path: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        // The head is sent once the blob is open (and held from eviction).
+        let mut read = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before the response head");
+            read.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            read.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&read)
+        );
+        Self { stream, read }
+    }
+
+    /// Reads the rest and returns the body.
+    async fn finish(mut self) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        self.stream.read_to_end(&mut self.read).await.unwrap();
+        let head_end = self.read.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        self.read.split_off(head_end)
+    }
 }
 
 /// A small tmpfs, unmounted on drop. Needs root (CI and the test machines
