@@ -66,7 +66,7 @@ async fn followers_stream_before_the_download_finishes() {
     // receives bytes.
     let mut firsts = Vec::new();
     for s in &mut streams {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), s.next())
+        let chunk = tokio::time::timeout(Duration::from_secs(60), s.next())
             .await
             .expect("bytes arrive while upstream is still sending")
             .unwrap()
