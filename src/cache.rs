@@ -146,6 +146,13 @@ impl MetadataCache {
     /// entry found expired is removed, unless a concurrent load has already
     /// replaced it, so that the next [`try_get_with`](Self::try_get_with)
     /// loads it again (once, however many callers found it expired).
+    ///
+    /// Why this cannot remove a fresh entry or deadlock: the compute runs
+    /// only for an expired tag, and a tag's loader runs only once its key
+    /// is absent, so a fresh value for the key is never being loaded while
+    /// the expired one is still visible; the compute also does not wait for
+    /// `try_get_with` loaders (moka keeps separate waiter slots), and
+    /// loaders only `get` manifest keys, which never expire.
     pub async fn get(&self, key: &Key) -> Option<Value> {
         let v = self.inner.get(key).await?;
         if remaining(&v, self.clock.now()).is_none_or(|d| !d.is_zero()) {

@@ -1,5 +1,5 @@
-//! Time as the mirror's policies see it: when a tag was last confirmed, when
-//! a circuit breaker may probe again, when a bearer token expires.
+//! Time as the mirror's policies see it: when a tag was last confirmed (and
+//! how long it may be served stale), when a circuit breaker may probe again.
 //!
 //! Every such decision asks a [`Clock`] instead of `SystemTime::now()` or
 //! `Instant::now()`, so that the decision can be tested without waiting for
@@ -10,9 +10,10 @@
 //! every I/O timeout at once.
 //!
 //! What a clock does not drive: I/O timeouts (connect, read, header read,
-//! TLS handshake, shutdown grace) stay on tokio's timer, and moka's own
-//! expiry only bounds memory (the mirror re-checks freshness with the clock
-//! on every cache hit).
+//! TLS handshake, shutdown grace) stay on tokio's timer; bearer tokens
+//! expire in real time (their `issued_at` comes from the token server); and
+//! moka's own expiry only bounds memory (the mirror re-checks tag freshness
+//! with the clock on every cache hit).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -20,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// A source of wall-clock and monotonic time.
 pub trait Clock: fmt::Debug + Send + Sync + 'static {
-    /// The wall-clock time: for timestamps that are persisted or compared
-    /// with other hosts (tag `checked_at`, token expiry).
+    /// The wall-clock time: for timestamps that are persisted (tag
+    /// `checked_at`), so that they mean something after a restart.
     fn now(&self) -> SystemTime;
     /// The monotonic time: for in-process intervals (breaker backoff).
     fn instant(&self) -> Instant;

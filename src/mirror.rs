@@ -143,8 +143,10 @@ pub enum Error {
         /// What arrived.
         sent: u64,
     },
-    /// The download task ended without a result (it was cancelled, or the
-    /// runtime is shutting down); nothing was stored.
+    /// The download ended without a result of its own: its task stopped
+    /// (cancelled, panicked, runtime shutting down), or the blob kept
+    /// vanishing between the store and the download table. Nothing was
+    /// stored; a retry starts afresh.
     #[error("the download was interrupted")]
     Interrupted,
     /// The request was cache-only and the content is not cached.

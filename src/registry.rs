@@ -109,6 +109,9 @@ pub struct Registry {
     serve_metrics: bool,
 }
 
+/// The largest page size passed on (`i32::MAX`: every registry parses it).
+const MAX_PAGE: usize = i32::MAX as usize;
+
 /// The query parameters the API uses.
 #[derive(Debug, Default)]
 struct Query {
@@ -140,8 +143,9 @@ impl Query {
         match self.n.as_deref() {
             None | Some("") => Ok(None),
             Some(n) if n.bytes().all(|b| b.is_ascii_digit()) => {
-                // Larger than any page: as good as unlimited.
-                Ok(Some(n.parse().unwrap_or(usize::MAX)))
+                // Larger than any page is as good as unlimited; capped so
+                // that an upstream parsing it as a 32-bit int takes it too.
+                Ok(Some(n.parse().unwrap_or(usize::MAX).min(MAX_PAGE)))
             }
             Some(_) => Err(ApiError::bad_page_size()),
         }
@@ -275,7 +279,6 @@ impl Registry {
 
     /// Answers one request. Never fails: errors become OCI error responses.
     pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<LoggedBody> {
-        self.metrics.request_started();
         let mut log = AccessLog {
             method: req.method().clone(),
             path: req
@@ -289,6 +292,7 @@ impl Registry {
             status: 0,
             start: Instant::now(),
             metrics: Some(self.metrics.clone()),
+            in_flight: Some(self.metrics.request_started()),
         };
         let head = req.method() == Method::HEAD;
         let mut resp = match Box::pin(self.dispatch(&req, conn, &mut log)).await {
@@ -736,7 +740,8 @@ mod tests {
         assert_eq!(n("n="), Ok(None));
         assert_eq!(n("n=0"), Ok(Some(0)));
         assert_eq!(n("n=25"), Ok(Some(25)));
-        assert_eq!(n("n=99999999999999999999999"), Ok(Some(usize::MAX)));
+        assert_eq!(n("n=99999999999999999999999"), Ok(Some(MAX_PAGE)));
+        assert_eq!(n("n=4294967296"), Ok(Some(MAX_PAGE)));
         for bad in ["n=-1", "n=foo", "n=1.5", "n=%2B1", "n= 1"] {
             assert_eq!(n(bad), Err(StatusCode::BAD_REQUEST), "{bad}");
         }

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::{ServerConfig, UpstreamId};
-use crate::registry::metrics::ConnectionGuard;
+use crate::registry::metrics::Gauged;
 use crate::registry::{ConnInfo, Registry};
 
 /// How long in-flight requests may run after shutdown begins.
@@ -200,7 +200,7 @@ fn serve_conn<S>(
     registry: Arc<Registry>,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
-    slot: (OwnedSemaphorePermit, ConnectionGuard),
+    slot: (OwnedSemaphorePermit, Gauged),
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

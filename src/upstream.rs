@@ -186,7 +186,7 @@ fn header_digest(h: &HeaderMap) -> Option<Digest> {
 
 impl UpstreamClient {
     /// Builds the client (no network I/O). `clock` times the breaker's
-    /// backoff and bearer token expiry.
+    /// backoff.
     pub fn build(cfg: &UpstreamConfig, clock: SharedClock) -> Result<Self, Error> {
         let mut builder = reqwest::Client::builder();
         if let (Some(host), false) = (cfg.url.host_str(), cfg.connect_to.is_empty()) {
@@ -267,7 +267,9 @@ impl UpstreamClient {
                     )
                     .await
                     .map_err(|e| match &*e {
-                        Error::Unauthorized => Error::Unauthorized,
+                        Error::Unauthorized { with_credentials } => Error::Unauthorized {
+                            with_credentials: *with_credentials,
+                        },
                         _ => Error::Token(e),
                     })?;
                 auth::bearer_header(&token).map(Some)
@@ -297,12 +299,19 @@ impl UpstreamClient {
         match resp.status() {
             s if s.is_success() => {
                 let body = read_limited(resp, MAX_METADATA_BYTES, self.timeouts).await?;
-                let token = auth::parse_token(&body, self.clock.now())?;
+                // The token server's `issued_at` is real time, not the policy clock.
+                let token = auth::parse_token(&body, std::time::SystemTime::now())?;
                 tracing::debug!(upstream = %self.id, scope, ttl_s = token.ttl.as_secs(), "fetched bearer token");
                 Ok(Arc::new(token))
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Error::Unauthorized),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(self.unauthorized()),
             _ => Err(status_error(resp, self.timeouts).await),
+        }
+    }
+
+    fn unauthorized(&self) -> Error {
+        Error::Unauthorized {
+            with_credentials: self.credentials.is_some(),
         }
     }
 
@@ -366,7 +375,7 @@ impl UpstreamClient {
                 .collect();
             match auth::choose(&challenges) {
                 Some(Scheme::Basic) if self.credentials.is_none() => {
-                    return Err(Error::Unauthorized);
+                    return Err(self.unauthorized());
                 }
                 Some(s) => {
                     // A cached token was refused (revoked or expired early):
@@ -390,6 +399,9 @@ impl UpstreamClient {
         let resp = self.send(method, url, repo, headers).await?;
         if resp.status().is_success() {
             Ok(resp)
+        } else if resp.status() == StatusCode::UNAUTHORIZED {
+            // Still 401 after answering the challenge.
+            Err(self.unauthorized())
         } else {
             Err(status_error(resp, self.timeouts).await)
         }

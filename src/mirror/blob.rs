@@ -239,11 +239,17 @@ fn fill_stream(
 async fn ready(fill: &Fill) -> Result<Option<u64>, Error> {
     let mut rx = fill.state.subscribe();
     loop {
-        match &*rx.borrow_and_update() {
-            FillState::Starting => {}
-            FillState::Streaming { size, .. } => return Ok(*size),
-            FillState::Done { size } => return Ok(Some(*size)),
+        let size = match &*rx.borrow_and_update() {
+            FillState::Starting => None,
+            FillState::Streaming { size, .. } => Some(*size),
+            FillState::Done { size } => Some(Some(*size)),
+            // The caller answers with this error, and logs it.
             FillState::Failed(e) => return Err(e.clone()),
+        };
+        if let Some(size) = size {
+            fill.streamed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(size);
         }
         if rx.changed().await.is_err() {
             return Err(Error::Interrupted);
@@ -390,15 +396,18 @@ impl FillTask {
                 FillState::Done { size }
             }
             Err(e) => {
-                // Before streaming began, every waiting request gets this
-                // error as its response and logs it there; after, their
-                // bodies just break off, so this is the one place to say why.
-                let started = !matches!(*self.fill.state.borrow(), FillState::Starting);
-                if started {
-                    tracing::warn!(repo = %self.repo, digest = %self.digest,
+                // A request that has not started its response gets this
+                // error as its answer and logs it there. Responses already
+                // under way just break off: this is the one place to say why.
+                let midway = self
+                    .fill
+                    .streamed
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if midway {
+                    tracing::warn!(upstream = %self.up.config.id, repo = %self.repo, digest = %self.digest,
                         error = %crate::error_chain(&e), "blob download failed midway; nothing stored");
                 } else {
-                    tracing::debug!(repo = %self.repo, digest = %self.digest,
+                    tracing::debug!(upstream = %self.up.config.id, repo = %self.repo, digest = %self.digest,
                         error = %crate::error_chain(&e), "blob download failed; nothing stored");
                 }
                 FillState::Failed(e)
@@ -446,8 +455,11 @@ impl FillTask {
                 Ok(b) => b,
                 Err(e) => {
                     // Let a write in progress finish and drop its writer, so
-                    // the temporary file is gone once this task is.
-                    let _ = self.settle(sink, &mut on_disk).await;
+                    // the temporary file is gone once this task is. (Not
+                    // `settle`: its pass-through would be news of nothing.)
+                    if let Sink::Writing(write) = sink {
+                        let _ = write.await;
+                    }
                     return Err(e);
                 }
             };

@@ -52,6 +52,10 @@ pub(crate) struct Fill {
     pub(crate) reader: OnceLock<Arc<std::fs::File>>,
     /// The most recently received bytes, served to readers from memory.
     pub(crate) window: Mutex<Window>,
+    /// Set once a reader has started its response: a failure after that
+    /// breaks bodies that are already under way, which no request can
+    /// report, so the download task logs it.
+    pub(crate) streamed: std::sync::atomic::AtomicBool,
 }
 
 /// The newest bytes of a download, kept in memory so that readers keeping
@@ -191,6 +195,7 @@ impl Fills {
             state,
             reader: OnceLock::new(),
             window: Mutex::default(),
+            streamed: Default::default(),
         });
         map.insert(digest.clone(), fill.clone());
         Some(Joined::Leader(fill))

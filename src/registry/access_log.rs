@@ -33,6 +33,9 @@ pub struct AccessLog {
     pub start: Instant,
     /// Where the finished response is counted.
     pub metrics: Option<std::sync::Arc<super::metrics::Metrics>>,
+    /// Counts the request in flight until this log is dropped: with the
+    /// response body, or with the request if it never got one.
+    pub in_flight: Option<super::metrics::Gauged>,
 }
 
 /// A response body that counts the bytes it yields and writes the access-log
@@ -146,6 +149,7 @@ mod tests {
             status: 200,
             start: Instant::now(),
             metrics: None,
+            in_flight: None,
         }
     }
 

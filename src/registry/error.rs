@@ -8,8 +8,9 @@
 //!
 //! The error that caused a response travels with it as [`ApiError::cause`]:
 //! never shown to the client, logged once with its whole chain (which
-//! upstream and host, and the operating system's reason) where the response
-//! is rendered (`response::error`).
+//! upstream and host, and the operating system's reason) by
+//! `response::log_error`, which `Registry::handle` calls for every error
+//! response it renders.
 
 use http::{HeaderValue, StatusCode, header};
 
@@ -384,10 +385,18 @@ fn from_upstream(upstream: &UpstreamId, e: &upstream::Error, subject: Subject) -
                 ),
             }
         }
-        U::Unauthorized => ApiError::new(
+        // Without credentials: the client asked for something private or
+        // absent. With them refused, the operator must hear of it (Docker
+        // Hub also answers 401 for absent repositories, so the client still
+        // hears "unknown").
+        U::Unauthorized { with_credentials } => ApiError::new(
             StatusCode::NOT_FOUND,
             Code::NameUnknown,
-            Origin::Downstream,
+            if *with_credentials {
+                Origin::Upstream
+            } else {
+                Origin::Downstream
+            },
             "repository does not exist upstream or requires authorization",
         ),
         U::Timeout { .. } => up(
@@ -407,6 +416,12 @@ fn from_upstream(upstream: &UpstreamId, e: &upstream::Error, subject: Subject) -
             StatusCode::SERVICE_UNAVAILABLE,
             Code::Unavailable,
             format!("upstream {upstream} is unreachable"),
+        ),
+        // The token realm down is the registry down: nothing can be pulled.
+        U::Token(inner) if matches!(**inner, U::Timeout { .. }) => up(
+            StatusCode::GATEWAY_TIMEOUT,
+            Code::Unavailable,
+            format!("upstream {upstream}'s token service timed out"),
         ),
         U::Token(inner) if inner.is_unavailable() => up(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -21,27 +21,35 @@ pub struct Metrics {
     by_class: [AtomicU64; 4],
     bytes_sent: AtomicU64,
     aborted: AtomicU64,
-    /// Requests started and not yet [`record`](Self::record)ed.
-    in_flight: AtomicU64,
+    /// Requests being answered: counted by their [`Gauged`] guards.
+    in_flight: Arc<AtomicU64>,
     /// Client connections accepted and not yet closed.
     connections: Arc<AtomicU64>,
 }
 
-/// Counts one open client connection until dropped.
+/// Counts one in-flight request or open connection until dropped, however
+/// it ends (a response completed, a client gone mid-request, a shutdown).
 #[derive(Debug)]
-pub struct ConnectionGuard(Arc<AtomicU64>);
+pub struct Gauged(Arc<AtomicU64>);
 
-impl Drop for ConnectionGuard {
+impl Gauged {
+    fn new(gauge: &Arc<AtomicU64>) -> Self {
+        gauge.fetch_add(1, Relaxed);
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Gauged {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
     }
 }
 
 impl Metrics {
-    /// Counts a request as in flight until its response is
-    /// [`record`](Self::record)ed.
-    pub fn request_started(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
+    /// Counts a request as in flight while the guard lives (it travels with
+    /// the request's access log into the response body).
+    pub fn request_started(&self) -> Gauged {
+        Gauged::new(&self.in_flight)
     }
 
     /// Requests being answered now (their response bodies not yet done).
@@ -50,9 +58,8 @@ impl Metrics {
     }
 
     /// Counts an accepted client connection while the guard lives.
-    pub fn connection_opened(&self) -> ConnectionGuard {
-        self.connections.fetch_add(1, Relaxed);
-        ConnectionGuard(self.connections.clone())
+    pub fn connection_opened(&self) -> Gauged {
+        Gauged::new(&self.connections)
     }
 
     /// Client connections open now.
@@ -60,13 +67,8 @@ impl Metrics {
         self.connections.load(Relaxed)
     }
 
-    /// Records one finished response (of a request counted by
-    /// [`request_started`](Self::request_started)).
+    /// Records one finished response.
     pub fn record(&self, cache: Option<CacheStatus>, status: u16, bytes: u64, complete: bool) {
-        // Saturating: a response recorded without a start never wraps.
-        let _ = self
-            .in_flight
-            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
         let outcome = match cache {
             Some(CacheStatus::Hit) => 0,
             Some(CacheStatus::Miss) => 1,
@@ -153,11 +155,10 @@ mod tests {
     #[test]
     fn counts_and_renders() {
         let m = Metrics::default();
-        m.request_started();
-        m.request_started();
+        let requests = [m.request_started(), m.request_started()];
         let conn = m.connection_opened();
         assert_eq!((m.requests_in_flight(), m.connections_open()), (2, 1));
-        drop(conn);
+        drop((requests, conn));
         m.record(Some(CacheStatus::Stale), 200, 10, true);
         m.record(Some(CacheStatus::Hit), 206, 5, false);
         m.record(None, 404, 0, true);

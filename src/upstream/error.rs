@@ -41,8 +41,16 @@ pub enum Error {
         retry_after: Option<String>,
     },
     /// Upstream wants credentials we do not have, or refused ours.
-    #[error("requires authorization (no credentials, or they were refused)")]
-    Unauthorized,
+    #[error("{}", if *with_credentials {
+        "refused the configured credentials (or the repository does not exist)"
+    } else {
+        "requires authorization, and no credentials are configured"
+    })]
+    Unauthorized {
+        /// Whether the mirror sent credentials (a refusal is then the
+        /// operator's problem, not the client's).
+        with_credentials: bool,
+    },
     /// A manifest larger than the mirror accepts.
     #[error("response is larger than {limit} bytes")]
     TooLarge {

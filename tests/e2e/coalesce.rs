@@ -130,6 +130,12 @@ async fn concurrent_cold_manifest_requests_cause_one_upstream_get() {
     // 8 by tag, then 8 by (another) digest; upstream holds each response
     // until all 8 requests are surely waiting.
     for (path, want) in [("a".to_owned(), &a), (b.manifest.digest.clone(), &b)] {
+        // The previous round's responses are over, so the gauge counts only
+        // this round's requests.
+        wait_until("no request in flight", || {
+            gw.metrics().requests_in_flight() == 0
+        })
+        .await;
         let gate = up.hold_manifests();
         let mut tasks = Vec::new();
         for _ in 0..8 {

@@ -59,10 +59,36 @@ async fn a_refused_connection_is_logged_with_upstream_host_and_cause() {
     }
 }
 
-/// A private mount namespace whose `/etc/resolv.conf` names a resolver on
-/// loopback where nothing answers: lookups fail at once, and no query
-/// leaves the machine. Needs root (CI and the test machines run as root);
-/// the test fails loudly rather than skipping without it.
+/// A DNS server on 127.0.0.1:53 that refuses every query at once. The test
+/// binds the port itself, so a resolver that may already run on this
+/// machine cannot take the query and forward it off the machine: if the
+/// port is taken, the test fails and says why. The socket and its thread
+/// live until the test binary exits. Returns the count of queries seen.
+fn refusing_resolver() -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:53")
+        .expect("binding 127.0.0.1:53 failed: this test needs root and the port free");
+    let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = queries.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // The query itself, as a response (QR) with RCODE 5, REFUSED.
+            buf[2] |= 0x80;
+            buf[3] = (buf[3] & 0xf0) | 5;
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+    queries
+}
+
+/// A private mount namespace whose `/etc/resolv.conf` names only the
+/// [`refusing_resolver`]: lookups fail at once, and no query leaves the
+/// machine. Needs root (CI and the test machines run as root); the test
+/// fails loudly rather than skipping without it.
 fn with_dead_resolver(dir: &std::path::Path, cmd: std::process::Command) -> std::process::Command {
     let conf = dir.join("resolv.conf");
     std::fs::write(
@@ -97,6 +123,7 @@ async fn a_dns_failure_is_logged_with_the_name_that_did_not_resolve() {
         probe.is_ok_and(|s| s.success()),
         "unshare --mount failed: this test needs root"
     );
+    let queries = refusing_resolver();
     let mirror = spawn_command(with_dead_resolver(dir.path(), serve_command(&cfg))).await;
     let (status, code, message, line) = failed_pull(&mirror).await;
     assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"));
@@ -108,6 +135,10 @@ async fn a_dns_failure_is_logged_with_the_name_that_did_not_resolve() {
     ] {
         assert!(line.contains(want), "{want:?} missing from: {line}");
     }
+    assert!(
+        queries.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the lookup went to the test's own resolver on loopback"
+    );
 }
 
 #[tokio::test]

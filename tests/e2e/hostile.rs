@@ -158,7 +158,7 @@ async fn slow_clients_cannot_hold_connections() {
     let up = FakeUpstream::start(Options::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
-        "[server]\nmax_connections = 2\nheader_read_timeout = \"3s\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+        "[server]\nmax_connections = 2\nheader_read_timeout = \"5s\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
         upstream_toml("docker.io", &up.url(), "default = true")
     );
     let gw = Gateway::start(&cfg, dir.path()).await;
@@ -178,7 +178,7 @@ async fn slow_clients_cannot_hold_connections() {
     .await;
     let c = client();
     let url = format!("{}/v2/", gw.url(0));
-    // Well within the 3 s header-read timeout, so the slots are still held.
+    // Well within the 5 s header-read timeout, so the slots are still held.
     let quick = tokio::time::timeout(Duration::from_millis(300), c.get(&url).send()).await;
     assert!(quick.is_err(), "beyond max_connections a client waits");
     // The header-read timeout frees the slots (the bound only turns a hang

@@ -169,3 +169,49 @@ async fn circuit_breaker_fails_fast_then_probes_and_recovers() {
     assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_token_service_outage_serves_stale_tags_like_a_registry_outage() {
+    // Docker Hub's registry and its token service are separate hosts: with
+    // only the token service down, nothing can be pulled either, so a tag
+    // past its TTL is served stale, not failed.
+    let up = FakeUpstream::start(Options {
+        auth: Auth::Bearer {
+            user: None,
+            expires_in: 300,
+        },
+        ..Options::default()
+    })
+    .await;
+    let img = docker_image(72, &[100]);
+    up.add_image("library/tk", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let gw = single_with_clock(&up, dir.path(), "tag_ttl = \"1m\"", clock.clone()).await;
+    let c = client();
+    let url = format!("{}/v2/library/tk/manifests/1", gw.url(0));
+    assert_eq!(get(&c, url.clone()).await.status(), 200);
+    // The token service goes down and revokes what it issued: revalidating
+    // needs a new token.
+    up.set_token_down(true);
+    clock.advance(Duration::from_secs(61));
+    let r = get(&c, url.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["warning"]
+            .to_str()
+            .unwrap()
+            .starts_with("299 - \"")
+    );
+    assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
+    // Something never cached fails as unavailable (503), not as a bad
+    // gateway.
+    let r = get(
+        &c,
+        format!("{}/v2/library/tk/blobs/{}", gw.url(0), img.layers[0].digest),
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_code(r).await, "UNAVAILABLE");
+    gw.stop().await;
+}

@@ -181,7 +181,8 @@ async fn bad_input_gets_the_spec_status_and_code() {
             .get("content-type")
             .is_some_and(|v| v == "application/json");
         let code = if r.method == "HEAD" {
-            // No body: the status is the answer.
+            // No body to read a code from: for HEAD the status is the whole
+            // answer (the row's code documents the GET twin).
             r.code.to_owned()
         } else {
             error_code(resp).await
@@ -209,13 +210,19 @@ async fn bad_input_gets_the_spec_status_and_code() {
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 
-    // Dot segments sent raw (HTTP clients would normalise them away).
-    for raw in [
-        "/v2/../../etc/manifests/latest",
-        "/v2/library/../../../etc/passwd/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
-        "/v2/library/e/..%2f..%2fetc/manifests/1",
+    // Dot segments sent raw (HTTP clients would normalise them away): in a
+    // name they are an invalid name, as a reference no possible tag.
+    for (raw, want) in [
+        ("/v2/../../etc/manifests/latest", 400),
+        (
+            "/v2/library/../../../etc/passwd/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            400,
+        ),
+        ("/v2/library/e/..%2f..%2fetc/manifests/1", 400),
+        ("/v2/library/e/manifests/..%2f..%2fetc", 404),
+        ("/v2/library/e/manifests/..", 404),
     ] {
-        assert_eq!(raw_status(gw.addrs[0], raw).await, 400, "{raw}");
+        assert_eq!(raw_status(gw.addrs[0], raw).await, want, "{raw}");
     }
     // Nothing malformed reached upstream.
     assert!(

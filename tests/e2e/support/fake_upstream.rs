@@ -190,6 +190,7 @@ struct State {
     manifest_gate: Option<Gate>,
     fail_next: Option<(usize, u16)>,
     down: bool,
+    token_down: bool,
     requests: Vec<Recorded>,
     /// token -> (scopes, expiry)
     tokens: HashMap<String, (Vec<String>, Instant)>,
@@ -361,6 +362,16 @@ impl FakeUpstream {
         self.shared.lock().down = down;
     }
 
+    /// Takes only the token endpoint down (503), and revokes every token
+    /// issued so far, so the next registry request needs a new one.
+    pub fn set_token_down(&self, down: bool) {
+        let mut s = self.shared.lock();
+        s.token_down = down;
+        if down {
+            s.tokens.clear();
+        }
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().requests.clone()
@@ -518,7 +529,7 @@ async fn handle(shared: &Shared, server: &'static str, req: Request<Incoming>) -
         headers: req.headers().clone(),
         server,
     });
-    if shared.lock().down {
+    if shared.lock().down || (server == "token" && shared.lock().token_down) {
         return resp(503, full("down"));
     }
     let authz = req
