@@ -224,19 +224,13 @@ async fn disk_full_streams_through_without_caching() {
     // Over TLS with HTTP/2 (`http2 = true`), upstream's body arrives in many
     // small chunks at once, so the write that hits ENOSPC fails in the
     // middle of a batch: the rest of that batch must still be hashed.
-    let (ca_pem, identity) = crate::support::fake_upstream::test_ca_and_identity();
-    let up = FakeUpstream::start(Options {
-        tls: Some(identity),
-        ..Options::default()
-    })
-    .await;
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, ca_pem).unwrap();
-    let extra = format!(
-        "default = true\nhttp2 = true\nca_file = {:?}",
-        ca.display().to_string()
-    );
+    let (up, trust) = FakeUpstream::start_tls(
+        crate::support::fake_upstream::test_ca_and_identity(),
+        dir.path(),
+    )
+    .await;
+    let extra = format!("default = true\nhttp2 = true\n{trust}");
     let big = docker_image(97, &[6 * MIB]);
     let small = docker_image(98, &[20_000]);
     up.add_image("library/big", "1", &big);

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::support::fake_upstream::{TlsIdentity, test_ca_and_expired_identity};
+use crate::support::fake_upstream::test_ca_and_expired_identity;
 use crate::support::*;
 
 /// Pulls a manifest through `mirror`; returns the status, the OCI code and
@@ -143,20 +143,9 @@ async fn a_dns_failure_is_logged_with_the_name_that_did_not_resolve() {
 
 #[tokio::test]
 async fn an_expired_upstream_certificate_is_named_in_the_log() {
-    let (ca_pem, identity): (String, TlsIdentity) = test_ca_and_expired_identity();
-    let up = FakeUpstream::start(Options {
-        tls: Some(identity),
-        ..Options::default()
-    })
-    .await;
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, ca_pem).unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &up.url(),
-        &format!("ca_file = {:?}", ca.display().to_string()),
-    );
+    let (up, trust) = FakeUpstream::start_tls(test_ca_and_expired_identity(), dir.path()).await;
+    let cfg = write_config(dir.path(), &up.url(), &trust);
     let mirror = spawn(&cfg).await;
     let (status, code, message, line) = failed_pull(&mirror).await;
     assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"));

@@ -1,6 +1,5 @@
 //! Upstream auth, redirects and broken upstreams.
 
-use crate::support::fake_upstream::TlsIdentity;
 use crate::support::image::{docker_image, oci_image};
 use crate::support::*;
 
@@ -26,14 +25,7 @@ async fn pull_all(c: &reqwest::Client, base: &str, repo: &str, tag: &str, img: &
 
 #[tokio::test]
 async fn bearer_challenge_then_token_reuse() {
-    let up = FakeUpstream::start(Options {
-        auth: Auth::Bearer {
-            user: None,
-            expires_in: 300,
-        },
-        ..Options::default()
-    })
-    .await;
+    let up = FakeUpstream::start(Options::bearer(300)).await;
     let img = docker_image(10, &[1000, 2000, 3000]);
     up.add_image("library/tok", "1", &img);
     let dir = tempfile::tempdir().unwrap();
@@ -133,24 +125,13 @@ async fn cdn_redirect_never_carries_authorization() {
 
 #[tokio::test]
 async fn https_upstream_trusted_through_ca_file() {
-    let (ca_pem, identity): (String, TlsIdentity) = fake_upstream::test_ca_and_identity();
-    let up = FakeUpstream::start(Options {
-        tls: Some(identity),
-        ..Options::default()
-    })
-    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (up, trust) =
+        FakeUpstream::start_tls(fake_upstream::test_ca_and_identity(), dir.path()).await;
     assert!(up.url().starts_with("https://"));
     let img = docker_image(14, &[900]);
     up.add_image("library/tls", "1", &img);
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, ca_pem).unwrap();
-    let gw = single(
-        &up,
-        dir.path(),
-        &format!("ca_file = {:?}", ca.display().to_string()),
-    )
-    .await;
+    let gw = single(&up, dir.path(), &trust).await;
     pull_all(&client(), &gw.url(0), "tls", "1", &img).await;
     gw.stop().await;
 

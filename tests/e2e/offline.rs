@@ -16,6 +16,15 @@ async fn get(c: &reqwest::Client, url: String) -> reqwest::Response {
         .unwrap()
 }
 
+/// A tag served from cache past its TTL: 200, the manifest, and the OCI
+/// spec's warning form (code 299, agent "-").
+async fn assert_served_stale(r: reqwest::Response, manifest: &[u8]) {
+    assert_eq!(r.status(), 200);
+    let warning = r.headers()["warning"].to_str().unwrap().to_owned();
+    assert!(warning.starts_with("299 - \""), "{warning}");
+    assert_eq!(r.bytes().await.unwrap(), manifest);
+}
+
 #[tokio::test]
 async fn cached_images_pull_with_upstream_down_across_a_restart() {
     let up = FakeUpstream::start(Options::default()).await;
@@ -59,15 +68,7 @@ async fn cached_images_pull_with_upstream_down_across_a_restart() {
     clock.advance(Duration::from_secs(61));
     let gw = start(&up).await;
     let r = get(&c, format!("{}/v2/library/off/manifests/1", gw.url(0))).await;
-    assert_eq!(r.status(), 200);
-    // The OCI spec's warning form: code 299, agent "-".
-    assert!(
-        r.headers()["warning"]
-            .to_str()
-            .unwrap()
-            .starts_with("299 - \"")
-    );
-    assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
+    assert_served_stale(r, &img.manifest.bytes).await;
     let metrics = c
         .get(format!("{}/metrics", gw.url(0)))
         .send()
@@ -175,14 +176,7 @@ async fn a_token_service_outage_serves_stale_tags_like_a_registry_outage() {
     // Docker Hub's registry and its token service are separate hosts: with
     // only the token service down, nothing can be pulled either, so a tag
     // past its TTL is served stale, not failed.
-    let up = FakeUpstream::start(Options {
-        auth: Auth::Bearer {
-            user: None,
-            expires_in: 300,
-        },
-        ..Options::default()
-    })
-    .await;
+    let up = FakeUpstream::start(Options::bearer(300)).await;
     let img = docker_image(72, &[100]);
     up.add_image("library/tk", "1", &img);
     let dir = tempfile::tempdir().unwrap();
@@ -195,15 +189,7 @@ async fn a_token_service_outage_serves_stale_tags_like_a_registry_outage() {
     // needs a new token.
     up.set_token_down(true);
     clock.advance(Duration::from_secs(61));
-    let r = get(&c, url.clone()).await;
-    assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["warning"]
-            .to_str()
-            .unwrap()
-            .starts_with("299 - \"")
-    );
-    assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
+    assert_served_stale(get(&c, url.clone()).await, &img.manifest.bytes).await;
     // Something never cached fails as unavailable (503), not as a bad
     // gateway.
     let r = get(

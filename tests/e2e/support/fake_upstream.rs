@@ -109,6 +109,20 @@ pub struct Options {
     pub cdn: bool,
 }
 
+impl Options {
+    /// Anonymous bearer tokens (Docker Hub's scheme) lasting `expires_in`
+    /// seconds.
+    pub fn bearer(expires_in: u64) -> Self {
+        Self {
+            auth: Auth::Bearer {
+                user: None,
+                expires_in,
+            },
+            ..Self::default()
+        }
+    }
+}
+
 /// One received request.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -255,6 +269,23 @@ impl FakeUpstream {
         Self { shared, tasks }
     }
 
+    /// An HTTPS fake with `ca_and_identity` (from [`test_ca_and_identity`]
+    /// or a variant), its CA written to `dir/ca.pem`. Returns the fake and
+    /// the `ca_file = "..."` line that makes a mirror trust it.
+    pub async fn start_tls(
+        ca_and_identity: (String, TlsIdentity),
+        dir: &std::path::Path,
+    ) -> (Self, String) {
+        let (ca_pem, identity) = ca_and_identity;
+        let up = Self::start(Options {
+            tls: Some(identity),
+            ..Options::default()
+        })
+        .await;
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, ca_pem).unwrap();
+        (up, format!("ca_file = {:?}", ca.display().to_string()))
+    }
     /// The registry's base URL.
     pub fn url(&self) -> String {
         self.shared.url.clone()
