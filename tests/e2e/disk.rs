@@ -184,31 +184,6 @@ impl StalledGet {
     }
 }
 
-/// A small tmpfs, unmounted on drop. Needs root (CI and the test machines
-/// run as root); the test fails loudly rather than skipping without it.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(dir: &std::path::Path, size: &str) -> Self {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "mounting a tmpfs failed: this test needs root");
-        Self(dir.to_owned())
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// Fills the filesystem at `dir` completely.
 fn fill_up(dir: &std::path::Path) {
     use std::io::Write;

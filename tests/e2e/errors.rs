@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::support::fake_upstream::test_ca_and_expired_identity;
+use crate::support::image::docker_image;
 use crate::support::*;
 
 /// Pulls a manifest through `mirror`; returns the status, the OCI code and
@@ -192,4 +193,36 @@ async fn a_read_timeout_says_which_timeout_and_how_long() {
     }
     hold.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), hold).await;
+}
+
+#[tokio::test]
+async fn a_full_disk_is_logged_with_the_file_and_the_os_error() {
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(99, &[4 * 1024 * 1024]);
+    up.add_image("library/full", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let _fs = SmallFs::mount(&data, "1m");
+    let cfg = write_config(dir.path(), &up.url(), "");
+    let mirror = spawn(&cfg).await;
+    // The blob does not fit: it is streamed through, whole and verified.
+    let r = client()
+        .get(format!(
+            "{}/v2/library/full/blobs/{}",
+            mirror.url(),
+            img.layers[0].digest
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), img.layers[0].bytes);
+    let line = mirror
+        .wait_for_log("the store failure", |l| l.contains("cannot write blob"))
+        .await;
+    let tmp = format!("write {}/", data.join("tmp").display());
+    for want in [&tmp as &str, "No space left on device (os error 28)"] {
+        assert!(line.contains(want), "{want:?} missing from: {line}");
+    }
 }

@@ -2,11 +2,13 @@
 #![allow(dead_code)]
 
 pub mod fake_upstream;
+pub mod fs;
 pub mod gateway;
 pub mod image;
 pub mod process;
 
 pub use fake_upstream::{Auth, FakeUpstream, Options};
+pub use fs::SmallFs;
 pub use gateway::{
     Gateway, assert_store_verified, client, client_from, files_under, upstream_toml, wait_until,
 };
