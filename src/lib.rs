@@ -35,8 +35,11 @@
 //! starts (or joins) the one download of that digest: the upstream client
 //! fetches it (bearer token, CDN redirect without `Authorization`), a
 //! background task hashes and writes it to a temporary file, and every
-//! waiting client streams that file as it grows. The blob is committed to the
-//! store only after its size and digest check out.
+//! waiting client streams it as it arrives: the newest chunks from memory,
+//! older bytes from the temporary file. The final byte is released once size
+//! and digest check out; the commit (fsync, rename) follows, and
+//! [`app::App::settle`] waits for it. An error on the way becomes one OCI
+//! error response and one log line with its cause chain.
 
 pub mod access;
 pub mod app;
