@@ -102,12 +102,10 @@ impl Grant {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The upstream request failed or upstream answered with an error.
-    #[error("upstream {upstream} at {host}")]
+    #[error("{at}")]
     Upstream {
         /// Which upstream.
-        upstream: UpstreamId,
-        /// Its `host[:port]`.
-        host: Arc<str>,
+        at: At,
         /// What went wrong.
         #[source]
         source: Arc<upstream::Error>,
@@ -117,13 +115,11 @@ pub enum Error {
     Store(#[source] Arc<crate::store::Error>),
     /// Upstream sent content that does not match the digest it was asked by
     /// (or announced). Nothing was stored.
-    #[error("upstream {upstream} at {host} sent content that does not match {expected}{}",
+    #[error("{at} sent content that does not match {expected}{}",
         actual.as_ref().map(|a| format!(" (it hashes to {a})")).unwrap_or_default())]
     Corrupt {
         /// Which upstream.
-        upstream: UpstreamId,
-        /// Its `host[:port]`.
-        host: Arc<str>,
+        at: At,
         /// The expected digest.
         expected: Digest,
         /// What the content hashed to, when known.
@@ -131,13 +127,11 @@ pub enum Error {
     },
     /// Upstream sent more or fewer bytes than it announced; nothing was
     /// stored.
-    #[error("upstream {upstream} at {host} announced {announced} bytes but sent {}{sent}",
+    #[error("{at} announced {announced} bytes but sent {}{sent}",
         if sent > announced { "at least " } else { "" })]
     WrongLength {
         /// Which upstream.
-        upstream: UpstreamId,
-        /// Its `host[:port]`.
-        host: Arc<str>,
+        at: At,
         /// Its `Content-Length`.
         announced: u64,
         /// What arrived.
@@ -196,12 +190,34 @@ pub struct Mirror {
     clock: SharedClock,
 }
 
+/// Which upstream an error is about: its name and `host[:port]`, so that a
+/// log line says where the failure was.
+#[derive(Debug, Clone)]
+pub struct At {
+    /// The upstream's name.
+    pub upstream: UpstreamId,
+    /// Its `host[:port]`.
+    pub host: Arc<str>,
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream {} at {}", self.upstream, self.host)
+    }
+}
+
 impl Upstream {
+    fn at(&self) -> At {
+        At {
+            upstream: self.config.id.clone(),
+            host: self.client.host().clone(),
+        }
+    }
+
     /// `e`, said of this upstream (its name and host go into the error).
     pub(crate) fn fail(&self, e: upstream::Error) -> Error {
         Error::Upstream {
-            upstream: self.config.id.clone(),
-            host: self.client.host().clone(),
+            at: self.at(),
             source: Arc::new(e),
         }
     }
@@ -209,8 +225,7 @@ impl Upstream {
     /// This upstream sent content that is not `expected`.
     pub(crate) fn corrupt(&self, expected: &Digest, actual: Option<Digest>) -> Error {
         Error::Corrupt {
-            upstream: self.config.id.clone(),
-            host: self.client.host().clone(),
+            at: self.at(),
             expected: expected.clone(),
             actual,
         }
@@ -219,8 +234,7 @@ impl Upstream {
     /// This upstream sent `sent` bytes of an `announced`-byte body.
     pub(crate) fn wrong_length(&self, announced: u64, sent: u64) -> Error {
         Error::WrongLength {
-            upstream: self.config.id.clone(),
-            host: self.client.host().clone(),
+            at: self.at(),
             announced,
             sent,
         }

@@ -75,9 +75,7 @@ impl Digest {
 
     /// Computes the sha256 digest of `bytes`.
     pub fn sha256_of(bytes: &[u8]) -> Self {
-        let mut d = Digester::new(Algorithm::Sha256);
-        d.update(bytes);
-        d.finish()
+        Self::of(Algorithm::Sha256, bytes)
     }
 
     /// Computes the digest of `bytes` with this digest's algorithm and

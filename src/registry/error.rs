@@ -281,22 +281,22 @@ pub fn from_mirror(e: &mirror::Error, subject: Subject) -> ApiError {
     let cause: Cause = std::sync::Arc::new(e.clone());
     let up = |status, code, msg: String| ApiError::new(status, code, Origin::Upstream, msg);
     let api = match e {
-        M::Upstream {
-            upstream, source, ..
-        } => from_upstream(upstream, source, subject),
-        M::Corrupt {
-            upstream, expected, ..
-        } => up(
+        M::Upstream { at, source } => from_upstream(&at.upstream, source, subject),
+        M::Corrupt { at, expected, .. } => up(
             StatusCode::BAD_GATEWAY,
             Code::Unknown,
             format!(
-                "upstream {upstream} sent content that does not match {expected}; nothing was stored"
+                "upstream {} sent content that does not match {expected}; nothing was stored",
+                at.upstream
             ),
         ),
-        M::WrongLength { upstream, .. } => up(
+        M::WrongLength { at, .. } => up(
             StatusCode::BAD_GATEWAY,
             Code::Unavailable,
-            format!("the transfer from upstream {upstream} broke off; nothing was stored"),
+            format!(
+                "the transfer from upstream {} broke off; nothing was stored",
+                at.upstream
+            ),
         ),
         M::Interrupted => up(
             StatusCode::BAD_GATEWAY,
