@@ -13,7 +13,7 @@ use mirrorgate::config::Config;
 use mirrorgate::oci::{Digest, RepoName};
 use mirrorgate::registry::path;
 use mirrorgate::registry::route::Router;
-use mirrorgate::store::BlobStore;
+use mirrorgate::store::{Scope, Store};
 
 fn blob_write(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -21,7 +21,9 @@ fn blob_write(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = rt.block_on(BlobStore::open(dir.path())).expect("store");
+    let store = rt
+        .block_on(Store::open_local(dir.path(), None))
+        .expect("store");
     let mut g = c.benchmark_group("blob_write");
     g.measurement_time(Duration::from_secs(5)).sample_size(10);
     for mib in [1usize, 16] {
@@ -32,13 +34,15 @@ fn blob_write(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(data.len() as u64));
         g.bench_function(format!("verified_store_{mib}MiB"), |b| {
             b.iter(|| {
-                let path = store.layout().blob(&digest);
-                let _ = std::fs::remove_file(&path);
-                let mut w = rt.block_on(store.writer(&digest)).expect("writer");
+                rt.block_on(store.blobs().delete(&digest)).expect("delete");
+                let mut w = rt
+                    .block_on(store.writer(&digest, Scope::Durable))
+                    .expect("writer");
                 for chunk in data.chunks(1024 * 1024) {
                     w.write(chunk).expect("write");
                 }
-                w.finish(Some(data.len() as u64)).expect("finish");
+                rt.block_on(w.finish(Some(data.len() as u64)))
+                    .expect("finish");
             });
         });
         g.bench_function(format!("raw_fs_write_fsync_{mib}MiB"), |b| {

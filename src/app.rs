@@ -10,7 +10,7 @@ use crate::mirror::Mirror;
 use crate::registry::route::Router;
 use crate::registry::{Policy, Registry};
 use crate::server::{self, Listener};
-use crate::store::BlobStore;
+use crate::store::Store;
 
 /// Why the app could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +55,7 @@ impl App {
     /// the circuit breakers (a [`ManualClock`](crate::clock::ManualClock)
     /// in tests of those policies).
     pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<Self, Error> {
-        let store = BlobStore::open(&config.storage_root)
-            .await?
-            .with_max_size(config.max_size);
+        let store = Store::open_local(&config.storage_root, config.max_size).await?;
         let mirror = Arc::new(Mirror::build(&config, store, clock)?);
         let tls = crate::tls::build(&config)?;
         let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());

@@ -234,7 +234,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             let report = rt
                 .block_on(async {
-                    let store = crate::store::BlobStore::open(&root).await?;
+                    let store = crate::store::Store::open_local(&root, None).await?;
                     store.verify().await
                 })
                 .with_context(|| format!("cannot verify {}", root.display()))?;
@@ -246,7 +246,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 report.quarantined.len()
             );
             for q in &report.quarantined {
-                println!("quarantined {}", q.display());
+                println!("quarantined {q}");
             }
             if report.quarantined.is_empty() {
                 Ok(())

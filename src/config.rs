@@ -165,6 +165,12 @@ pub struct ListenerConfig {
 pub struct UpstreamId(Arc<str>);
 
 impl UpstreamId {
+    /// An upstream name: `None` unless it is a valid repository-name
+    /// component (as config validation requires).
+    pub fn parse(name: &str) -> Option<Self> {
+        crate::oci::reference::is_name_component(name).then(|| Self(name.into()))
+    }
+
     /// The name as a string.
     pub fn as_str(&self) -> &str {
         &self.0

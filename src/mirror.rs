@@ -27,7 +27,7 @@ use crate::cache::MetadataCache;
 use crate::clock::SharedClock;
 use crate::config::{Config, UpstreamConfig, UpstreamId};
 use crate::oci::{Digest, RepoName};
-use crate::store::BlobStore;
+use crate::store::Store;
 use crate::upstream::{self, UpstreamClient};
 
 pub use blob::{BlobBody, BlobHead};
@@ -178,7 +178,7 @@ pub(crate) struct Upstream {
 #[derive(Debug)]
 pub struct Mirror {
     upstreams: HashMap<UpstreamId, Arc<Upstream>>,
-    store: BlobStore,
+    store: Store,
     cache: MetadataCache,
     fills: Arc<inflight::Fills>,
     /// How long past its TTL a tag may be served while upstream is down.
@@ -245,7 +245,7 @@ impl Mirror {
     /// Builds the mirror: one long-lived client per upstream.
     pub fn build(
         config: &Config,
-        store: BlobStore,
+        store: Store,
         clock: SharedClock,
     ) -> Result<Self, upstream::Error> {
         let mut upstreams = HashMap::new();
@@ -295,7 +295,7 @@ impl Mirror {
     }
 
     /// The store.
-    pub fn store(&self) -> &BlobStore {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 

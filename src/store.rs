@@ -1,35 +1,40 @@
-//! The content-addressed store on disk: blobs (layers, configs and manifest
-//! bytes), manifest records, and the persisted tag map.
+//! The content-addressed store: blobs (layers, configs and manifest bytes)
+//! and the metadata records beside them (manifest records, tags,
+//! repository and private marks), behind one interface that hides where they
+//! live.
 //!
 //! ```text
-//! <root>/
-//! ├── blobs/sha256/ab/ab12…ef          verified content, named by its digest
-//! ├── manifests/sha256/ab/ab12…ef      manifest record: media type + size (JSON)
-//! ├── repos/<upstream>/<repo…>/
-//! │   └── _tags/<tag>.<accept-class>   tag record: digest, media type, checked-at (JSON)
-//! ├── private-marks                    digests fetched for private repositories
-//! ├── quarantine/                      blobs that failed `verify`, kept for inspection
-//! └── tmp/                             in-progress writes; swept at start
+//! store            Store: what the mirror uses (blobs + records + private marks)
+//! ├── Backend      trait: a blob backend (stat, open, create, delete, verify, presign)
+//! ├── reader       BlobReader (a stored blob), Spool (a blob being written)
+//! ├── writer       BlobWriter: spool, hash, verify; Publish: the backend's commit
+//! ├── records      Records trait (get/put/delete/list by key); FsRecords
+//! ├── private      PrivateMarks over Records
+//! ├── local        LocalBlobs: files under a directory, LRU-bounded (gc, verify)
+//! └── contract     the suite every backend passes
 //! ```
 //!
-//! Invariants:
-//! - A file under `blobs/` always hashes to its name. Writers hash while they
-//!   write, check size and digest, fsync, and only then rename from `tmp/`
-//!   (same filesystem, so the rename is atomic), and fsync the directory.
-//! - Every path is built from validated types (`Digest`, `RepoName`, `Tag`,
-//!   `UpstreamId`), whose grammars exclude `.`, `..` and separators, so no
-//!   path can leave the root.
+//! Invariants, for every backend:
+//! - Nothing is visible under a digest it does not hash to: every write goes
+//!   through [`BlobWriter`], which hashes while it spools, checks size and
+//!   digest, and only then lets the backend publish (rename into place,
+//!   complete an upload). A failed or dropped writer publishes nothing.
+//! - A blob being written is readable by followers from its local spool,
+//!   whatever the backend (an unfinished upload cannot be read back).
+//! - Keys and paths are built from validated types (`Digest`, `RepoName`,
+//!   `Tag`, `UpstreamId`) only, so nothing can name a place outside the
+//!   store.
 //! - Blobs are shared by all upstreams: one copy per digest.
 //!
-//! The store knows nothing about HTTP or upstreams. Blocking file I/O runs on
-//! tokio's blocking pool.
+//! The store knows nothing about HTTP or upstreams. Blocking file I/O runs
+//! on tokio's blocking pool.
 
-pub mod gc;
-mod layout;
+pub mod contract;
+pub mod local;
 mod private;
-pub mod read;
+pub mod reader;
+pub mod records;
 mod tags;
-mod verify;
 mod writer;
 
 use std::io;
@@ -37,14 +42,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::oci::{Digest, MediaType};
+use crate::config::UpstreamId;
+use crate::oci::{Digest, MediaType, RepoName};
 
-pub use layout::Layout;
+pub use local::{GcReport, InUseGuard, LocalBlobs};
 pub use private::PrivateMarks;
-pub use tags::TagRecord;
-pub use verify::VerifyReport;
+pub use reader::{BlobReader, Spool};
+pub use records::{FsRecords, RecordKey, Records};
+pub use tags::{TagKey, TagRecord};
 pub use writer::BlobWriter;
 
 /// A store error.
@@ -77,6 +85,17 @@ pub enum Error {
         /// Bytes received.
         actual: u64,
     },
+    /// A remote backend (S3) failed.
+    #[error("{op} {at}")]
+    Backend {
+        /// What was being done.
+        op: &'static str,
+        /// On which key or object.
+        at: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
@@ -95,46 +114,69 @@ pub struct ManifestRecord {
     pub size: u64,
 }
 
-/// The blob and metadata store. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct BlobStore {
-    layout: Arc<Layout>,
-    /// Blobs being served (never evicted).
-    in_use: Arc<gc::InUse>,
-    /// `[storage] max_size`.
-    max_size: Option<u64>,
-    /// Approximate bytes under `blobs/`: recounted by every eviction pass,
-    /// advanced by commits in between.
-    approx_bytes: Arc<std::sync::atomic::AtomicU64>,
-    /// Wakes the eviction task when a commit crosses `max_size`.
-    over_budget: Arc<tokio::sync::Notify>,
-    /// Eviction passes asked for by commits, and the last one answered.
-    eviction: Arc<EvictionProgress>,
-    /// Digests fetched for private repositories.
-    private: Arc<PrivateMarks>,
+/// What a write is for: every copy the store keeps, or only the local read
+/// tier in front of a remote backend (filling it from the remote copy,
+/// which must not be uploaded again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A new blob: durable wherever the backend keeps blobs.
+    Durable,
+    /// A local copy of a blob the backend already has durably.
+    ReadTier,
 }
 
-/// Counts the eviction passes commits asked for and the ones done, so that
-/// a caller can wait until eviction has caught up ([`BlobStore::evicted`]).
-#[derive(Debug)]
-struct EvictionProgress {
-    /// Passes asked for (one per commit that left the store over budget).
-    asked: std::sync::atomic::AtomicU64,
-    /// The value of `asked` that the last finished pass had seen.
-    done: tokio::sync::watch::Sender<u64>,
-}
+/// A blob backend: where verified blobs live. The local store and S3
+/// implement it; [`contract`] is the suite each one passes.
+pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
+    /// Where the blobs are, for log lines and `verify`'s report.
+    fn describe(&self) -> String;
 
-impl Default for EvictionProgress {
-    fn default() -> Self {
-        Self {
-            asked: Default::default(),
-            done: tokio::sync::watch::Sender::new(0),
-        }
+    /// The size of a stored blob, or `None` when absent.
+    fn stat<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, Error>>;
+
+    /// Opens a stored blob for reading. The reader keeps a local blob from
+    /// eviction while it lives, and the open counts as an access.
+    fn open<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<BlobReader>, Error>>;
+
+    /// Starts a verified write of `digest`.
+    fn create<'a>(
+        &'a self,
+        digest: &'a Digest,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<BlobWriter, Error>>;
+
+    /// Deletes a stored blob (absent: nothing to do).
+    fn delete<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Re-hashes every stored blob and removes (quarantines) those that
+    /// fail their digest.
+    fn verify(&self) -> BoxFuture<'_, Result<VerifyReport, Error>>;
+
+    /// A URL a client may fetch the stored blob from directly for `ttl`
+    /// (presigned), when the backend offers that.
+    fn presign<'a>(
+        &'a self,
+        _digest: &'a Digest,
+        _ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<url::Url>, Error>> {
+        Box::pin(async { Ok(None) })
     }
+
+    /// The local directory of blobs that eviction bounds (the whole store,
+    /// or the read tier in front of a remote one).
+    fn local(&self) -> Option<&LocalBlobs>;
 }
 
-/// Refresh a served blob's last-access time at most this often.
-const ACCESS_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
+/// What a verification pass found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Blobs that hash to their name.
+    pub ok: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// What was moved out of the way (paths or object keys).
+    pub quarantined: Vec<String>,
+}
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
@@ -150,31 +192,41 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-impl BlobStore {
-    /// Opens (creating if needed) a store at `root` and sweeps stale
-    /// temporary files left by a previous process.
-    pub async fn open(root: &Path) -> Result<Self, Error> {
-        let layout = Arc::new(Layout::new(root));
-        let l = layout.clone();
-        let (swept, bytes, private) = blocking(move || {
-            let swept = l.init()?;
-            let bytes = l.entries()?.iter().map(|e| e.size).sum::<u64>();
-            let private = PrivateMarks::load(&l.root().join("private-marks"))?;
-            Ok((swept, bytes, private))
-        })
-        .await?;
-        if swept > 0 {
-            tracing::info!(swept, "removed stale temporary files");
-        }
+/// The store: blobs, records and private marks. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    blobs: Arc<dyn Backend>,
+    records: Arc<dyn Records>,
+    private: Arc<PrivateMarks>,
+}
+
+impl Store {
+    /// The local store at `root` (created if needed), its blobs bounded to
+    /// `max_size`; sweeps stale temporary files of a previous process.
+    pub async fn open_local(root: &Path, max_size: Option<u64>) -> Result<Self, Error> {
+        let local = LocalBlobs::open(root, max_size).await?;
+        let records = Arc::new(FsRecords::new(local.clone()));
+        Self::from_parts(Arc::new(local), records, Some(&root.join("private-marks"))).await
+    }
+
+    /// A store over any backend and records (loads the private marks, and
+    /// those of a legacy marks file when there is one).
+    pub async fn from_parts(
+        blobs: Arc<dyn Backend>,
+        records: Arc<dyn Records>,
+        legacy_marks: Option<&Path>,
+    ) -> Result<Self, Error> {
+        let private = PrivateMarks::load(records.clone(), legacy_marks).await?;
         Ok(Self {
-            layout,
-            in_use: Arc::default(),
-            max_size: None,
-            approx_bytes: Arc::new(std::sync::atomic::AtomicU64::new(bytes)),
-            over_budget: Arc::default(),
-            eviction: Arc::default(),
+            blobs,
+            records,
             private: Arc::new(private),
         })
+    }
+
+    /// The blob backend.
+    pub fn blobs(&self) -> &Arc<dyn Backend> {
+        &self.blobs
     }
 
     /// The private marks (see [`PrivateMarks`]).
@@ -184,172 +236,85 @@ impl BlobStore {
 
     /// Durably marks `digest` as content of the private repository `owner`.
     pub async fn mark_private(&self, digest: &Digest, owner: String) -> Result<(), Error> {
-        if self.private.owned_by(digest, &owner) == Some(true) {
-            return Ok(());
-        }
-        let (marks, digest) = (self.private.clone(), digest.clone());
-        blocking(move || marks.mark(&digest, &owner)).await
+        self.private.mark(digest, &owner).await
     }
 
-    /// Bounds the blobs to `max` bytes (see [`gc`]).
-    pub fn with_max_size(mut self, max: Option<u64>) -> Self {
-        self.max_size = max;
-        self
-    }
-
-    /// Approximate bytes of stored blobs.
+    /// Approximate bytes of locally stored blobs.
     pub fn stored_bytes(&self) -> u64 {
-        self.approx_bytes.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Accounts for a committed blob; wakes eviction when over budget.
-    pub fn note_committed(&self, size: u64) {
-        let now = self
-            .approx_bytes
-            .fetch_add(size, std::sync::atomic::Ordering::Relaxed)
-            + size;
-        if self.max_size.is_some_and(|m| now > m) {
-            self.eviction
-                .asked
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.over_budget.notify_one();
-        }
+        self.blobs.local().map_or(0, LocalBlobs::stored_bytes)
     }
 
     /// Waits until eviction has answered every commit so far that left the
-    /// store over budget. Needs the task of [`Self::spawn_evictor`].
+    /// local blobs over budget.
     pub async fn evicted(&self) {
-        let want = self
-            .eviction
-            .asked
-            .load(std::sync::atomic::Ordering::SeqCst);
-        let mut done = self.eviction.done.subscribe();
-        // The sender lives in `self`, so the channel cannot close here.
-        let _ = done.wait_for(|d| *d >= want).await;
+        if let Some(l) = self.blobs.local() {
+            l.evicted().await;
+        }
     }
 
-    /// One eviction pass: when blobs exceed `max_size`, deletes the least
-    /// recently used (not being served) down to 90% of it.
-    pub async fn evict_once(&self) -> Result<gc::GcReport, Error> {
-        let Some(max) = self.max_size else {
-            return Ok(gc::GcReport::default());
-        };
-        let (layout, in_use) = (self.layout.clone(), self.in_use.clone());
-        let report = blocking(move || layout.gc(max, max / 10 * 9, &in_use)).await?;
-        self.approx_bytes
-            .store(report.after, std::sync::atomic::Ordering::Relaxed);
-        Ok(report)
-    }
-
-    /// Runs eviction whenever a commit crosses the budget (and every minute
-    /// as a backstop) until the task is aborted.
+    /// Starts the eviction task (when the local blobs are bounded).
     pub fn spawn_evictor(&self) -> Option<tokio::task::JoinHandle<()>> {
-        self.max_size?;
-        let store = self.clone();
-        Some(tokio::spawn(async move {
-            loop {
-                // Read before the pass: a commit during the pass asks again
-                // (and leaves a wake-up), so it gets a pass of its own.
-                let asked = store
-                    .eviction
-                    .asked
-                    .load(std::sync::atomic::Ordering::SeqCst);
-                if let Err(e) = store.evict_once().await {
-                    tracing::error!(error = %crate::error_chain(&e), "eviction failed");
-                }
-                store.eviction.done.send_replace(asked);
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(60),
-                    store.over_budget.notified(),
-                )
-                .await;
-            }
-        }))
-    }
-
-    /// The path layout.
-    pub fn layout(&self) -> &Layout {
-        &self.layout
+        self.blobs.local()?.spawn_evictor()
     }
 
     /// The size of a stored blob, or `None` when absent.
     pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>, Error> {
-        let path = self.layout.blob(digest);
-        match tokio::fs::metadata(&path).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("stat", &path)(e)),
-        }
+        self.blobs.stat(digest).await
     }
 
-    /// Keeps `digest` from eviction while the guard lives, whether or not it
-    /// is stored yet: for clients streaming a download that is about to be
-    /// committed.
-    pub fn hold(&self, digest: &Digest) -> gc::InUseGuard {
-        self.in_use.hold(digest)
+    /// Keeps `digest` from eviction while the guard lives, whether or not
+    /// it is stored yet: for clients streaming a download that is about to
+    /// be committed.
+    pub fn hold(&self, digest: &Digest) -> Option<InUseGuard> {
+        self.blobs.local().map(|l| l.hold(digest))
     }
 
-    /// Opens a stored blob for reading, with its size. The guard keeps it
-    /// from eviction while it is served; the open also counts as an access
-    /// for LRU eviction.
-    pub async fn open_blob(
-        &self,
-        digest: &Digest,
-    ) -> Result<Option<(Arc<std::fs::File>, u64, gc::InUseGuard)>, Error> {
-        let guard = self.in_use.hold(digest);
-        let path = self.layout.blob(digest);
-        let std_file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("open", &path)(e)),
-        };
-        let meta = std_file.metadata().map_err(Error::io("stat", &path))?;
-        let now = std::time::SystemTime::now();
-        let stale = meta
-            .modified()
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .is_none_or(|age| age > ACCESS_GRANULARITY);
-        if stale {
-            // Best effort: a failure only makes eviction less accurate.
-            let _ = std_file.set_modified(now);
-        }
-        Ok(Some((Arc::new(std_file), meta.len(), guard)))
+    /// Opens a stored blob for reading.
+    pub async fn open(&self, digest: &Digest) -> Result<Option<BlobReader>, Error> {
+        self.blobs.open(digest).await
     }
 
     /// Starts writing a blob that must hash to `digest`.
-    pub async fn writer(&self, digest: &Digest) -> Result<BlobWriter, Error> {
-        let layout = self.layout.clone();
-        let digest = digest.clone();
-        blocking(move || BlobWriter::create(layout, digest)).await
+    pub async fn writer(&self, digest: &Digest, scope: Scope) -> Result<BlobWriter, Error> {
+        self.blobs.create(digest, scope).await
     }
 
-    /// Reads a stored manifest: its bytes and record.
+    /// A presigned URL for a stored blob, when the backend offers them.
+    pub async fn presign(
+        &self,
+        digest: &Digest,
+        ttl: std::time::Duration,
+    ) -> Result<Option<url::Url>, Error> {
+        self.blobs.presign(digest, ttl).await
+    }
+
+    /// Reads a stored manifest: its bytes and record. Bytes that fail their
+    /// digest are never returned.
     pub async fn manifest(
         &self,
         digest: &Digest,
     ) -> Result<Option<(Bytes, ManifestRecord)>, Error> {
-        let rec_path = self.layout.manifest_record(digest);
-        let blob_path = self.layout.blob(digest);
-        let digest = digest.clone();
-        blocking(move || {
-            let Some(rec) = read_json::<ManifestRecord>(&rec_path)? else {
-                return Ok(None);
-            };
-            let bytes = match std::fs::read(&blob_path) {
-                Ok(b) => Bytes::from(b),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::io("read", &blob_path)(e)),
-            };
-            // Manifests are small: re-check them on every load from disk, so a
-            // bit flip on disk is never served.
-            if bytes.len() as u64 != rec.size || !digest.verify(&bytes) {
-                tracing::warn!(%digest, "stored manifest fails its digest; ignoring it");
-                return Ok(None);
-            }
-            Ok(Some((bytes, rec)))
-        })
-        .await
+        let Some(rec) = self
+            .record::<ManifestRecord>(&keys::manifest(digest))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(reader) = self.blobs.open(digest).await? else {
+            return Ok(None);
+        };
+        let bytes = reader.read_all().await.map_err(|source| Error::Backend {
+            op: "read manifest",
+            at: digest.to_string(),
+            source: Box::new(source),
+        })?;
+        // Manifests are small: re-check them on every load, so a bit flip
+        // in storage is never served.
+        if bytes.len() as u64 != rec.size || !digest.verify(&bytes) {
+            tracing::warn!(%digest, "stored manifest fails its digest; ignoring it");
+            return Ok(None);
+        }
+        Ok(Some((bytes, rec)))
     }
 
     /// Stores manifest bytes (verified against `digest`) and its record.
@@ -359,92 +324,134 @@ impl BlobStore {
         bytes: Bytes,
         media_type: &MediaType,
     ) -> Result<(), Error> {
-        let mut w = self.writer(digest).await?;
         let rec = ManifestRecord {
             media_type: media_type.as_str().to_owned(),
             size: bytes.len() as u64,
         };
-        let rec_path = self.layout.manifest_record(digest);
-        let layout = self.layout.clone();
-        let size = bytes.len() as u64;
-        blocking(move || {
-            w.write(&bytes)?;
-            w.finish(Some(bytes.len() as u64))?;
-            layout.write_json_atomic(&rec_path, &rec)
-        })
-        .await?;
-        self.note_committed(size);
-        Ok(())
+        if self.blobs.stat(digest).await? != Some(rec.size) {
+            let mut w = self.writer(digest, Scope::Durable).await?;
+            let (w, n) = blocking(move || {
+                w.write(&bytes)?;
+                Ok((w, bytes.len() as u64))
+            })
+            .await?;
+            w.finish(Some(n)).await?;
+        }
+        self.put_record(&keys::manifest(digest), &rec).await
     }
 
     /// Loads a tag record.
-    pub async fn tag(&self, key: &tags::TagKey) -> Result<Option<TagRecord>, Error> {
-        let path = self.layout.tag(key);
-        blocking(move || read_json(&path)).await
+    pub async fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, Error> {
+        self.record(&keys::tag(key)).await
     }
 
     /// Saves a tag record atomically.
-    pub async fn put_tag(&self, key: &tags::TagKey, rec: &TagRecord) -> Result<(), Error> {
-        let path = self.layout.tag(key);
-        let layout = self.layout.clone();
-        let rec = rec.clone();
-        blocking(move || layout.write_json_atomic(&path, &rec)).await
+    pub async fn put_tag(&self, key: &TagKey, rec: &TagRecord) -> Result<(), Error> {
+        self.put_record(&keys::tag(key), rec).await
     }
 
     /// Forgets a tag (it was deleted upstream).
-    pub async fn remove_tag(&self, key: &tags::TagKey) -> Result<(), Error> {
-        let path = self.layout.tag(key);
-        blocking(move || match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &path)(e)),
-        })
-        .await
+    pub async fn remove_tag(&self, key: &TagKey) -> Result<(), Error> {
+        self.records.delete(&keys::tag(key)).await
     }
 
     /// Records that a repository has cached content (for `_catalog`).
-    pub async fn mark_repo(
-        &self,
-        upstream: &crate::config::UpstreamId,
-        repo: &crate::oci::RepoName,
-    ) -> Result<(), Error> {
-        let dir = self.layout.repo_tags_dir(upstream, repo);
-        blocking(move || std::fs::create_dir_all(&dir).map_err(Error::io("mkdir", &dir))).await
+    pub async fn mark_repo(&self, upstream: &UpstreamId, repo: &RepoName) -> Result<(), Error> {
+        let key = keys::repo_mark(upstream, repo);
+        if self.records.get(&key).await?.is_none() {
+            self.records.put(&key, Bytes::new()).await?;
+        }
+        Ok(())
+    }
+
+    /// Repositories of `upstream` with cached content, sorted.
+    pub async fn repos(&self, upstream: &UpstreamId) -> Result<Vec<String>, Error> {
+        let keys = self.records.list(&keys::repos(upstream)).await?;
+        let mut out: Vec<String> = keys
+            .iter()
+            .filter_map(|k| {
+                // repos / <upstream> / <repo…> / _tags / <record>
+                let parts: Vec<&str> = k.components().collect();
+                let at = parts.iter().rposition(|c| *c == keys::TAGS_DIR)?;
+                (at > 2 && at + 2 == parts.len()).then(|| parts[2..at].join("/"))
+            })
+            .collect();
+        out.dedup();
+        Ok(out)
     }
 
     /// Re-hashes every blob and quarantines those that fail their digest
     /// (see [`VerifyReport`]). Safe to run while serving: a quarantined blob
     /// is simply fetched again on the next request.
     pub async fn verify(&self) -> Result<VerifyReport, Error> {
-        let layout = self.layout.clone();
-        blocking(move || layout.verify()).await
+        self.blobs.verify().await
     }
 
-    /// Repositories of `upstream` with cached content, sorted.
-    pub async fn repos(&self, upstream: &crate::config::UpstreamId) -> Result<Vec<String>, Error> {
-        let layout = self.layout.clone();
-        let upstream = upstream.clone();
-        blocking(move || layout.list_repos(&upstream)).await
-    }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, Error> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read", path)(e)),
-    };
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) => {
-            // A torn or foreign file: treat as absent, it will be rewritten.
-            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable record");
-            Ok(None)
+    async fn record<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &RecordKey,
+    ) -> Result<Option<T>, Error> {
+        let Some(bytes) = self.records.get(key).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                // A torn or foreign record: treat as absent, it will be
+                // rewritten.
+                tracing::warn!(%key, error = %e, "ignoring unreadable record");
+                Ok(None)
+            }
         }
     }
+
+    async fn put_record<T: Serialize>(&self, key: &RecordKey, value: &T) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Io {
+            op: "serialize",
+            path: PathBuf::from(key.as_str()),
+            source: io::Error::other(e),
+        })?;
+        self.records.put(key, Bytes::from(bytes)).await
+    }
 }
 
-pub use tags::{TagKey, epoch_ms as tags_epoch_ms};
+/// The record keys (see [`records`]).
+mod keys {
+    use super::{RecordKey, TagKey};
+    use crate::config::UpstreamId;
+    use crate::oci::{Digest, RepoName};
 
-#[cfg(test)]
-mod tests;
+    /// The directory of a repository's tag records. A repository component
+    /// never starts with `_`, so this name cannot collide with a repository.
+    pub(super) const TAGS_DIR: &str = "_tags";
+
+    // Every part below comes from a validated type, so the keys exist.
+    fn key<'a>(parts: impl IntoIterator<Item = &'a str>) -> RecordKey {
+        RecordKey::from_parts(parts).expect("keys are built from validated names")
+    }
+
+    pub(super) fn manifest(d: &Digest) -> RecordKey {
+        key(["manifests", d.algorithm().as_str(), &d.hex()[..2], d.hex()])
+    }
+
+    pub(super) fn repos(upstream: &UpstreamId) -> RecordKey {
+        key(["repos", upstream.as_str()])
+    }
+
+    pub(super) fn repo_mark(upstream: &UpstreamId, repo: &RepoName) -> RecordKey {
+        key(["repos", upstream.as_str(), repo.as_str(), TAGS_DIR, ".repo"])
+    }
+
+    pub(super) fn tag(k: &TagKey) -> RecordKey {
+        let file = format!("{}.{}", k.tag.as_str(), k.class.key());
+        key([
+            "repos",
+            k.upstream.as_str(),
+            k.repo.as_str(),
+            TAGS_DIR,
+            &file,
+        ])
+    }
+}
+
+pub use tags::epoch_ms as tags_epoch_ms;

@@ -24,10 +24,9 @@ use super::inflight::{Fill, FillState, Fills, Found, Joined};
 use super::{CacheStatus, Error, Fetch, Grant, Mirror, Upstream};
 use crate::config::UpstreamId;
 use crate::oci::{Digest, Digester, RepoName};
-use crate::store::{self, BlobStore};
+use crate::store::reader::CHUNK;
+use crate::store::{self, BlobReader, InUseGuard, Scope, Store};
 
-/// Read size for streaming stored or in-flight blobs.
-const CHUNK: usize = 256 * 1024;
 /// Largest batch of upstream chunks written with one blocking call.
 const WRITE_BATCH: usize = 1024 * 1024;
 
@@ -48,15 +47,14 @@ pub struct BlobBody {
     /// How it was obtained.
     pub status: CacheStatus,
     source: Source,
-    /// Keeps the blob from eviction while it is streamed, stored or (for a
-    /// download) committed while this client still reads it.
-    guard: store::gc::InUseGuard,
 }
 
 #[derive(Debug)]
 enum Source {
-    File(Arc<std::fs::File>),
-    Fill(Arc<Fill>),
+    Stored(BlobReader),
+    /// A download, and a hold that keeps the blob from eviction while this
+    /// client still reads it (it is committed meanwhile).
+    Fill(Arc<Fill>, Option<InUseGuard>),
 }
 
 impl BlobBody {
@@ -66,47 +64,17 @@ impl BlobBody {
         start: u64,
         end: Option<u64>,
     ) -> BoxStream<'static, io::Result<Bytes>> {
-        let stream = match self.source {
-            Source::File(file) => {
-                let len = end.or(self.size).unwrap_or(u64::MAX).saturating_sub(start);
-                file_stream(file, start, len)
-            }
-            Source::Fill(fill) => fill_stream(fill, start, end.or(self.size)),
-        };
-        // The guard lives as long as the stream: no eviction meanwhile.
-        let guard = self.guard;
-        stream
-            .map(move |r| {
-                let _ = &guard;
-                r
-            })
-            .boxed()
+        match self.source {
+            Source::Stored(reader) => reader.into_stream(start, end),
+            Source::Fill(fill, guard) => fill_stream(fill, start, end.or(self.size))
+                .map(move |r| {
+                    // The guard lives as long as the stream.
+                    let _ = &guard;
+                    r
+                })
+                .boxed(),
+        }
     }
-}
-
-/// Streams `len` bytes of a stored blob from `start`, in `CHUNK`s read
-/// straight from the page cache when they are there (`store::read`).
-fn file_stream(
-    file: Arc<std::fs::File>,
-    start: u64,
-    len: u64,
-) -> BoxStream<'static, io::Result<Bytes>> {
-    stream::try_unfold((file, start, len), |(file, pos, left)| async move {
-        if left == 0 {
-            return Ok(None);
-        }
-        let want = left.min(CHUNK as u64) as usize;
-        let b = store::read::read_at(&file, pos, want).await?;
-        if b.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "stored blob is shorter than its size",
-            ));
-        }
-        let n = b.len() as u64;
-        Ok(Some((b, (file, pos + n, left - n))))
-    })
-    .boxed()
 }
 
 struct Reader {
@@ -191,12 +159,12 @@ fn fill_stream(
                         return Some((Err(e), r));
                     }
                     Found::File { upto } => {
-                        let Some(file) = r.fill.reader.get().cloned() else {
+                        let Some(spool) = r.fill.reader.get() else {
                             r.finished = true;
                             return Some((Err(io::Error::other("fill has no reader")), r));
                         };
                         let len = (limit.min(upto) - r.pos).min(CHUNK as u64) as usize;
-                        match store::read::read_at(&file, r.pos, len).await {
+                        match spool.read_at(r.pos, len).await {
                             Ok(b) if b.is_empty() => {
                                 r.finished = true;
                                 let e = io::Error::new(
@@ -309,46 +277,39 @@ impl Mirror {
         let up = self.upstream(id)?;
         let repo = &self.upstream_repo(id, repo);
         self.guard_private(up, repo, digest, grant, false).await?;
-        // Two rounds at most: a fill can finish between our store check and
+        // Two rounds at most: a fill can commit between our store check and
         // the table lookup, in which case the store has the blob.
         for _ in 0..2 {
-            if let Some((file, len, guard)) = self.store.open_blob(digest).await? {
+            let epoch = self.fills.epoch();
+            if let Some(reader) = self.store.open(digest).await? {
                 return Ok(BlobBody {
-                    size: Some(len),
+                    size: Some(reader.len()),
                     status: CacheStatus::Hit,
-                    source: Source::File(file),
-                    guard,
+                    source: Source::Stored(reader),
                 });
             }
-            if grant.fetch == Fetch::CacheOnly {
+            let (fill, status) = if grant.fetch == Fetch::CacheOnly {
                 // Joining a download someone else started is not a fetch.
                 let Some(fill) = self.fills.get(digest) else {
                     return Err(Error::NotCached);
                 };
-                let guard = self.store.hold(digest);
-                let size = ready(&fill).await?;
-                return Ok(BlobBody {
-                    size,
-                    status: CacheStatus::Coalesced,
-                    source: Source::Fill(fill),
-                    guard,
-                });
-            }
-            let path = self.store.layout().blob(digest);
-            let (fill, status) = match self.fills.join(digest, || path.exists()) {
-                None => continue,
-                Some(Joined::Follower(f)) => (f, CacheStatus::Coalesced),
-                Some(Joined::Leader(f)) => {
-                    let task = FillTask {
-                        fill: f.clone(),
-                        fills: self.fills.clone(),
-                        up: up.clone(),
-                        repo: repo.clone(),
-                        digest: digest.clone(),
-                        store: self.store.clone(),
-                    };
-                    tokio::spawn(task.run());
-                    (f, CacheStatus::Miss)
+                (fill, CacheStatus::Coalesced)
+            } else {
+                match self.fills.join(digest, epoch) {
+                    None => continue,
+                    Some(Joined::Follower(f)) => (f, CacheStatus::Coalesced),
+                    Some(Joined::Leader(f)) => {
+                        let task = FillTask {
+                            fill: f.clone(),
+                            fills: self.fills.clone(),
+                            up: up.clone(),
+                            repo: repo.clone(),
+                            digest: digest.clone(),
+                            store: self.store.clone(),
+                        };
+                        tokio::spawn(task.run());
+                        (f, CacheStatus::Miss)
+                    }
                 }
             };
             let guard = self.store.hold(digest);
@@ -356,8 +317,7 @@ impl Mirror {
             return Ok(BlobBody {
                 size,
                 status,
-                source: Source::Fill(fill),
-                guard,
+                source: Source::Fill(fill, guard),
             });
         }
         Err(Error::Interrupted)
@@ -371,22 +331,23 @@ struct FillTask {
     up: Arc<Upstream>,
     repo: RepoName,
     digest: Digest,
-    store: BlobStore,
+    store: Store,
 }
 
 impl FillTask {
     async fn run(self) {
         // If this task panics or is dropped mid-way, readers must not hang:
         // the guard publishes a failure and leaves the table.
-        let guard = FillGuard {
+        let mut guard = FillGuard {
             fill: self.fill.clone(),
             fills: self.fills.clone(),
             digest: self.digest.clone(),
+            committed: false,
         };
         let result = self.download().await;
         let state = match result {
             Ok((size, true)) => {
-                self.store.note_committed(size);
+                guard.committed = true;
                 tracing::debug!(upstream = %self.up.config.id, digest = %self.digest, bytes = size, "blob cached");
                 FillState::Done { size }
             }
@@ -433,15 +394,12 @@ impl FillTask {
             .await
             .map_err(|e| self.up.fail(e))?;
         let size = resp.size;
-        let mut sink = match self.store.writer(&self.digest).await {
-            Ok(writer) => match writer.open_reader() {
-                Ok(reader) => {
-                    // invariant: only this task sets the reader, once.
-                    let _ = self.fill.reader.set(Arc::new(reader));
-                    Sink::Disk(writer)
-                }
-                Err(e) => self.pass_through(&e, 0, writer.abandon()).into(),
-            },
+        let mut sink = match self.store.writer(&self.digest, Scope::Durable).await {
+            Ok(writer) => {
+                // invariant: only this task sets the reader, once.
+                let _ = self.fill.reader.set(writer.spool());
+                Sink::Disk(writer)
+            }
             Err(e) => self.pass_through(&e, 0, None).into(),
         };
         self.fill
@@ -514,17 +472,15 @@ impl FillTask {
                 // rename leaves no blob, never a bad one); the fill stays
                 // joinable until the blob is in the store.
                 self.fill.state.send_replace(FillState::Done { size: n });
-                let committed = tokio::task::spawn_blocking(move || w.commit()).await;
-                match committed {
-                    Ok(Ok(())) => Ok((n, true)),
-                    // Only fsync or rename failed (or the runtime is
-                    // shutting down). Readers hold the file open.
-                    Ok(Err(e)) => {
+                match w.commit().await {
+                    Ok(()) => Ok((n, true)),
+                    // Only fsync, rename or the upload's completion failed.
+                    // Readers hold the spool open.
+                    Err(e) => {
                         tracing::error!(digest = %self.digest, error = %crate::error_chain(&e),
                             "cannot commit a verified blob to the store");
                         Ok((n, false))
                     }
-                    Err(_) => Ok((n, false)),
                 }
             }
             Ready::Memory(h) => {
@@ -650,6 +606,8 @@ struct FillGuard {
     fill: Arc<Fill>,
     fills: Arc<Fills>,
     digest: Digest,
+    /// The blob is in the store.
+    committed: bool,
 }
 
 impl Drop for FillGuard {
@@ -661,6 +619,6 @@ impl Drop for FillGuard {
             }
             FillState::Done { .. } | FillState::Failed(_) => false,
         });
-        self.fills.remove(&self.digest, &self.fill);
+        self.fills.remove(&self.digest, &self.fill, self.committed);
     }
 }

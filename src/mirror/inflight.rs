@@ -6,17 +6,20 @@
 //! not any client is still reading: a client that disconnects never aborts
 //! caching. Progress is published on a `watch` channel; readers take the
 //! newest bytes from the fill's in-memory [`Window`] and older ones from the
-//! temporary file, through their own read handle.
+//! writer's spool.
 //! The entry is removed only after the blob is in the store (or the fill
-//! failed), so a request never finds neither.
+//! failed), and the table remembers recent commits by epoch, so a request
+//! that missed the store just before a commit joins nothing and finds the
+//! blob on its second look, without a second download.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
 
 use super::Error;
 use crate::oci::Digest;
+use crate::store::Spool;
 
 /// What a fill has achieved so far.
 #[derive(Debug, Clone)]
@@ -47,9 +50,9 @@ pub(crate) enum FillState {
 #[derive(Debug)]
 pub(crate) struct Fill {
     pub(crate) state: watch::Sender<FillState>,
-    /// Read handle on the temporary file, set before `Streaming` is first
-    /// published (unless the temporary file could not even be created).
-    pub(crate) reader: OnceLock<Arc<std::fs::File>>,
+    /// The writer's spool, set before `Streaming` is first published
+    /// (unless the store could not even start the write).
+    pub(crate) reader: OnceLock<Spool>,
     /// The most recently received bytes, served to readers from memory.
     pub(crate) window: Mutex<Window>,
     /// Set once a reader has started its response: a failure after that
@@ -166,10 +169,24 @@ impl Window {
 /// every upstream).
 #[derive(Debug, Default)]
 pub(crate) struct Fills {
-    map: Mutex<HashMap<Digest, Arc<Fill>>>,
+    table: Mutex<Table>,
     /// Woken whenever the table becomes empty.
     emptied: tokio::sync::Notify,
 }
+
+#[derive(Debug, Default)]
+struct Table {
+    fills: HashMap<Digest, Arc<Fill>>,
+    /// Recent fills that ended with their blob in the store, and the epoch
+    /// at which they left the table (bounded: the oldest are forgotten).
+    committed: HashMap<Digest, u64>,
+    order: VecDeque<Digest>,
+    /// Counts fills that left the table with their blob committed.
+    epoch: u64,
+}
+
+/// How many committed fills the table remembers.
+const REMEMBERED: usize = 4096;
 
 /// Whether the caller must start the download or joined an existing one.
 pub(crate) enum Joined {
@@ -178,16 +195,26 @@ pub(crate) enum Joined {
 }
 
 impl Fills {
-    /// Joins the fill for `digest`, creating it when there is none. `exists`
-    /// is checked under the lock when creating, so a fill that just finished
-    /// (and left the table) is not started again: `None` means the blob is in
-    /// the store now.
-    pub(crate) fn join(&self, digest: &Digest, exists: impl FnOnce() -> bool) -> Option<Joined> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = map.get(digest) {
+    /// The current epoch: read it before looking in the store, and pass it
+    /// to [`join`](Self::join).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins the fill for `digest`, creating it when there is none. `None`
+    /// when a fill of `digest` committed its blob after `since` (the epoch
+    /// read before the caller missed it in the store): the store has it now,
+    /// so no download starts again.
+    pub(crate) fn join(&self, digest: &Digest, since: u64) -> Option<Joined> {
+        let mut t = self.lock();
+        if let Some(f) = t.fills.get(digest) {
             return Some(Joined::Follower(f.clone()));
         }
-        if exists() {
+        if t.committed.get(digest).is_some_and(|at| *at > since) {
             return None;
         }
         let (state, _) = watch::channel(FillState::Starting);
@@ -197,25 +224,38 @@ impl Fills {
             window: Mutex::default(),
             streamed: Default::default(),
         });
-        map.insert(digest.clone(), fill.clone());
+        t.fills.insert(digest.clone(), fill.clone());
         Some(Joined::Leader(fill))
     }
 
     /// Removes `fill` from the table (only if it is still the entry for
-    /// `digest`).
-    pub(crate) fn remove(&self, digest: &Digest, fill: &Arc<Fill>) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
-            map.remove(digest);
-            if map.is_empty() {
-                self.emptied.notify_waiters();
+    /// `digest`); `committed`: its blob is in the store.
+    pub(crate) fn remove(&self, digest: &Digest, fill: &Arc<Fill>, committed: bool) {
+        let mut t = self.lock();
+        if !t.fills.get(digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+            return;
+        }
+        t.fills.remove(digest);
+        if committed {
+            t.epoch += 1;
+            let epoch = t.epoch;
+            if t.committed.insert(digest.clone(), epoch).is_none() {
+                t.order.push_back(digest.clone());
             }
+            while t.order.len() > REMEMBERED {
+                if let Some(old) = t.order.pop_front() {
+                    t.committed.remove(&old);
+                }
+            }
+        }
+        if t.fills.is_empty() {
+            self.emptied.notify_waiters();
         }
     }
 
     /// How many fills are running.
     pub(crate) fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().fills.len()
     }
 
     /// Waits until no fill is running.
@@ -232,8 +272,7 @@ impl Fills {
 
     /// The fill for `digest`, if one is running.
     pub(crate) fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(digest).cloned()
+        self.lock().fills.get(digest).cloned()
     }
 }
 
@@ -253,25 +292,49 @@ mod tests {
         let b = format!("sha256:{}", "b".repeat(64))
             .parse::<Digest>()
             .unwrap();
-        let Some(Joined::Leader(fa)) = fills.join(&a, || false) else {
+        let Some(Joined::Leader(fa)) = fills.join(&a, 0) else {
             panic!("first join leads");
         };
-        let Some(Joined::Leader(fb)) = fills.join(&b, || false) else {
+        let Some(Joined::Leader(fb)) = fills.join(&b, 0) else {
             panic!("first join leads");
         };
         let waiter = tokio::spawn({
             let fills = fills.clone();
             async move { fills.drained().await }
         });
-        fills.remove(&a, &fa);
+        fills.remove(&a, &fa, true);
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "one fill still runs");
         assert_eq!(fills.len(), 1);
-        fills.remove(&b, &fb);
+        fills.remove(&b, &fb, false);
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("drained once the table is empty")
             .unwrap();
+    }
+
+    #[test]
+    fn a_fill_committed_since_the_store_miss_is_not_started_again() {
+        let fills = Fills::default();
+        let d = Digest::sha256_of(b"blob");
+        let before = fills.epoch();
+        let Some(Joined::Leader(f)) = fills.join(&d, before) else {
+            panic!("first join leads");
+        };
+        // A second request missed the store while the fill ran...
+        let missed_at = fills.epoch();
+        fills.remove(&d, &f, true);
+        // ...and arrives after the commit: the store has the blob.
+        assert!(fills.join(&d, missed_at).is_none());
+        // A request that looked in the store after the commit leads anew
+        // (the blob was evicted meanwhile, say).
+        let Some(Joined::Leader(g)) = fills.join(&d, fills.epoch()) else {
+            panic!("a fresh miss leads");
+        };
+        // A failed fill does not count as committed.
+        let missed_at = fills.epoch();
+        fills.remove(&d, &g, false);
+        assert!(matches!(fills.join(&d, missed_at), Some(Joined::Leader(_))));
     }
 
     #[test]

@@ -7,48 +7,76 @@
 //! A marked digest is served to such a client only for a repository that
 //! upstream confirms holds it (see `mirror`).
 //!
-//! The marks live in memory and in an append-only file `private-marks`
-//! (`<digest> <upstream>/<repo>` per line, fsynced on every new mark;
-//! marks are rare: once per digest and private repository). Eviction does
-//! not remove marks: a mark for an absent blob is harmless.
+//! The marks live in memory and as one record each in the backend's records
+//! (`private/<alg>/<hex>/<upstream>/<repo…>`), written before the mark is
+//! used; marks are rare: once per digest and private repository. A store
+//! from before the records kept them in an append-only `private-marks`
+//! file, which is still read. Eviction does not remove marks: a mark for an
+//! absent blob is harmless.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-use super::Error;
+use bytes::Bytes;
+
+use super::records::{RecordKey, Records};
+use super::{Error, blocking};
 use crate::oci::Digest;
 
 /// The set of private marks.
 #[derive(Debug)]
 pub struct PrivateMarks {
-    path: PathBuf,
+    records: Arc<dyn Records>,
     marks: Mutex<HashMap<Digest, HashSet<String>>>,
 }
 
+fn key(digest: &Digest, owner: &str) -> Option<RecordKey> {
+    RecordKey::from_parts(["private", digest.algorithm().as_str(), digest.hex(), owner])
+}
+
 impl PrivateMarks {
-    /// Loads the marks file (absent: no marks). Unparsable lines (a torn
-    /// last line after a crash) are skipped.
-    pub(crate) fn load(path: &Path) -> Result<Self, Error> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(Error::io("read", path)(e)),
-        };
+    /// Loads the marks from `records`, and from the legacy marks file
+    /// `legacy` when there is one (unparsable lines, such as a torn last
+    /// line after a crash, are skipped).
+    pub(crate) async fn load(
+        records: Arc<dyn Records>,
+        legacy: Option<&Path>,
+    ) -> Result<Self, Error> {
         let mut marks: HashMap<Digest, HashSet<String>> = HashMap::new();
-        for line in text.lines() {
-            let Some((d, owner)) = line.split_once(' ') else {
-                continue;
-            };
-            let Ok(d) = d.parse::<Digest>() else { continue };
-            if owner.is_empty() || owner.contains(char::is_whitespace) {
+        let prefix = RecordKey::from_parts(["private"]).expect("a valid key");
+        for k in records.list(&prefix).await? {
+            let parts: Vec<&str> = k.components().collect();
+            // private / alg / hex / upstream / repo…
+            if parts.len() < 5 {
                 continue;
             }
-            marks.entry(d).or_default().insert(owner.to_owned());
+            let Ok(d) = format!("{}:{}", parts[1], parts[2]).parse::<Digest>() else {
+                continue;
+            };
+            marks.entry(d).or_default().insert(parts[3..].join("/"));
+        }
+        if let Some(path) = legacy {
+            let path = path.to_owned();
+            let text = blocking(move || match std::fs::read_to_string(&path) {
+                Ok(t) => Ok(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                Err(e) => Err(Error::io("read", &path)(e)),
+            })
+            .await?;
+            for line in text.lines() {
+                let Some((d, owner)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Ok(d) = d.parse::<Digest>() else { continue };
+                if owner.is_empty() || owner.contains(char::is_whitespace) {
+                    continue;
+                }
+                marks.entry(d).or_default().insert(owner.to_owned());
+            }
         }
         Ok(Self {
-            path: path.to_owned(),
+            records,
             marks: Mutex::new(marks),
         })
     }
@@ -63,26 +91,22 @@ impl PrivateMarks {
         marks.get(digest).map(|o| o.contains(owner))
     }
 
-    /// Records that `digest` belongs to the private repository `owner`.
-    /// Durable before it returns (the caller then fetches or serves).
-    pub(crate) fn mark(&self, digest: &Digest, owner: &str) -> Result<(), Error> {
-        let mut marks = self
-            .marks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if marks.get(digest).is_some_and(|o| o.contains(owner)) {
+    /// Records that `digest` belongs to the private repository `owner`
+    /// (`<upstream>/<repo>`). Durable before it returns (the caller then
+    /// fetches or serves).
+    pub(crate) async fn mark(&self, digest: &Digest, owner: &str) -> Result<(), Error> {
+        if self.owned_by(digest, owner) == Some(true) {
             return Ok(());
         }
-        // Appended under the lock, so lines never interleave.
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(Error::io("open", &self.path))?;
-        f.write_all(format!("{digest} {owner}\n").as_bytes())
-            .map_err(Error::io("append", &self.path))?;
-        f.sync_data().map_err(Error::io("fsync", &self.path))?;
-        marks
+        let Some(k) = key(digest, owner) else {
+            return Err(Error::io("mark private", Path::new(owner))(
+                std::io::Error::other("not a repository name"),
+            ));
+        };
+        self.records.put(&k, Bytes::new()).await?;
+        self.marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(digest.clone())
             .or_default()
             .insert(owner.to_owned());
@@ -92,28 +116,35 @@ impl PrivateMarks {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::io::Write as _;
 
-    #[test]
-    fn marks_persist_and_skip_torn_lines() {
+    use super::*;
+    use crate::store::local::LocalBlobs;
+    use crate::store::records::FsRecords;
+
+    #[tokio::test]
+    async fn marks_persist_and_legacy_file_is_read() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("private-marks");
+        let records: Arc<dyn Records> = Arc::new(FsRecords::new(
+            LocalBlobs::open(dir.path(), None).await.unwrap(),
+        ));
+        let legacy = dir.path().join("private-marks");
         let d = Digest::sha256_of(b"secret layer");
-        let m = PrivateMarks::load(&path).unwrap();
+        let m = PrivateMarks::load(records.clone(), Some(&legacy))
+            .await
+            .unwrap();
         assert_eq!(m.owned_by(&d, "hub/org/app"), None);
-        m.mark(&d, "hub/org/app").unwrap();
-        m.mark(&d, "hub/org/app").unwrap();
+        m.mark(&d, "hub/org/app").await.unwrap();
+        m.mark(&d, "hub/org/app").await.unwrap();
         assert_eq!(m.owned_by(&d, "hub/org/app"), Some(true));
         assert_eq!(m.owned_by(&d, "hub/public/app"), Some(false));
-        // A torn line from a crash is ignored.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"sha256:12")
-            .unwrap();
-        let again = PrivateMarks::load(&path).unwrap();
+        assert!(m.mark(&d, "hub/../x").await.is_err());
+        // An older store's marks file, with a torn last line from a crash.
+        let old = Digest::sha256_of(b"older secret");
+        let mut f = std::fs::File::create(&legacy).unwrap();
+        write!(f, "{old} hub/org/old\nsha256:12").unwrap();
+        let again = PrivateMarks::load(records, Some(&legacy)).await.unwrap();
         assert_eq!(again.owned_by(&d, "hub/org/app"), Some(true));
-        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        assert_eq!(again.owned_by(&old, "hub/org/old"), Some(true));
     }
 }

@@ -1,46 +1,91 @@
-//! `BlobWriter`: writes a blob to a temporary file while hashing it, and
-//! commits it under its digest only when size and digest check out.
+//! `BlobWriter`: the one verified writer of every backend. It spools the
+//! blob to a local temporary file while hashing it (followers read that file
+//! through [`Spool`]), and hands it to its backend's [`Publish`] only when
+//! size and digest check out: the local store renames it into place, a
+//! remote one completes its upload. Anything else (an error, a mismatch, a
+//! drop) aborts: nothing is ever visible under a digest it does not hash to.
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use super::Error;
-use super::layout::{Layout, rename_into_place};
+use futures_util::future::BoxFuture;
+
+use super::{Error, Spool};
 use crate::oci::{Digest, Digester};
 
-/// An in-progress blob write. Blocking I/O: call from the blocking pool.
+/// What a backend does with a blob its writer has spooled.
+pub(crate) trait Publish: Send + std::fmt::Debug {
+    /// Called after each write with the bytes in the spool so far (a remote
+    /// backend starts uploading full parts). Runs on the writer's thread
+    /// (the blocking pool): must not block on the network.
+    fn progress(&mut self, _written: u64) {}
+
+    /// Makes the verified, fsynced spool at `tmp` durable and visible as
+    /// `digest`. The spool file may be renamed away (the local store keeps
+    /// it); whatever is left at `tmp` afterwards is removed.
+    fn publish(
+        self: Box<Self>,
+        tmp: PathBuf,
+        digest: Digest,
+        size: u64,
+    ) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// The write was given up (error, mismatch, or dropped): undo whatever
+    /// was started (abort a multipart upload).
+    fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// An in-progress blob write. [`write`](Self::write) is blocking file I/O:
+/// call it from the blocking pool.
 ///
-/// Dropping a writer that was not successfully finished removes its temporary
-/// file, so an abandoned or failed write never leaves anything that could be
-/// served.
+/// Dropping a writer that was not committed removes its temporary file and
+/// aborts its backend's upload, so an abandoned or failed write never leaves
+/// anything that could be served.
 #[derive(Debug)]
 pub struct BlobWriter {
-    layout: Arc<Layout>,
     digest: Digest,
     tmp: PathBuf,
     file: Option<std::fs::File>,
+    spool: Spool,
     hasher: Option<Digester>,
     written: u64,
     verified: bool,
+    publish: Option<Box<dyn Publish>>,
 }
 
 impl BlobWriter {
-    pub(super) fn create(layout: Arc<Layout>, digest: Digest) -> Result<Self, Error> {
-        let tmp = layout.tmp_file(digest.hex());
+    /// A writer spooling to a new file at `tmp`. Blocking.
+    pub(crate) fn create(
+        tmp: PathBuf,
+        digest: Digest,
+        guard: Option<super::InUseGuard>,
+        publish: Box<dyn Publish>,
+    ) -> Result<Self, Error> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
             .map_err(Error::io("create", &tmp))?;
+        let reader = std::fs::File::open(&tmp).map_err(Error::io("open", &tmp));
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                spawn_abort(publish);
+                return Err(e);
+            }
+        };
         Ok(Self {
             hasher: Some(Digester::new(digest.algorithm())),
-            layout,
             digest,
             tmp,
             file: Some(file),
+            spool: Spool::new(reader, guard),
             written: 0,
             verified: false,
+            publish: Some(publish),
         })
     }
 
@@ -54,15 +99,15 @@ impl BlobWriter {
         self.written
     }
 
-    /// Opens the temporary file for reading, for streaming the blob to clients
-    /// while it is being written. The handle stays valid after the file is
-    /// renamed or removed.
-    pub fn open_reader(&self) -> Result<std::fs::File, Error> {
-        std::fs::File::open(&self.tmp).map_err(Error::io("open", &self.tmp))
+    /// The bytes written so far, for streaming the blob to clients while it
+    /// is being written. Stays readable after commit or abort.
+    pub fn spool(&self) -> Spool {
+        self.spool.clone()
     }
 
-    /// Hashes and appends bytes. After this returns, the bytes are visible to
-    /// readers of the temporary file.
+    /// Hashes and appends bytes. After this returns, the bytes are readable
+    /// from the [`spool`](Self::spool). A failed write leaves the writer
+    /// unusable for more bytes; its hasher has still seen `bytes`.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let (Some(file), Some(hasher)) = (self.file.as_mut(), self.hasher.as_mut()) else {
             return Err(Error::io("write", &self.tmp)(std::io::Error::other(
@@ -70,25 +115,30 @@ impl BlobWriter {
             )));
         };
         hasher.update(bytes);
-        file.write_all(bytes)
-            .map_err(Error::io("write", &self.tmp))?;
+        if let Err(e) = file.write_all(bytes) {
+            self.file = None;
+            return Err(Error::io("write", &self.tmp)(e));
+        }
         self.written += bytes.len() as u64;
+        if let Some(p) = self.publish.as_mut() {
+            p.progress(self.written);
+        }
         Ok(())
     }
 
     /// Checks size and digest, then makes the blob durable and visible:
     /// [`verify`](Self::verify) and [`commit`](Self::commit) in one.
-    pub fn finish(&mut self, expected_size: Option<u64>) -> Result<u64, Error> {
+    pub async fn finish(mut self, expected_size: Option<u64>) -> Result<u64, Error> {
         let n = self.verify(expected_size)?;
-        self.commit()?;
+        self.commit().await?;
         Ok(n)
     }
 
     /// Checks that what was written has the expected size (when known) and
     /// the writer's digest. Cheap: the bytes were hashed as they came. On
-    /// success the blob may be served from readers already open; it becomes
-    /// a stored blob with [`commit`](Self::commit). On failure nothing is
-    /// committed and dropping the writer removes the temporary file.
+    /// success the blob may be served from spools already handed out; it
+    /// becomes a stored blob with [`commit`](Self::commit). On failure
+    /// nothing is committed and dropping the writer aborts it.
     pub fn verify(&mut self, expected_size: Option<u64>) -> Result<u64, Error> {
         let Some(hasher) = self.hasher.take() else {
             return Err(Error::io("verify", &self.tmp)(std::io::Error::other(
@@ -114,9 +164,9 @@ impl BlobWriter {
         Ok(self.written)
     }
 
-    /// fsyncs a verified blob and renames it into place (atomic: a crash
-    /// leaves either no blob or the whole, verified one).
-    pub fn commit(&mut self) -> Result<(), Error> {
+    /// fsyncs a verified blob and publishes it through its backend (atomic:
+    /// a crash leaves either no blob or the whole, verified one).
+    pub async fn commit(mut self) -> Result<(), Error> {
         let file = match self.file.take() {
             Some(file) if self.verified => file,
             _ => {
@@ -125,37 +175,63 @@ impl BlobWriter {
                 )));
             }
         };
-        // The commit is the blob's first access for LRU eviction. The
-        // kernel stamps writes from a coarse clock (one tick is several
-        // milliseconds), so blobs committed in the same tick would tie;
-        // a precise stamp keeps their order. Best effort, like every access
-        // time: a failure only makes eviction less exact.
-        let _ = file.set_modified(std::time::SystemTime::now());
-        file.sync_all().map_err(Error::io("fsync", &self.tmp))?;
-        drop(file);
-        rename_into_place(&self.tmp, &self.layout.blob(&self.digest))?;
-        // The temporary path no longer exists: nothing for Drop to remove.
-        self.tmp = PathBuf::new();
-        Ok(())
+        let tmp = self.tmp.clone();
+        super::blocking(move || {
+            // The commit is the blob's first access for LRU eviction. The
+            // kernel stamps writes from a coarse clock (one tick is several
+            // milliseconds), so blobs committed in the same tick would tie;
+            // a precise stamp keeps their order. Best effort, like every
+            // access time: a failure only makes eviction less exact.
+            let _ = file.set_modified(std::time::SystemTime::now());
+            file.sync_all().map_err(Error::io("fsync", &tmp))
+        })
+        .await?;
+        let Some(publish) = self.publish.take() else {
+            return Err(Error::io("commit", &self.tmp)(std::io::Error::other(
+                "writer already published",
+            )));
+        };
+        publish
+            .publish(self.tmp.clone(), self.digest.clone(), self.written)
+            .await
+        // Drop removes what the backend left at `tmp` (nothing, once the
+        // local store renamed it).
     }
-}
 
-impl BlobWriter {
-    /// Gives up on storing: removes the temporary file and returns the
-    /// hasher, which has seen every byte passed to [`write`](Self::write),
-    /// including the bytes of a call that failed. Readers opened with
-    /// [`open_reader`](Self::open_reader) keep their view of what was
-    /// written. For streaming a blob on when the disk is full.
+    /// Gives up on storing: aborts, removes the temporary file and returns
+    /// the hasher, which has seen every byte passed to
+    /// [`write`](Self::write), including the bytes of a call that failed.
+    /// Spools handed out keep their view of what was written. For streaming
+    /// a blob on when the disk is full.
     pub fn abandon(mut self) -> Option<Digester> {
         self.file = None;
         self.hasher.take()
+    }
+
+    /// Gives up on storing and waits until the backend has undone what it
+    /// started (dropping the writer does the same in the background).
+    pub async fn abort(mut self) {
+        self.file = None;
+        if let Some(p) = self.publish.take() {
+            p.abort().await;
+        }
+    }
+}
+
+/// Runs a backend's abort in the background (from `Drop`, which cannot
+/// wait). Without a runtime (shutting down) it is dropped: a remote
+/// backend's sweeper removes what is left.
+fn spawn_abort(p: Box<dyn Publish>) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(p.abort());
     }
 }
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
+        if let Some(p) = self.publish.take() {
+            spawn_abort(p);
         }
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }

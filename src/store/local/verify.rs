@@ -7,20 +7,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::Error;
 use super::layout::Layout;
 use crate::oci::{Algorithm, Digest, Digester};
-
-/// What a verification pass found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct VerifyReport {
-    /// Blobs that hash to their name.
-    pub ok: u64,
-    /// Their total size.
-    pub bytes: u64,
-    /// Files moved to quarantine (their new paths).
-    pub quarantined: Vec<PathBuf>,
-}
+use crate::store::{Error, VerifyReport};
 
 fn hash_file(path: &Path, alg: Algorithm) -> std::io::Result<(Digest, u64)> {
     let mut f = std::fs::File::open(path)?;
@@ -79,7 +68,9 @@ impl Layout {
                         report.ok += 1;
                         report.bytes += n;
                     }
-                    None => report.quarantined.push(self.quarantine(&path, &name)?),
+                    None => report
+                        .quarantined
+                        .push(self.quarantine(&path, &name)?.display().to_string()),
                 }
             }
         }

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use super::Error;
 use super::layout::Layout;
 use crate::oci::Digest;
+use crate::store::Error;
 
 /// A stored blob as eviction sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +91,13 @@ impl InUse {
 pub struct InUseGuard {
     set: Arc<InUse>,
     digest: Digest,
+}
+
+impl InUseGuard {
+    /// Another hold on the same blob.
+    pub(crate) fn again(&self) -> InUseGuard {
+        self.set.hold(&self.digest)
+    }
 }
 
 impl Drop for InUseGuard {
