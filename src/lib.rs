@@ -43,6 +43,7 @@
 
 pub mod access;
 pub mod app;
+pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod clientconfig;
@@ -50,6 +51,7 @@ pub mod clock;
 pub mod config;
 pub mod mirror;
 pub mod oci;
+pub mod pem;
 pub mod registry;
 pub mod server;
 pub mod store;

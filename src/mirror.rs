@@ -46,6 +46,8 @@ pub enum CacheStatus {
     Stale,
     /// Passed through to upstream without caching (tags/list, referrers).
     Pass,
+    /// Redirected to the store's presigned URL (the bytes flow from S3).
+    Redirect,
 }
 
 impl CacheStatus {
@@ -57,6 +59,7 @@ impl CacheStatus {
             Self::Coalesced => "coalesced",
             Self::Stale => "stale",
             Self::Pass => "pass",
+            Self::Redirect => "redirect",
         }
     }
 }

@@ -543,6 +543,16 @@ impl Registry {
             .await
             .map_err(|e| from_mirror(&e, Subject::Blob))?;
         ctx.log.cache = Some(b.status);
+        if let Some(url) = b.redirect() {
+            // The bytes come from the store (S3); the URL is presigned, so
+            // it carries no credentials of the client's. 307 keeps the
+            // method, and clients send their Range to the new location.
+            let mut r = response::with_body(StatusCode::TEMPORARY_REDIRECT, response::empty());
+            set(&mut r, header::LOCATION, url.as_str());
+            set(&mut r, CONTENT_DIGEST, &digest.to_string());
+            r.headers_mut().insert(header::CONTENT_LENGTH, 0.into());
+            return Ok(r);
+        }
         let range_header = ctx.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
         let decision = match b.size {
             Some(size) => range::decide(range_header, size),

@@ -34,6 +34,7 @@ pub mod local;
 mod private;
 pub mod reader;
 pub mod records;
+pub mod s3;
 mod tags;
 mod writer;
 
@@ -152,14 +153,20 @@ pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
     /// fail their digest.
     fn verify(&self) -> BoxFuture<'_, Result<VerifyReport, Error>>;
 
-    /// A URL a client may fetch the stored blob from directly for `ttl`
-    /// (presigned), when the backend offers that.
+    /// A URL a client may fetch the stored blob from directly (presigned,
+    /// for the backend's configured lifetime), when the backend is set up to
+    /// offer them and holds the blob.
     fn presign<'a>(
         &'a self,
         _digest: &'a Digest,
-        _ttl: std::time::Duration,
     ) -> BoxFuture<'a, Result<Option<url::Url>, Error>> {
         Box::pin(async { Ok(None) })
+    }
+
+    /// Starts the backend's own background work (the S3 backend sweeps
+    /// abandoned uploads), if it has any.
+    fn spawn_janitor(&self) -> Option<tokio::task::JoinHandle<()>> {
+        None
     }
 
     /// The local directory of blobs that eviction bounds (the whole store,
@@ -209,6 +216,23 @@ impl Store {
         Self::from_parts(Arc::new(local), records, Some(&root.join("private-marks"))).await
     }
 
+    /// The store `config` describes: the local directory, or an S3 bucket
+    /// with the directory as its read tier (bounded by `max_size`).
+    pub async fn from_config(config: &crate::config::Config) -> Result<Self, Error> {
+        let Some(c) = &config.s3 else {
+            return Self::open_local(&config.storage_root, config.max_size).await;
+        };
+        let tier = LocalBlobs::open(&config.storage_root, config.max_size).await?;
+        let bucket = s3::Bucket::build(c).map_err(|e| Error::Backend {
+            op: "connect",
+            at: format!("s3://{}", c.bucket),
+            source: Box::new(e),
+        })?;
+        let blobs = s3::S3Blobs::new(bucket.clone(), tier, c);
+        let records = Arc::new(s3::S3Records::new(bucket));
+        Self::from_parts(Arc::new(blobs), records, None).await
+    }
+
     /// A store over any backend and records (loads the private marks, and
     /// those of a legacy marks file when there is one).
     pub async fn from_parts(
@@ -252,9 +276,14 @@ impl Store {
         }
     }
 
-    /// Starts the eviction task (when the local blobs are bounded).
-    pub fn spawn_evictor(&self) -> Option<tokio::task::JoinHandle<()>> {
-        self.blobs.local()?.spawn_evictor()
+    /// Starts the store's background tasks: eviction (when the local
+    /// blobs are bounded) and the backend's janitor. Abort them to stop.
+    pub fn spawn_maintenance(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let evictor = self.blobs.local().and_then(LocalBlobs::spawn_evictor);
+        evictor
+            .into_iter()
+            .chain(self.blobs.spawn_janitor())
+            .collect()
     }
 
     /// The size of a stored blob, or `None` when absent.
@@ -280,12 +309,8 @@ impl Store {
     }
 
     /// A presigned URL for a stored blob, when the backend offers them.
-    pub async fn presign(
-        &self,
-        digest: &Digest,
-        ttl: std::time::Duration,
-    ) -> Result<Option<url::Url>, Error> {
-        self.blobs.presign(digest, ttl).await
+    pub async fn presign(&self, digest: &Digest) -> Result<Option<url::Url>, Error> {
+        self.blobs.presign(digest).await
     }
 
     /// Reads a stored manifest: its bytes and record. Bytes that fail their

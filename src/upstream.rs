@@ -15,7 +15,7 @@
 //! This module knows nothing about the store or the cache.
 
 pub mod auth;
-pub mod breaker;
+
 mod error;
 
 use std::sync::{Arc, RwLock};
@@ -27,8 +27,6 @@ use http::header::{
     ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LINK, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 pub use error::{Error, TimeoutPhase};
 
@@ -43,13 +41,6 @@ use crate::oci::{AcceptClass, Digest, MediaType, Reference, RepoName};
 pub const MAX_METADATA_BYTES: usize = 4 * 1024 * 1024;
 /// Largest error body read to extract an OCI error code.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-
-/// Parses every certificate in a PEM bundle (other PEM sections are ignored).
-pub fn parse_pem_certs(bytes: &[u8]) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(bytes)
-        .filter_map(Result::ok)
-        .collect()
-}
 
 /// Response headers of a manifest HEAD.
 #[derive(Debug, Clone)]
@@ -121,7 +112,7 @@ pub struct UpstreamClient {
     credentials: Option<Credentials>,
     scheme: RwLock<Option<Scheme>>,
     tokens: TokenCache,
-    breaker: breaker::Breaker,
+    breaker: crate::breaker::Breaker,
     timeouts: Timeouts,
     clock: SharedClock,
 }
@@ -142,7 +133,7 @@ fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, Error> {
         let _ = roots.add(cert);
     }
     if let Some(pem) = &cfg.ca_pem {
-        for cert in parse_pem_certs(pem) {
+        for cert in crate::pem::parse_certs(pem) {
             roots.add(cert).map_err(|e| Error::Build(Box::new(e)))?;
         }
     }
@@ -210,7 +201,7 @@ impl UpstreamClient {
             credentials: cfg.credentials.clone(),
             scheme: RwLock::new(None),
             tokens: auth::token_cache(),
-            breaker: breaker::Breaker::new(breaker::Settings {
+            breaker: crate::breaker::Breaker::new(crate::breaker::Settings {
                 threshold: cfg.breaker_failures,
                 backoff: cfg.breaker_backoff,
                 max_backoff: cfg.breaker_backoff.max(std::time::Duration::from_secs(60)),
@@ -329,7 +320,7 @@ impl UpstreamClient {
         repo: &RepoName,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, Error> {
-        if self.breaker.admit(self.clock.instant()) == breaker::Admit::Reject {
+        if self.breaker.admit(self.clock.instant()) == crate::breaker::Admit::Reject {
             return Err(Error::CircuitOpen);
         }
         let result = self.send_authorized(method, url, repo, headers).await;

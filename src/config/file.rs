@@ -33,6 +33,30 @@ pub(crate) struct Storage {
     pub(crate) root: Option<PathBuf>,
     pub(crate) verify_interval: Option<String>,
     pub(crate) max_size: Option<String>,
+    pub(crate) s3: Option<S3>,
+}
+
+/// `[storage.s3]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct S3 {
+    pub(crate) bucket: Option<String>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) prefix: Option<String>,
+    pub(crate) access_key_id: Option<Password>,
+    pub(crate) secret_access_key: Option<Password>,
+    pub(crate) allow_http: Option<bool>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) redirect: Option<bool>,
+    pub(crate) redirect_ttl: Option<String>,
+    pub(crate) redirect_endpoint: Option<String>,
+    pub(crate) virtual_hosted: Option<bool>,
+    pub(crate) part_size: Option<String>,
+    pub(crate) connect_timeout: Option<String>,
+    pub(crate) read_timeout: Option<String>,
+    pub(crate) request_timeout: Option<String>,
+    pub(crate) abandoned_upload_age: Option<String>,
 }
 
 /// `[cache]`

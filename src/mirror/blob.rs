@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
 use super::inflight::{Fill, FillState, Fills, Found, Joined};
@@ -51,6 +51,8 @@ pub struct BlobBody {
 
 #[derive(Debug)]
 enum Source {
+    /// The client fetches it from the store itself (a presigned URL).
+    Redirect(url::Url),
     Stored(BlobReader),
     /// A download, and a hold that keeps the blob from eviction while this
     /// client still reads it (it is committed meanwhile).
@@ -58,6 +60,15 @@ enum Source {
 }
 
 impl BlobBody {
+    /// Where the client should fetch the blob instead (a presigned URL of
+    /// the store), when the store redirects.
+    pub fn redirect(&self) -> Option<&url::Url> {
+        match &self.source {
+            Source::Redirect(u) => Some(u),
+            _ => None,
+        }
+    }
+
     /// Streams bytes `start..end` (`end` exclusive; `None` = to the end).
     pub fn into_stream(
         self,
@@ -65,6 +76,10 @@ impl BlobBody {
         end: Option<u64>,
     ) -> BoxStream<'static, io::Result<Bytes>> {
         match self.source {
+            Source::Redirect(_) => futures_util::stream::once(async {
+                Err(io::Error::other("a redirected blob has no body here"))
+            })
+            .boxed(),
             Source::Stored(reader) => reader.into_stream(start, end),
             Source::Fill(fill, guard) => fill_stream(fill, start, end.or(self.size))
                 .map(move |r| {
@@ -277,18 +292,34 @@ impl Mirror {
         let up = self.upstream(id)?;
         let repo = &self.upstream_repo(id, repo);
         self.guard_private(up, repo, digest, grant, false).await?;
+        // The store may hand stored blobs out itself (checked after the
+        // access rules, which `guard_private` and the registry applied).
+        if let Some(url) = self.store.presign(digest).await? {
+            return Ok(BlobBody {
+                size: None,
+                status: CacheStatus::Redirect,
+                source: Source::Redirect(url),
+            });
+        }
         // Two rounds at most: a fill can commit between our store check and
         // the table lookup, in which case the store has the blob.
         for _ in 0..2 {
             let epoch = self.fills.epoch();
-            if let Some(reader) = self.store.open(digest).await? {
-                return Ok(BlobBody {
-                    size: Some(reader.len()),
-                    status: CacheStatus::Hit,
-                    source: Source::Stored(reader),
-                });
-            }
-            let (fill, status) = if grant.fetch == Fetch::CacheOnly {
+            let stored = self.store.open(digest).await?;
+            let from_store = match stored {
+                Some(reader) if reader.is_local() => {
+                    return Ok(BlobBody {
+                        size: Some(reader.len()),
+                        status: CacheStatus::Hit,
+                        source: Source::Stored(reader),
+                    });
+                }
+                // In the remote backend only: one coalesced copy into the
+                // read tier, which clients stream as it arrives.
+                remote => remote,
+            };
+            let stored_remotely = from_store.is_some();
+            let (fill, status) = if grant.fetch == Fetch::CacheOnly && !stored_remotely {
                 // Joining a download someone else started is not a fetch.
                 let Some(fill) = self.fills.get(digest) else {
                     return Err(Error::NotCached);
@@ -306,9 +337,16 @@ impl Mirror {
                             repo: repo.clone(),
                             digest: digest.clone(),
                             store: self.store.clone(),
+                            copying: stored_remotely,
+                            from_store,
                         };
                         tokio::spawn(task.run());
-                        (f, CacheStatus::Miss)
+                        let status = if stored_remotely {
+                            CacheStatus::Hit
+                        } else {
+                            CacheStatus::Miss
+                        };
+                        (f, status)
                     }
                 }
             };
@@ -332,10 +370,15 @@ struct FillTask {
     repo: RepoName,
     digest: Digest,
     store: Store,
+    /// Copy this blob from the store's remote backend into its read tier
+    /// (instead of downloading it upstream).
+    from_store: Option<BlobReader>,
+    /// Whether the source is the store (set from `from_store` at the start).
+    copying: bool,
 }
 
 impl FillTask {
-    async fn run(self) {
+    async fn run(mut self) {
         // If this task panics or is dropped mid-way, readers must not hang:
         // the guard publishes a failure and leaves the table.
         let mut guard = FillGuard {
@@ -386,15 +429,38 @@ impl FillTask {
     /// Received chunks go to the fill's window first, where readers get them
     /// at once; one batch at a time is hashed and written on the blocking
     /// pool while the next one arrives.
-    async fn download(&self) -> Result<(u64, bool), Error> {
-        let resp = self
-            .up
-            .client
-            .get_blob(&self.repo, &self.digest)
-            .await
-            .map_err(|e| self.up.fail(e))?;
-        let size = resp.size;
-        let mut sink = match self.store.writer(&self.digest, Scope::Durable).await {
+    async fn download(&mut self) -> Result<(u64, bool), Error> {
+        let (size, mut body, scope) = match self.from_store.take() {
+            None => {
+                let resp = self
+                    .up
+                    .client
+                    .get_blob(&self.repo, &self.digest)
+                    .await
+                    .map_err(|e| self.up.fail(e))?;
+                let up = self.up.clone();
+                let body = resp.body.map_err(move |e| up.fail(e)).boxed();
+                (resp.size, body, Scope::Durable)
+            }
+            // A copy of the store's remote blob for its read tier: verified
+            // on the way like any download.
+            Some(reader) => {
+                let size = Some(reader.len());
+                let at = self.digest.to_string();
+                let body = reader
+                    .into_stream(0, None)
+                    .map_err(move |e| {
+                        Error::from(store::Error::Backend {
+                            op: "read stored blob",
+                            at: at.clone(),
+                            source: Box::new(e),
+                        })
+                    })
+                    .boxed();
+                (size, body, Scope::ReadTier)
+            }
+        };
+        let mut sink = match self.store.writer(&self.digest, scope).await {
             Ok(writer) => {
                 // invariant: only this task sets the reader, once.
                 let _ = self.fill.reader.set(writer.spool());
@@ -405,7 +471,6 @@ impl FillTask {
         self.fill
             .state
             .send_replace(FillState::Streaming { size, written: 0 });
-        let mut body = resp.body;
         let mut received = 0u64;
         let mut on_disk = 0u64;
         while let Some(first) = body.next().await {
@@ -415,8 +480,14 @@ impl FillTask {
                     // Let a write in progress finish and drop its writer, so
                     // the temporary file is gone once this task is. (Not
                     // `settle`: its pass-through would be news of nothing.)
-                    if let Sink::Writing(write) = sink {
-                        let _ = write.await;
+                    match sink {
+                        Sink::Writing(write) => {
+                            if let Ok(w) = write.await {
+                                w.writer.abort().await;
+                            }
+                        }
+                        Sink::Disk(w) => w.abort().await,
+                        Sink::Memory(_) => {}
                     }
                     return Err(e);
                 }
@@ -459,13 +530,20 @@ impl FillTask {
             Ready::Disk(mut w) => {
                 let n = match w.verify(size) {
                     Ok(n) => n,
-                    Err(store::Error::DigestMismatch { actual, .. }) => {
-                        return Err(self.up.corrupt(&self.digest, Some(actual)));
+                    Err(e) => {
+                        // Undo the backend's upload before this task ends,
+                        // so that a settled mirror has nothing left over.
+                        w.abort().await;
+                        return Err(match e {
+                            store::Error::DigestMismatch { actual, .. } => {
+                                self.corrupt(actual).await
+                            }
+                            store::Error::SizeMismatch { expected, actual } => {
+                                self.wrong_length(expected, actual)
+                            }
+                            e => e.into(),
+                        });
                     }
-                    Err(store::Error::SizeMismatch { expected, actual }) => {
-                        return Err(self.up.wrong_length(expected, actual));
-                    }
-                    Err(e) => return Err(e.into()),
                 };
                 // Verified: readers may have the final byte now. The fsync
                 // and rename need not hold them up (a crash before the
@@ -485,13 +563,44 @@ impl FillTask {
             }
             Ready::Memory(h) => {
                 if let Some(s) = size.filter(|s| *s != received) {
-                    return Err(self.up.wrong_length(s, received));
+                    return Err(self.wrong_length(s, received));
                 }
                 match h.finish() {
                     d if d == self.digest => Ok((received, false)),
-                    d => Err(self.up.corrupt(&self.digest, Some(d))),
+                    d => Err(self.corrupt(d).await),
                 }
             }
+        }
+    }
+
+    /// The source sent bytes that hash to `actual`. A stored copy that does
+    /// so is removed, so that the next request fetches the blob upstream.
+    async fn corrupt(&self, actual: Digest) -> Error {
+        if !self.copying {
+            return self.up.corrupt(&self.digest, Some(actual));
+        }
+        tracing::error!(digest = %self.digest, %actual, "stored blob fails its digest; removing it");
+        if let Err(e) = self.store.blobs().delete(&self.digest).await {
+            tracing::error!(digest = %self.digest, error = %crate::error_chain(&e),
+                "cannot remove a stored blob that fails its digest");
+        }
+        store::Error::DigestMismatch {
+            expected: self.digest.clone(),
+            actual,
+        }
+        .into()
+    }
+
+    /// The source announced `announced` bytes and sent `sent`.
+    fn wrong_length(&self, announced: u64, sent: u64) -> Error {
+        if self.copying {
+            store::Error::SizeMismatch {
+                expected: announced,
+                actual: sent,
+            }
+            .into()
+        } else {
+            self.up.wrong_length(announced, sent)
         }
     }
 
@@ -499,12 +608,12 @@ impl FillTask {
     /// `WRITE_BATCH` bytes, refusing more bytes than upstream announced.
     fn gather(
         &self,
-        first: Result<Bytes, crate::upstream::Error>,
-        body: &mut BoxStream<'static, Result<Bytes, crate::upstream::Error>>,
+        first: Result<Bytes, Error>,
+        body: &mut BoxStream<'static, Result<Bytes, Error>>,
         size: Option<u64>,
         received: u64,
     ) -> Result<Vec<Bytes>, Error> {
-        let mut batch = vec![first.map_err(|e| self.up.fail(e))?];
+        let mut batch = vec![first?];
         let mut n = batch[0].len();
         while n < WRITE_BATCH {
             match body.next().now_or_never() {
@@ -512,13 +621,13 @@ impl FillTask {
                     n += c.len();
                     batch.push(c);
                 }
-                Some(Some(Err(e))) => return Err(self.up.fail(e)),
+                Some(Some(Err(e))) => return Err(e),
                 _ => break,
             }
         }
         if let Some(s) = size.filter(|s| received + n as u64 > *s) {
-            // More bytes than upstream announced: not the blob we want.
-            return Err(self.up.wrong_length(s, received + n as u64));
+            // More bytes than announced: not the blob we want.
+            return Err(self.wrong_length(s, received + n as u64));
         }
         Ok(batch)
     }

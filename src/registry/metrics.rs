@@ -10,14 +10,22 @@ use crate::mirror::CacheStatus;
 
 /// Cache outcomes in exposition order (the last is "none": errors and
 /// endpoints that do not touch the cache).
-const OUTCOMES: [&str; 6] = ["hit", "miss", "coalesced", "stale", "pass", "none"];
+const OUTCOMES: [&str; 7] = [
+    "hit",
+    "miss",
+    "coalesced",
+    "stale",
+    "pass",
+    "redirect",
+    "none",
+];
 /// Status classes.
 const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 /// The counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    by_outcome: [AtomicU64; 6],
+    by_outcome: [AtomicU64; OUTCOMES.len()],
     by_class: [AtomicU64; 4],
     bytes_sent: AtomicU64,
     aborted: AtomicU64,
@@ -75,7 +83,8 @@ impl Metrics {
             Some(CacheStatus::Coalesced) => 2,
             Some(CacheStatus::Stale) => 3,
             Some(CacheStatus::Pass) => 4,
-            None => 5,
+            Some(CacheStatus::Redirect) => 5,
+            None => 6,
         };
         self.by_outcome[outcome].fetch_add(1, Relaxed);
         if let Some(c) = (status / 100).checked_sub(2).filter(|c| *c < 4) {

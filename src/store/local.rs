@@ -106,12 +106,6 @@ impl LocalBlobs {
         self.0.layout.blob(digest)
     }
 
-    /// A fresh temporary path in this store's `tmp/` (same filesystem as
-    /// `blobs/`).
-    pub(crate) fn tmp_file(&self, stem: &str) -> PathBuf {
-        self.0.layout.tmp_file(stem)
-    }
-
     /// Writes `bytes` to `path` atomically, through `tmp/`.
     pub(crate) fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
         self.0.layout.write_atomic(path, bytes)

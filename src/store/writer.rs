@@ -15,6 +15,10 @@ use crate::oci::{Digest, Digester};
 
 /// What a backend does with a blob its writer has spooled.
 pub(crate) trait Publish: Send + std::fmt::Debug {
+    /// Called once the spool exists (a remote backend starts its uploader,
+    /// which reads the spool).
+    fn start(&mut self, _spool: &Spool) {}
+
     /// Called after each write with the bytes in the spool so far (a remote
     /// backend starts uploading full parts). Runs on the writer's thread
     /// (the blocking pool): must not block on the network.
@@ -77,12 +81,15 @@ impl BlobWriter {
                 return Err(e);
             }
         };
+        let spool = Spool::new(reader, guard);
+        let mut publish = publish;
+        publish.start(&spool);
         Ok(Self {
             hasher: Some(Digester::new(digest.algorithm())),
             digest,
             tmp,
             file: Some(file),
-            spool: Spool::new(reader, guard),
+            spool,
             written: 0,
             verified: false,
             publish: Some(publish),

@@ -116,7 +116,7 @@ impl LocalCa {
         };
         let cert_pem = read(dir.join(CA_CERT))?;
         let key = KeyPair::from_pem(&read(dir.join(CA_KEY))?).map_err(Error::Cert)?;
-        let cert_der = crate::upstream::parse_pem_certs(cert_pem.as_bytes())
+        let cert_der = crate::pem::parse_certs(cert_pem.as_bytes())
             .into_iter()
             .next()
             .ok_or_else(|| Error::BadPem(dir.join(CA_CERT)))?;

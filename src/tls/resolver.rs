@@ -97,7 +97,7 @@ impl SniResolver {
                 source,
             })
         };
-        let chain = crate::upstream::parse_pem_certs(&read(cert)?);
+        let chain = crate::pem::parse_certs(&read(cert)?);
         if chain.is_empty() {
             return Err(Error::BadPem(cert.to_owned()));
         }

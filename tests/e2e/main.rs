@@ -16,6 +16,7 @@ mod load;
 mod offline;
 mod pull;
 mod routing;
+mod s3;
 mod spec_errors;
 mod tags;
 mod tls;

@@ -6,6 +6,7 @@ pub mod fs;
 pub mod gateway;
 pub mod image;
 pub mod process;
+pub mod s3;
 
 pub use fake_upstream::{Auth, FakeUpstream, Options};
 pub use fs::SmallFs;

@@ -9,7 +9,7 @@ use crate::support::*;
 
 fn tls_client(ca_pem: &[u8], resolve: &[(&str, SocketAddr)]) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
-    for c in mirrorgate::upstream::parse_pem_certs(ca_pem) {
+    for c in mirrorgate::pem::parse_certs(ca_pem) {
         roots.add(c).unwrap();
     }
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -1,0 +1,428 @@
+//! The S3 backend against a real S3 server (SeaweedFS on loopback): the
+//! store contract, pulls through the mirror, a second mirror with an empty
+//! root on the same bucket, presigned redirects, a digest mismatch, S3
+//! stopped mid-pull, and the sweep of abandoned uploads.
+
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+use mirrorgate::config::Config;
+use mirrorgate::oci::Digest;
+use mirrorgate::store::Store;
+use mirrorgate::store::contract::{self, Fixture};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::support::image::{Image, docker_image};
+use crate::support::s3::{self, Weed};
+use crate::support::*;
+
+/// A raw client of the test bucket, for looking behind the mirror.
+fn raw(weed: &Weed) -> AmazonS3 {
+    AmazonS3Builder::new()
+        .with_endpoint(weed.endpoint())
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_bucket_name(s3::BUCKET)
+        .with_access_key_id(s3::ACCESS_KEY)
+        .with_secret_access_key(s3::SECRET_KEY)
+        .build()
+        .unwrap()
+}
+
+async fn keys_under(weed: &Weed, prefix: &str) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    let p = ObjectPath::from(prefix);
+    let mut keys: Vec<String> = raw(weed)
+        .list(Some(&p))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+fn blob_key(prefix: &str, digest: &str) -> ObjectPath {
+    ObjectPath::from(format!(
+        "{prefix}/blobs/sha256/{}",
+        digest.trim_start_matches("sha256:")
+    ))
+}
+
+/// The contract's S3 fixture: every open is a new machine (an empty read
+/// tier) on the same prefix.
+struct BucketFixture {
+    weed: &'static Weed,
+    prefix: String,
+    tiers: Mutex<Vec<tempfile::TempDir>>,
+}
+
+impl BucketFixture {
+    fn config(&self, root: &std::path::Path) -> Config {
+        let text = format!(
+            "[storage]\nroot = {:?}\n{}[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+            root.display().to_string(),
+            self.weed.storage_toml(&self.prefix, "part_size = \"5MiB\""),
+            upstream_toml("docker.io", "http://127.0.0.1:9", "default = true")
+        );
+        Config::from_toml(&text, root).unwrap()
+    }
+}
+
+impl Fixture for BucketFixture {
+    fn open(&self) -> BoxFuture<'_, Store> {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::from_config(&self.config(dir.path())).await.unwrap();
+            self.tiers.lock().unwrap().push(dir);
+            store
+        })
+    }
+
+    fn corrupt<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let key = blob_key(&self.prefix, &digest.to_string());
+            let s3 = raw(self.weed);
+            let mut bytes = s3.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
+            bytes[0] ^= 0xff;
+            s3.put(&key, PutPayload::from(bytes)).await.unwrap();
+            // Only the bucket's copy rots: drop the read tiers' copies, as
+            // on a machine that never had them.
+            for t in self.tiers.lock().unwrap().iter() {
+                let hex = digest.hex();
+                let _ =
+                    std::fs::remove_file(t.path().join("blobs/sha256").join(&hex[..2]).join(hex));
+            }
+        })
+    }
+
+    fn leftovers(&self) -> BoxFuture<'_, usize> {
+        Box::pin(async {
+            let uploads = keys_under(self.weed, &format!("{}/uploads/", self.prefix)).await;
+            let tmp: usize = self
+                .tiers
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|t| files_under(&t.path().join("tmp")).len())
+                .sum();
+            uploads.len() + tmp
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_passes_the_contract() {
+    let f = BucketFixture {
+        weed: s3::shared(),
+        prefix: s3::unique_prefix("contract"),
+        tiers: Mutex::default(),
+    };
+    contract::run(&f, &f.prefix.clone()).await;
+}
+
+/// A mirror with one listener on the shared (or given) S3 server, under
+/// `prefix`, in front of `up` as docker.io.
+async fn mirror_on(
+    weed: &Weed,
+    up: &FakeUpstream,
+    root: &std::path::Path,
+    prefix: &str,
+    s3_extra: &str,
+) -> Gateway {
+    let cfg = format!(
+        "{}[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+        weed.storage_toml(prefix, s3_extra),
+        upstream_toml("docker.io", &up.url(), "default = true")
+    );
+    Gateway::start(&cfg, root).await
+}
+
+async fn get_ok(c: &reqwest::Client, url: &str) -> bytes::Bytes {
+    let r = c
+        .get(url)
+        .header("accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "GET {url}");
+    r.bytes().await.unwrap()
+}
+
+/// Pulls `img` (manifest by tag, config, layers) and checks every byte.
+async fn pull(c: &reqwest::Client, gw: &Gateway, repo: &str, tag: &str, img: &Image) {
+    let base = format!("{}/v2/{repo}", gw.url(0));
+    let m = get_ok(c, &format!("{base}/manifests/{tag}")).await;
+    assert_eq!(m, img.manifest.bytes);
+    for b in std::iter::once(&img.config).chain(&img.layers) {
+        let got = get_ok(c, &format!("{base}/blobs/{}", b.digest)).await;
+        assert!(got == b.bytes, "blob {} byte for byte", b.digest);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_mirror_on_the_bucket_serves_without_upstream_blob_gets() {
+    let weed = s3::shared();
+    let prefix = s3::unique_prefix("fresh");
+    let up = FakeUpstream::start(Options::default()).await;
+    // A layer larger than a part goes up in parts.
+    let img = docker_image(41, &[300_000, 12 << 20]);
+    up.add_image("library/app", "1", &img);
+    let c = client();
+
+    let first = tempfile::tempdir().unwrap();
+    let a = mirror_on(weed, &up, first.path(), &prefix, "part_size = \"5MiB\"").await;
+    pull(&c, &a, "library/app", "1", &img).await;
+    a.settle().await;
+    assert_eq!(up.count("GET", "/blobs/"), 3, "each blob fetched once");
+    // In the bucket, byte for byte.
+    let s3c = raw(weed);
+    for b in std::iter::once(&img.config).chain(&img.layers) {
+        let got = s3c
+            .get(&blob_key(&prefix, &b.digest))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got == b.bytes, "object {}", b.digest);
+    }
+    assert!(
+        keys_under(weed, &format!("{prefix}/uploads/"))
+            .await
+            .is_empty()
+    );
+    a.stop().await;
+
+    // A new machine: empty root, same bucket.
+    let second = tempfile::tempdir().unwrap();
+    let b = mirror_on(weed, &up, second.path(), &prefix, "").await;
+    let (blob_gets, manifest_gets) = (up.count("GET", "/blobs/"), up.count("GET", "/manifests/"));
+    pull(&c, &b, "library/app", "1", &img).await;
+    b.settle().await;
+    assert_eq!(
+        up.count("GET", "/blobs/"),
+        blob_gets,
+        "no upstream blob GET"
+    );
+    assert_eq!(
+        up.count("GET", "/manifests/"),
+        manifest_gets,
+        "the tag is in the bucket too"
+    );
+    // The blobs are in the new read tier now, and the next pull is local.
+    let layer = &img.layers[1];
+    let hex = layer.digest.trim_start_matches("sha256:");
+    let tiered = second.path().join("blobs/sha256").join(&hex[..2]).join(hex);
+    assert_eq!(std::fs::read(&tiered).unwrap(), layer.bytes);
+    pull(&c, &b, "library/app", "1", &img).await;
+    assert_eq!(up.count("GET", "/blobs/"), blob_gets);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_mismatch_leaves_no_object() {
+    let weed = s3::shared();
+    let prefix = s3::unique_prefix("mismatch");
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(42, &[100_000, 11 << 20]);
+    up.add_image("library/bad", "1", &img);
+    for l in &img.layers {
+        up.corrupt_blob(&l.digest);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = mirror_on(weed, &up, dir.path(), &prefix, "part_size = \"5MiB\"").await;
+    let c = client();
+    for l in &img.layers {
+        let r = c
+            .get(format!("{}/v2/library/bad/blobs/{}", gw.url(0), l.digest))
+            .send()
+            .await
+            .unwrap();
+        // Either refused before the body, or cut short: never whole.
+        if r.status() == 200 {
+            let body = r.bytes().await;
+            assert!(body.is_err() || body.unwrap() != l.bytes);
+        }
+    }
+    gw.settle().await;
+    let keys = keys_under(weed, &prefix).await;
+    for l in &img.layers {
+        let hex = l.digest.trim_start_matches("sha256:");
+        assert!(
+            !keys.iter().any(|k| k.contains(hex)),
+            "no object for {hex}: {keys:?}"
+        );
+    }
+    assert!(!keys.iter().any(|k| k.contains("/uploads/")), "{keys:?}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_cached_blob_gets_to_presigned_urls() {
+    let weed = s3::shared();
+    let prefix = s3::unique_prefix("redirect");
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(43, &[200_000]);
+    up.add_image("library/r", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = mirror_on(
+        weed,
+        &up,
+        dir.path(),
+        &prefix,
+        "redirect = true\nredirect_ttl = \"5m\"",
+    )
+    .await;
+    let c = client();
+    let layer = &img.layers[0];
+    let url = format!("{}/v2/library/r/blobs/{}", gw.url(0), layer.digest);
+    // Cold: streamed by the mirror as usual.
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), layer.bytes);
+    gw.settle().await;
+    // Cached: a 307 to S3, without the client's credentials.
+    let r = c
+        .get(&url)
+        .header("authorization", "Bearer client-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&weed.endpoint()), "{location}");
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    assert!(location.contains("X-Amz-Expires=300"), "{location}");
+    assert!(!location.contains("client-secret"));
+    let fetched = c.get(&location).send().await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.bytes().await.unwrap(), layer.bytes);
+    // Ranges work at S3.
+    let part = c
+        .get(&location)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap(), layer.bytes.slice(10..20));
+    // HEAD is answered by the mirror.
+    let h = c.head(&url).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+    assert_eq!(
+        h.headers()["content-length"],
+        layer.bytes.len().to_string().as_str()
+    );
+    assert_eq!(up.count("GET", "/blobs/"), 1);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_s3_down_the_read_tier_serves_and_cold_blobs_pass_through() {
+    let weed = Arc::new(Weed::start());
+    let prefix = s3::unique_prefix("down");
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(44, &[150_000, 150_000, 150_000]);
+    up.add_image("library/d", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = mirror_on(
+        &weed,
+        &up,
+        dir.path(),
+        &prefix,
+        "request_timeout = \"2s\"\nconnect_timeout = \"1s\"",
+    )
+    .await;
+    let c = client();
+    let blob = |i: usize| format!("{}/v2/library/d/blobs/{}", gw.url(0), img.layers[i].digest);
+    assert_eq!(get_ok(&c, &blob(0)).await, img.layers[0].bytes);
+    gw.settle().await;
+
+    weed.stop();
+    // In the read tier: served.
+    assert_eq!(get_ok(&c, &blob(0)).await, img.layers[0].bytes);
+    // Cold: fetched upstream and served whole.
+    assert_eq!(get_ok(&c, &blob(1)).await, img.layers[1].bytes);
+    gw.settle().await;
+
+    weed.restart();
+    assert_eq!(get_ok(&c, &blob(2)).await, img.layers[2].bytes);
+    gw.settle().await;
+    let s3c = raw(&weed);
+    let stored = s3c
+        .get(&blob_key(&prefix, &img.layers[2].digest))
+        .await
+        .unwrap();
+    assert_eq!(stored.bytes().await.unwrap(), img.layers[2].bytes);
+    gw.stop().await;
+}
+
+/// Waits until the keys under `prefix` satisfy `done` (S3 has no event to
+/// wait on: it is asked again every 20 ms; the bound turns a hang into a
+/// failure).
+async fn wait_for_keys(weed: &Weed, prefix: &str, what: &str, done: impl Fn(&[String]) -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let keys = keys_under(weed, prefix).await;
+        if done(&keys) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {keys:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_of_a_killed_mirror_are_swept() {
+    let weed = s3::shared();
+    let prefix = s3::unique_prefix("sweep");
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(45, &[24 << 20]);
+    up.add_image("library/k", "1", &img);
+    // Upstream stops after 12 MiB: two parts are up when the mirror dies.
+    let gate = up.hold_blobs_after(12 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mirrorgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nroot = \"data\"\n{}[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+            weed.storage_toml(&prefix, "part_size = \"5MiB\""),
+            upstream_toml("docker.io", &up.url(), "default = true")
+        ),
+    )
+    .unwrap();
+    let p = spawn(&config).await;
+    let c = client();
+    let url = format!("{}/v2/library/k/blobs/{}", p.url(), img.layers[0].digest);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    gate.wait_for_requests(1).await;
+    let uploads = format!("{prefix}/uploads/");
+    wait_for_keys(weed, &uploads, "an upload record", |k| !k.is_empty()).await;
+    drop(p); // SIGKILL mid-fill, with a multipart upload open
+    drop(r);
+    // The next mirror on the bucket sweeps what the killed one left.
+    let other = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+        weed.storage_toml(&prefix, "abandoned_upload_age = \"1ms\""),
+        upstream_toml("docker.io", &up.url(), "default = true")
+    );
+    let gw = Gateway::start(&cfg, other.path()).await;
+    wait_for_keys(weed, &uploads, "the sweep", |k| k.is_empty()).await;
+    gw.stop().await;
+    // The blob itself never appeared.
+    assert!(
+        raw(weed)
+            .head(&blob_key(&prefix, &img.layers[0].digest))
+            .await
+            .is_err()
+    );
+}
