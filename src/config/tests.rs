@@ -156,3 +156,70 @@ fn example_file_is_valid() {
     let c = Config::from_toml(&text, dir.path()).unwrap();
     assert!(c.upstreams.len() >= 3);
 }
+
+/// The example's `[storage.s3]` table, uncommented: every key it documents
+/// is accepted.
+#[test]
+fn example_s3_table_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mirrorgate.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut inside = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line == "#[storage.s3]" {
+            inside = true;
+        } else if line.is_empty() {
+            inside = false;
+        }
+        let key_line = line.starts_with('#')
+            && line[1..].starts_with(|c: char| c.is_ascii_lowercase() || c == '[');
+        out.push_str(if inside && key_line { &line[1..] } else { line });
+        out.push('\n');
+    }
+    let out = out
+        .replace("{ env = \"HUB_TOKEN\" }", "\"example\"")
+        .replace("{ env = \"AWS_ACCESS_KEY_ID\" }", "\"id\"")
+        .replace("{ env = \"AWS_SECRET_ACCESS_KEY\" }", "\"key\"");
+    let dir = tempfile::tempdir().unwrap();
+    let pem = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/extra-roots.pem");
+    std::fs::copy(&pem, dir.path().join("extra-roots.pem")).unwrap();
+    std::fs::copy(&pem, dir.path().join("s3-ca.pem")).unwrap();
+    let c = Config::from_toml(&out, dir.path()).unwrap();
+    let s3 = c.s3.expect("the s3 table is read");
+    assert_eq!(s3.bucket, "mirrorgate");
+    assert_eq!(s3.prefix, "mirror/");
+    assert_eq!(s3.redirect_ttl, Duration::from_secs(20 * 60));
+    assert_eq!(s3.part_size, 8 << 20);
+    assert!(s3.ca_pem.is_some() && s3.credentials.is_some() && s3.allow_http);
+}
+
+#[test]
+fn s3_table_mistakes_name_their_key() {
+    let cases = [
+        (
+            "endpoint = \"http://127.0.0.1:8333\"",
+            "storage.s3.endpoint",
+        ),
+        ("bucket = \"Bad_Bucket\"", "storage.s3.bucket"),
+        ("prefix = \"a/../b\"", "storage.s3.prefix"),
+        ("access_key_id = \"x\"", "storage.s3.secret_access_key"),
+        ("redirect_ttl = \"8d\"", "storage.s3.redirect_ttl"),
+        ("part_size = \"1MiB\"", "storage.s3.part_size"),
+        ("endpoint = \"ftp://x\"", "storage.s3.endpoint"),
+    ];
+    for (line, key) in cases {
+        let bucket = if line.starts_with("bucket") {
+            ""
+        } else {
+            "bucket = \"b-1\"\n"
+        };
+        let text = format!(
+            "[storage.s3]\n{bucket}{line}\n[[listener]]\naddr = \"127.0.0.1:0\"\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\ndefault = true\n"
+        );
+        let e = Config::from_toml(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{line}: {e}");
+    }
+}
