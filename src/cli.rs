@@ -220,27 +220,37 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify { config, data_dir } => {
-            let root = match (data_dir, &config) {
-                (Some(d), _) => d,
-                (None, Some(p)) => {
-                    Config::load_without_secrets(p)
-                        .with_context(|| format!("invalid config {}", p.display()))?
-                        .storage_root
+            // With a config: its store, the bucket of [storage.s3] included
+            // (whose keys it then needs). `--data-dir` names a local store.
+            let mut c = match &config {
+                Some(p) => {
+                    let c = Config::load_without_secrets(p)
+                        .with_context(|| format!("invalid config {}", p.display()))?;
+                    if c.s3.is_some() {
+                        Config::load(p)
+                            .with_context(|| format!("invalid config {}", p.display()))?
+                    } else {
+                        c
+                    }
                 }
-                (None, None) => Config::embedded_default()?.storage_root,
+                None => Config::embedded_default()?,
             };
+            if let Some(d) = data_dir {
+                c.storage_root = d;
+                c.s3 = None;
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let report = rt
+            let (report, what) = rt
                 .block_on(async {
-                    let store = crate::store::Store::open_local(&root, None).await?;
-                    store.verify().await
+                    let store = crate::store::Store::from_config_beside_server(&c).await?;
+                    let what = store.describe();
+                    Ok::<_, crate::store::Error>((store.verify().await?, what))
                 })
-                .with_context(|| format!("cannot verify {}", root.display()))?;
+                .with_context(|| format!("cannot verify {}", c.storage_root.display()))?;
             println!(
-                "{}: {} blobs ok ({} bytes), {} quarantined",
-                root.display(),
+                "{what}: {} blobs ok ({} bytes), {} quarantined",
                 report.ok,
                 report.bytes,
                 report.quarantined.len()

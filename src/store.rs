@@ -219,10 +219,27 @@ impl Store {
     /// The store `config` describes: the local directory, or an S3 bucket
     /// with the directory as its read tier (bounded by `max_size`).
     pub async fn from_config(config: &crate::config::Config) -> Result<Self, Error> {
+        Self::from_config_with(config, local::IndexUse::Own).await
+    }
+
+    /// [`Store::from_config`] for a tool beside a server (see
+    /// [`Store::open_local_beside_server`]).
+    pub async fn from_config_beside_server(config: &crate::config::Config) -> Result<Self, Error> {
+        Self::from_config_with(config, local::IndexUse::IfFree).await
+    }
+
+    async fn from_config_with(
+        config: &crate::config::Config,
+        index_use: local::IndexUse,
+    ) -> Result<Self, Error> {
         let Some(c) = &config.s3 else {
-            return Self::open_local(&config.storage_root, config.max_size).await;
+            let root = &config.storage_root;
+            let local = LocalBlobs::open_with(root, config.max_size, index_use).await?;
+            let records = Arc::new(FsRecords::new(local.clone()));
+            return Self::from_parts(Arc::new(local), records, Some(&root.join("private-marks")))
+                .await;
         };
-        let tier = LocalBlobs::open(&config.storage_root, config.max_size).await?;
+        let tier = LocalBlobs::open_with(&config.storage_root, config.max_size, index_use).await?;
         let bucket = s3::Bucket::build(c).map_err(|e| Error::Backend {
             op: "connect",
             at: format!("s3://{}", c.bucket),
@@ -231,6 +248,20 @@ impl Store {
         let blobs = s3::S3Blobs::new(bucket.clone(), tier, c);
         let records = Arc::new(s3::S3Records::new(bucket));
         Self::from_parts(Arc::new(blobs), records, None).await
+    }
+
+    /// The local store at `root` for a tool that may run beside a server
+    /// on the same directory (`verify`): it neither sweeps `tmp/` nor needs
+    /// the index when the server owns it.
+    pub async fn open_local_beside_server(root: &Path) -> Result<Self, Error> {
+        let local = LocalBlobs::open_with(root, None, local::IndexUse::IfFree).await?;
+        let records = Arc::new(FsRecords::new(local.clone()));
+        Self::from_parts(Arc::new(local), records, Some(&root.join("private-marks"))).await
+    }
+
+    /// Where the blobs are (a directory, or a bucket and its read tier).
+    pub fn describe(&self) -> String {
+        self.blobs.describe()
     }
 
     /// A store over any backend and records (loads the private marks, and

@@ -5,6 +5,7 @@
 //! ```text
 //! <root>/
 //! ├── blobs/sha256/ab/ab12…ef     verified content, named by its digest
+//! ├── index.redb                  every blob's size and last access (see `index`)
 //! ├── quarantine/                 blobs that failed `verify`, kept for inspection
 //! └── tmp/                        in-progress writes (spools); swept at start
 //! ```
@@ -18,6 +19,7 @@
 //!   excludes `.`, `..` and separators, so no path can leave the root.
 
 pub mod gc;
+mod index;
 mod layout;
 mod verify;
 
@@ -35,6 +37,17 @@ use crate::oci::Digest;
 pub use gc::{GcReport, InUseGuard};
 pub(crate) use layout::Layout;
 
+/// What a store does when another process (a running server) owns its
+/// index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexUse {
+    /// Fail: two servers must not share a directory.
+    Own,
+    /// Go on without it (tools beside a server: `verify`); eviction and
+    /// the size count are then the server's business.
+    IfFree,
+}
+
 /// Refresh a served blob's last-access time at most this often.
 const ACCESS_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -45,12 +58,15 @@ pub struct LocalBlobs(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     layout: Layout,
+    /// Sizes and last accesses, for eviction and the store's size (`None`:
+    /// another process owns them, see [`IndexUse::IfFree`]).
+    index: Option<Arc<index::Index>>,
     /// Blobs being served or written (never evicted).
     in_use: Arc<gc::InUse>,
     /// `[storage] max_size`.
     max_size: Option<u64>,
-    /// Approximate bytes under `blobs/`: recounted by every eviction pass,
-    /// advanced by commits in between.
+    /// Approximate bytes under `blobs/`: read from the index by every
+    /// eviction pass, advanced by commits in between.
     approx_bytes: AtomicU64,
     /// Wakes the eviction task when a commit crosses `max_size`.
     over_budget: tokio::sync::Notify,
@@ -71,20 +87,47 @@ struct EvictionProgress {
 impl LocalBlobs {
     /// Opens (creating if needed) the blob directory at `root`, bounded to
     /// `max_size` bytes, and sweeps temporary files left by a previous
-    /// process.
+    /// process. Fails when another process serves from it.
     pub async fn open(root: &Path, max_size: Option<u64>) -> Result<Self, Error> {
+        Self::open_with(root, max_size, IndexUse::Own).await
+    }
+
+    /// [`LocalBlobs::open`], saying what to do when another process owns
+    /// the index.
+    pub async fn open_with(
+        root: &Path,
+        max_size: Option<u64>,
+        index_use: IndexUse,
+    ) -> Result<Self, Error> {
         let layout = Layout::new(root);
-        let (layout, swept, bytes) = blocking(move || {
-            let swept = layout.init()?;
-            let bytes = layout.entries()?.iter().map(|e| e.size).sum::<u64>();
-            Ok((layout, swept, bytes))
+        let (layout, swept, index) = blocking(move || {
+            let root = layout.root();
+            std::fs::create_dir_all(root).map_err(Error::io("mkdir", root))?;
+            let index = index::Index::open(root, root.join("blobs"))?;
+            let index = match (index, index_use) {
+                (Some(i), _) => Some(i),
+                (None, IndexUse::IfFree) => None,
+                (None, IndexUse::Own) => {
+                    return Err(Error::io("lock", &layout.root().join("index.redb"))(
+                        io::Error::other(
+                            "the data directory is in use by another mirrorgate process",
+                        ),
+                    ));
+                }
+            };
+            // The sweep only once the directory is ours: a tool beside a
+            // running server must not delete its downloads.
+            let swept = if index.is_some() { layout.init()? } else { 0 };
+            Ok((layout, swept, index))
         })
         .await?;
+        let bytes = index.as_ref().map_or(0, |i| i.bytes());
         if swept > 0 {
             tracing::info!(swept, "removed stale temporary files");
         }
         Ok(Self(Arc::new(Inner {
             layout,
+            index,
             in_use: Arc::default(),
             max_size,
             approx_bytes: AtomicU64::new(bytes),
@@ -143,6 +186,9 @@ impl LocalBlobs {
     /// Publishes the verified, fsynced file at `tmp` as `digest`. Blocking.
     pub(crate) fn adopt(&self, tmp: &Path, digest: &Digest, size: u64) -> Result<(), Error> {
         layout::rename_into_place(tmp, &self.0.layout.blob(digest))?;
+        if let Some(i) = &self.0.index {
+            i.insert(digest, size, std::time::SystemTime::now());
+        }
         self.note_committed(size);
         Ok(())
     }
@@ -166,15 +212,56 @@ impl LocalBlobs {
     }
 
     /// One eviction pass: when blobs exceed `max_size`, deletes the least
-    /// recently used (not in use) down to 90% of it.
+    /// recently used (not in use) down to 90% of it. Reads the index only as
+    /// far as it evicts.
     pub async fn evict_once(&self) -> Result<GcReport, Error> {
         let Some(max) = self.0.max_size else {
             return Ok(GcReport::default());
         };
+        let Some(index) = &self.0.index else {
+            return Ok(GcReport::default());
+        };
+        index.flush().await;
+        let before = index.bytes();
+        self.0.approx_bytes.store(before, Ordering::Relaxed);
+        if before <= max {
+            return Ok(GcReport {
+                before,
+                after: before,
+                evicted: 0,
+            });
+        }
         let me = self.clone();
-        let report = blocking(move || me.0.layout.gc(max, max / 10 * 9, &me.0.in_use)).await?;
-        self.0.approx_bytes.store(report.after, Ordering::Relaxed);
-        Ok(report)
+        let want = before - max / 10 * 9;
+        let evicted = blocking(move || {
+            let inner = &me.0;
+            let Some(index) = &inner.index else {
+                return Ok(0);
+            };
+            let victims = index.oldest(want, |d| inner.in_use.contains(d))?;
+            for (d, _) in &victims {
+                let path = inner.layout.blob(d);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("evict", &path)(e)),
+                }
+                index.remove(d);
+            }
+            Ok(victims.len())
+        })
+        .await?;
+        index.flush().await;
+        let after = index.bytes();
+        self.0.approx_bytes.store(after, Ordering::Relaxed);
+        if evicted > 0 {
+            tracing::info!(before, after, evicted, "evicted least recently used blobs");
+        }
+        Ok(GcReport {
+            before,
+            after,
+            evicted,
+        })
     }
 
     /// Runs eviction whenever a commit crosses the budget (and every minute
@@ -221,6 +308,9 @@ impl LocalBlobs {
         if stale {
             // Best effort: a failure only makes eviction less accurate.
             let _ = file.set_modified(now);
+            if let Some(i) = &self.0.index {
+                i.touch(digest, now);
+            }
         }
         Ok(Some(BlobReader::file(
             Arc::new(file),
@@ -283,9 +373,14 @@ impl Backend for LocalBlobs {
             };
             match tokio::fs::remove_file(&path).await {
                 Ok(()) => {
-                    self.0
-                        .approx_bytes
-                        .fetch_sub(size.min(self.stored_bytes()), Ordering::Relaxed);
+                    if let Some(i) = &self.0.index {
+                        i.remove(digest);
+                    }
+                    let _ = self.0.approx_bytes.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |b| Some(b.saturating_sub(size)),
+                    );
                     Ok(())
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -296,7 +391,13 @@ impl Backend for LocalBlobs {
 
     fn verify(&self) -> BoxFuture<'_, Result<VerifyReport, Error>> {
         let me = self.clone();
-        Box::pin(blocking(move || me.0.layout.verify()))
+        Box::pin(blocking(move || {
+            me.0.layout.verify(&|d: &Digest| {
+                if let Some(i) = &me.0.index {
+                    i.remove(d);
+                }
+            })
+        }))
     }
 
     fn local(&self) -> Option<&LocalBlobs> {

@@ -426,3 +426,43 @@ async fn uploads_of_a_killed_mirror_are_swept() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_the_bucket() {
+    let weed = s3::shared();
+    let prefix = s3::unique_prefix("verify");
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(46, &[100_000, 100_000]);
+    up.add_image("library/v", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = mirror_on(weed, &up, dir.path(), &prefix, "").await;
+    pull(&client(), &gw, "library/v", "1", &img).await;
+    gw.settle().await;
+    gw.stop().await;
+    // Bit rot in the bucket.
+    let key = blob_key(&prefix, &img.layers[1].digest);
+    let s3c = raw(weed);
+    let mut bytes = s3c.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
+    bytes[7] ^= 1;
+    s3c.put(&key, PutPayload::from(bytes)).await.unwrap();
+    let config = dir.path().join("verify.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nroot = \"tier\"\n{}[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+            weed.storage_toml(&prefix, ""),
+            upstream_toml("docker.io", &up.url(), "default = true")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
+        .args(["verify", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let hex = img.layers[1].digest.trim_start_matches("sha256:");
+    assert!(stdout.contains("s3://mirrorgate/t/verify"), "{stdout}");
+    assert!(stdout.contains(&format!("quarantine/{hex}")), "{stdout}");
+    assert!(s3c.head(&key).await.is_err(), "moved out of blobs/");
+}

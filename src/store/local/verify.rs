@@ -28,8 +28,9 @@ fn hash_file(path: &Path, alg: Algorithm) -> std::io::Result<(Digest, u64)> {
 }
 
 impl Layout {
-    /// Verifies every blob; quarantines failures. Blocking.
-    pub(crate) fn verify(&self) -> Result<VerifyReport, Error> {
+    /// Verifies every blob; quarantines failures (`removed` hears of each
+    /// blob taken out). Blocking.
+    pub(crate) fn verify(&self, removed: &dyn Fn(&Digest)) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport::default();
         let blobs = self.root().join("blobs");
         let mut stack = vec![blobs];
@@ -68,9 +69,14 @@ impl Layout {
                         report.ok += 1;
                         report.bytes += n;
                     }
-                    None => report
-                        .quarantined
-                        .push(self.quarantine(&path, &name)?.display().to_string()),
+                    None => {
+                        report
+                            .quarantined
+                            .push(self.quarantine(&path, &name)?.display().to_string());
+                        if let Some(d) = &expected {
+                            removed(d);
+                        }
+                    }
                 }
             }
         }
