@@ -30,7 +30,7 @@ use mirrorgate::config::{Config, UpstreamId};
 use mirrorgate::oci::{AcceptClass, Digest, MediaType, RepoName};
 use mirrorgate::registry::route::Router;
 use mirrorgate::registry::{ConnInfo, path};
-use mirrorgate::store::{TagKey, TagRecord, tags_epoch_ms};
+use mirrorgate::tag::{TagKey, TagRecord, epoch_ms as tags_epoch_ms};
 
 const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \

@@ -11,11 +11,14 @@
 #   5. TLS system test: one TLS listener, clients set up only from
 #      `mirrorgate ca init` + `client-config`: ctr, skopeo, podman, dockerd
 #      (tests/system/tls.sh; also installs podman and docker.io if it can)
-#   6. the end-to-end benchmark in its short mode (benches/e2e.sh --quick,
-#      debug binary): checks that it runs and prints its table; its figures
-#      are not judged here (speed is never asserted in a test)
-# Exits non-zero if anything fails. Set SKIP_SYSTEM=1 to skip steps 4 to 6,
-# SKIP_BENCH=1 to skip step 6.
+#   6. the TLS system test again, twice, on the S3 backend (a SeaweedFS on
+#      loopback): without and with presigned redirects (tests/system/s3.sh)
+#   7. the end-to-end benchmarks in their short mode (benches/e2e.sh --quick
+#      and benches/s3.py --quick, debug binary): checks that they run and
+#      print their tables; their figures are not judged here (speed is never
+#      asserted in a test)
+# Exits non-zero if anything fails. Set SKIP_SYSTEM=1 to skip steps 4 to 7,
+# SKIP_BENCH=1 to skip step 7.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,9 +66,15 @@ if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
   step "TLS system test: one TLS port, ctr, skopeo, podman, dockerd"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/tls.sh
 
+  step "TLS system test on S3 (SeaweedFS): without and with redirects"
+  MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/s3.sh
+
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
     step "end-to-end benchmark, short mode (runs; figures not judged)"
     MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash benches/e2e.sh --quick
+
+    step "S3 benchmark, short mode (runs; figures not judged)"
+    python3 benches/s3.py --quick --bin "$PWD/target/debug/mirrorgate"
   fi
 fi
 echo

@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use crate::clock::SharedClock;
 use crate::oci::{Digest, MediaType};
-use crate::store::{TagKey, TagRecord};
+use crate::tag::{TagKey, TagRecord};
 
 /// A cache key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -203,7 +203,7 @@ impl MetadataCache {
 mod tests {
     use super::*;
     use crate::clock::Clock as _;
-    use crate::store::tags_epoch_ms;
+    use crate::tag::epoch_ms as tags_epoch_ms;
 
     fn manifest(n: usize) -> Value {
         Value::Manifest(Arc::new(ManifestEntry {

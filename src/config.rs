@@ -491,7 +491,10 @@ fn validate_s3(raw: file::S3, base: &Path, secrets: Secrets) -> Result<S3Config,
     let prefix = match raw.prefix.as_deref().map(|p| p.trim_matches('/')) {
         None | Some("") => String::new(),
         Some(p) => {
-            if crate::store::RecordKey::from_parts([p]).is_none() {
+            let safe = p
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains(['\0', '\\']));
+            if !safe {
                 return Err(invalid(
                     "storage.s3.prefix",
                     "must be '/'-separated names without empty, '.' or '..' parts",

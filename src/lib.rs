@@ -9,12 +9,17 @@
 //!
 //! # Layout
 //!
-//! The layers point one way; each only uses those above it in this list:
+//! The layers point one way: each module only uses modules on its own line
+//! or above it in this list (`tests/layers.rs` reads this list and every
+//! `crate::` path in `src/`, and fails on an arrow that points down).
 //!
-//! - [`oci`]: pure types (digests, names, tags, media types); [`clock`]:
-//!   the time that policies (TTLs, breakers) are decided by.
+//! - [`oci`], [`clock`], [`breaker`], [`pem`], [`access`]: leaves: pure
+//!   types (digests, names, media types), the time policies are decided
+//!   by, the circuit breaker, PEM parsing, access rules.
 //! - [`config`]: the validated configuration.
-//! - [`store`]: the content-addressed store on disk (no HTTP).
+//! - [`tag`]: the tag map's types (kept by the store, cached, decided on).
+//! - [`store`]: blobs and metadata records behind one interface, on local
+//!   disk or in an S3 bucket with a local read tier (no HTTP).
 //! - [`cache`]: the in-memory metadata cache (moka).
 //! - [`upstream`]: one long-lived client per upstream registry: tokens,
 //!   redirects, timeouts (knows nothing of the store or cache).
@@ -22,7 +27,9 @@
 //!   cache, store and upstream. Owns blob download coalescing.
 //! - [`registry`]: the OCI distribution pull API over `mirror`: path parsing,
 //!   routing, responses, and the single error→response mapping.
+//! - [`tls`]: the CA, leaf certificates and the SNI resolver.
 //! - [`server`]: accept loops and HTTP connections.
+//! - [`clientconfig`]: client configuration files for the mirror.
 //! - [`app`]: the composition root.
 //! - [`cli`], [`telemetry`]: the binary's front.
 //!
@@ -55,6 +62,7 @@ pub mod pem;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod tag;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -30,6 +30,10 @@ use crate::oci::{Digest, RepoName};
 use crate::store::Store;
 use crate::upstream::{self, UpstreamClient};
 
+/// What went wrong upstream, as [`Error::Upstream`] carries it.
+pub use crate::upstream::Error as UpstreamError;
+/// An upstream answer relayed as it is (tags/list, referrers).
+pub use crate::upstream::Passthrough;
 pub use blob::{BlobBody, BlobHead};
 pub use manifest::ManifestResponse;
 
@@ -302,6 +306,11 @@ impl Mirror {
         &self.store
     }
 
+    /// Approximate bytes of locally stored blobs (for metrics).
+    pub fn stored_bytes(&self) -> u64 {
+        self.store.stored_bytes()
+    }
+
     fn upstream(&self, id: &UpstreamId) -> Result<&Arc<Upstream>, Error> {
         self.upstreams
             .get(id)
@@ -369,7 +378,7 @@ impl Mirror {
         repo: &RepoName,
         query: &[(String, String)],
         grant: Grant,
-    ) -> Result<upstream::Passthrough, Error> {
+    ) -> Result<Passthrough, Error> {
         let up = self.upstream(id)?;
         if grant.fetch == Fetch::CacheOnly {
             return Err(Error::NotCached);
@@ -389,7 +398,7 @@ impl Mirror {
         digest: &Digest,
         artifact_type: Option<&str>,
         grant: Grant,
-    ) -> Result<upstream::Passthrough, Error> {
+    ) -> Result<Passthrough, Error> {
         let up = self.upstream(id)?;
         if grant.fetch == Fetch::CacheOnly {
             return Err(Error::NotCached);

@@ -340,7 +340,7 @@ impl Registry {
             && req.uri().path() == "/metrics"
             && (method == Method::GET || method == Method::HEAD)
         {
-            let text = self.metrics.render(self.mirror.store().stored_bytes());
+            let text = self.metrics.render(self.mirror.stored_bytes());
             let len = text.len();
             let body = if method == Method::HEAD {
                 response::empty()
@@ -657,7 +657,7 @@ impl Registry {
 
 /// Relays an upstream response for tags/list or referrers, with its `Link`
 /// rewritten to the path shape this client used.
-fn passthrough(ctx: &Ctx<'_>, p: crate::upstream::Passthrough) -> Response<Body> {
+fn passthrough(ctx: &Ctx<'_>, p: crate::mirror::Passthrough) -> Response<Body> {
     let len = p.body.len();
     let body = if ctx.head {
         response::empty()

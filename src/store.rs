@@ -35,7 +35,6 @@ mod private;
 pub mod reader;
 pub mod records;
 pub mod s3;
-mod tags;
 mod writer;
 
 use std::io;
@@ -49,11 +48,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::UpstreamId;
 use crate::oci::{Digest, MediaType, RepoName};
 
+pub use crate::tag::{TagKey, TagRecord};
 pub use local::{GcReport, InUseGuard, LocalBlobs};
 pub use private::PrivateMarks;
 pub use reader::{BlobReader, Spool};
 pub use records::{FsRecords, RecordKey, Records};
-pub use tags::{TagKey, TagRecord};
 pub use writer::BlobWriter;
 
 /// A store error.
@@ -271,11 +270,11 @@ impl Store {
         records: Arc<dyn Records>,
         legacy_marks: Option<&Path>,
     ) -> Result<Self, Error> {
-        let private = PrivateMarks::load(records.clone(), legacy_marks).await?;
+        let private = PrivateMarks::load_or_retry(records.clone(), legacy_marks).await;
         Ok(Self {
             blobs,
             records,
-            private: Arc::new(private),
+            private,
         })
     }
 
@@ -509,5 +508,3 @@ mod keys {
         ])
     }
 }
-
-pub use tags::epoch_ms as tags_epoch_ms;

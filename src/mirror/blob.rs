@@ -16,15 +16,13 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream};
+use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
-use tokio::sync::watch;
 
-use super::inflight::{Fill, FillState, Fills, Found, Joined};
+use super::inflight::{Fill, FillWriter, Joined, Stored};
 use super::{CacheStatus, Error, Fetch, Grant, Mirror, Upstream};
 use crate::config::UpstreamId;
 use crate::oci::{Digest, Digester, RepoName};
-use crate::store::reader::CHUNK;
 use crate::store::{self, BlobReader, InUseGuard, Scope, Store};
 
 /// Largest batch of upstream chunks written with one blocking call.
@@ -81,161 +79,14 @@ impl BlobBody {
             })
             .boxed(),
             Source::Stored(reader) => reader.into_stream(start, end),
-            Source::Fill(fill, guard) => fill_stream(fill, start, end.or(self.size))
+            Source::Fill(fill, guard) => fill
+                .stream(start, end.or(self.size))
                 .map(move |r| {
                     // The guard lives as long as the stream.
                     let _ = &guard;
                     r
                 })
                 .boxed(),
-        }
-    }
-}
-
-struct Reader {
-    fill: Arc<Fill>,
-    rx: watch::Receiver<FillState>,
-    pos: u64,
-    end: Option<u64>,
-    finished: bool,
-}
-
-/// What a reader may read now, from a snapshot of the fill's state.
-enum Readable {
-    Upto(u64),
-    Complete(u64),
-    Failed(Error),
-}
-
-fn readable(state: &FillState) -> Readable {
-    match state {
-        FillState::Starting => Readable::Upto(0),
-        // Hold back the final byte (and anything past the announced size)
-        // until the blob is verified.
-        FillState::Streaming {
-            size: Some(size),
-            written,
-        } => Readable::Upto((*written).min(size.saturating_sub(1))),
-        FillState::Streaming {
-            size: None,
-            written,
-        } => Readable::Upto(*written),
-        FillState::Done { size } => Readable::Complete(*size),
-        FillState::Failed(e) => Readable::Failed(e.clone()),
-    }
-}
-
-fn fill_stream(
-    fill: Arc<Fill>,
-    start: u64,
-    end: Option<u64>,
-) -> BoxStream<'static, io::Result<Bytes>> {
-    let rx = fill.state.subscribe();
-    let reader = Reader {
-        fill,
-        rx,
-        pos: start,
-        end,
-        finished: false,
-    };
-    stream::unfold(reader, |mut r| async move {
-        if r.finished {
-            return None;
-        }
-        loop {
-            let snapshot = readable(&r.rx.borrow_and_update());
-            let (limit, complete) = match snapshot {
-                Readable::Upto(n) => (n, None),
-                Readable::Complete(n) => (n, Some(n)),
-                Readable::Failed(e) => {
-                    r.finished = true;
-                    return Some((Err(io::Error::other(e)), r));
-                }
-            };
-            let limit = r.end.map_or(limit, |e| e.min(limit));
-            if r.pos < limit {
-                let want = (limit - r.pos).min(CHUNK as u64) as usize;
-                let found = r
-                    .fill
-                    .window
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .find(r.pos, want);
-                match found {
-                    // Keeping up: upstream's own chunks, no copy.
-                    Found::Memory(b) if !b.is_empty() => {
-                        r.pos += b.len() as u64;
-                        return Some((Ok(b), r));
-                    }
-                    Found::Memory(_) => {
-                        // Published bytes are always in the window first.
-                        r.finished = true;
-                        let e = io::Error::other("download window is behind its state");
-                        return Some((Err(e), r));
-                    }
-                    Found::File { upto } => {
-                        let Some(spool) = r.fill.reader.get() else {
-                            r.finished = true;
-                            return Some((Err(io::Error::other("fill has no reader")), r));
-                        };
-                        let len = (limit.min(upto) - r.pos).min(CHUNK as u64) as usize;
-                        match spool.read_at(r.pos, len).await {
-                            Ok(b) if b.is_empty() => {
-                                r.finished = true;
-                                let e = io::Error::new(
-                                    io::ErrorKind::UnexpectedEof,
-                                    "download file is shorter than announced",
-                                );
-                                return Some((Err(e), r));
-                            }
-                            Ok(b) => {
-                                r.pos += b.len() as u64;
-                                return Some((Ok(b), r));
-                            }
-                            Err(e) => {
-                                r.finished = true;
-                                return Some((Err(e), r));
-                            }
-                        }
-                    }
-                    Found::Gone => {
-                        r.finished = true;
-                        let e = io::Error::other("client fell behind a pass-through download");
-                        return Some((Err(e), r));
-                    }
-                }
-            }
-            let at_end = r.end.is_some_and(|e| r.pos >= e) || complete.is_some_and(|c| r.pos >= c);
-            if at_end {
-                return None;
-            }
-            if r.rx.changed().await.is_err() {
-                r.finished = true;
-                return Some((Err(io::Error::other("blob download vanished")), r));
-            }
-        }
-    })
-    .boxed()
-}
-
-/// Waits until upstream answered: returns the announced size or the error.
-async fn ready(fill: &Fill) -> Result<Option<u64>, Error> {
-    let mut rx = fill.state.subscribe();
-    loop {
-        let size = match &*rx.borrow_and_update() {
-            FillState::Starting => None,
-            FillState::Streaming { size, .. } => Some(*size),
-            FillState::Done { size } => Some(Some(*size)),
-            // The caller answers with this error, and logs it.
-            FillState::Failed(e) => return Err(e.clone()),
-        };
-        if let Some(size) = size {
-            fill.streamed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return Ok(size);
-        }
-        if rx.changed().await.is_err() {
-            return Err(Error::Interrupted);
         }
     }
 }
@@ -259,7 +110,7 @@ impl Mirror {
             });
         }
         if let Some(fill) = self.fills.get(digest)
-            && let Ok(size @ Some(_)) = ready(&fill).await
+            && let Ok(size @ Some(_)) = fill.ready().await
         {
             return Ok(BlobHead {
                 size,
@@ -329,10 +180,10 @@ impl Mirror {
                 match self.fills.join(digest, epoch) {
                     None => continue,
                     Some(Joined::Follower(f)) => (f, CacheStatus::Coalesced),
-                    Some(Joined::Leader(f)) => {
+                    Some(Joined::Leader(writer)) => {
+                        let f = writer.fill().clone();
                         let task = FillTask {
-                            fill: f.clone(),
-                            fills: self.fills.clone(),
+                            writer,
                             up: up.clone(),
                             repo: repo.clone(),
                             digest: digest.clone(),
@@ -351,7 +202,7 @@ impl Mirror {
                 }
             };
             let guard = self.store.hold(digest);
-            let size = ready(&fill).await?;
+            let size = fill.ready().await?;
             return Ok(BlobBody {
                 size,
                 status,
@@ -362,10 +213,9 @@ impl Mirror {
     }
 }
 
-/// The background download of one blob.
+/// The background download of one blob: the writer of its fill.
 struct FillTask {
-    fill: Arc<Fill>,
-    fills: Arc<Fills>,
+    writer: FillWriter,
     up: Arc<Upstream>,
     repo: RepoName,
     digest: Digest,
@@ -379,57 +229,42 @@ struct FillTask {
 
 impl FillTask {
     async fn run(mut self) {
-        // If this task panics or is dropped mid-way, readers must not hang:
-        // the guard publishes a failure and leaves the table.
-        let mut guard = FillGuard {
-            fill: self.fill.clone(),
-            fills: self.fills.clone(),
-            digest: self.digest.clone(),
-            committed: false,
-        };
+        // If this task panics or is dropped mid-way, the writer's drop fails
+        // the fill, so readers never hang.
         let result = self.download().await;
-        let state = match result {
-            Ok((size, true)) => {
-                guard.committed = true;
+        match &result {
+            Ok(Stored::Cached(size)) => {
                 tracing::debug!(upstream = %self.up.config.id, digest = %self.digest, bytes = size, "blob cached");
-                FillState::Done { size }
             }
-            Ok((size, false)) => {
+            Ok(Stored::PassedThrough(size)) => {
                 tracing::warn!(upstream = %self.up.config.id, digest = %self.digest, bytes = size,
                     "blob verified and streamed through, but not cached (store failed)");
-                FillState::Done { size }
             }
             Err(e) => {
                 // A request that has not started its response gets this
                 // error as its answer and logs it there. Responses already
                 // under way just break off: this is the one place to say why.
-                let midway = self
-                    .fill
-                    .streamed
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                if midway {
+                if self.writer.streamed() {
                     tracing::warn!(upstream = %self.up.config.id, repo = %self.repo, digest = %self.digest,
-                        error = %crate::error_chain(&e), "blob download failed midway; nothing stored");
+                        error = %crate::error_chain(e), "blob download failed midway; nothing stored");
                 } else {
                     tracing::debug!(upstream = %self.up.config.id, repo = %self.repo, digest = %self.digest,
-                        error = %crate::error_chain(&e), "blob download failed; nothing stored");
+                        error = %crate::error_chain(e), "blob download failed; nothing stored");
                 }
-                FillState::Failed(e)
             }
-        };
-        self.fill.state.send_replace(state);
-        drop(guard);
+        }
+        self.writer.finish(result);
     }
 
-    /// Streams the blob from upstream into the store. Returns its size and
-    /// whether it was stored: when the store fails (disk full), the download
-    /// goes on in memory (pass-through) so that clients still get the blob,
-    /// verified, but nothing is cached and nothing partial is left.
+    /// Streams the blob from its source into the store. When the store
+    /// fails (disk full), the download goes on in memory (pass-through) so
+    /// that clients still get the blob, verified, but nothing is cached and
+    /// nothing partial is left.
     ///
     /// Received chunks go to the fill's window first, where readers get them
     /// at once; one batch at a time is hashed and written on the blocking
     /// pool while the next one arrives.
-    async fn download(&mut self) -> Result<(u64, bool), Error> {
+    async fn download(&mut self) -> Result<Stored, Error> {
         let (size, mut body, scope) = match self.from_store.take() {
             None => {
                 let resp = self
@@ -460,17 +295,14 @@ impl FillTask {
                 (size, body, Scope::ReadTier)
             }
         };
-        let mut sink = match self.store.writer(&self.digest, scope).await {
+        let (mut sink, spool) = match self.store.writer(&self.digest, scope).await {
             Ok(writer) => {
-                // invariant: only this task sets the reader, once.
-                let _ = self.fill.reader.set(writer.spool());
-                Sink::Disk(writer)
+                let spool = writer.spool();
+                (Sink::Disk(writer), Some(spool))
             }
-            Err(e) => self.pass_through(&e, 0, None).into(),
+            Err(e) => (self.pass_through(&e, 0, None).into(), None),
         };
-        self.fill
-            .state
-            .send_replace(FillState::Streaming { size, written: 0 });
+        self.writer.streaming(size, spool);
         let mut received = 0u64;
         let mut on_disk = 0u64;
         while let Some(first) = body.next().await {
@@ -493,16 +325,8 @@ impl FillTask {
                 }
             };
             let n: usize = batch.iter().map(Bytes::len).sum();
-            {
-                let mut window = self.lock_window();
-                batch.iter().for_each(|c| window.push(c.clone()));
-            }
             received += n as u64;
-            self.fill.state.send_modify(|s| {
-                if let FillState::Streaming { written, .. } = s {
-                    *written = received;
-                }
-            });
+            self.writer.publish(&batch, received);
             sink = match self.settle(sink, &mut on_disk).await? {
                 Ready::Disk(mut w) => Sink::Writing(tokio::task::spawn_blocking(move || {
                     for (i, c) in batch.iter().enumerate() {
@@ -549,15 +373,15 @@ impl FillTask {
                 // and rename need not hold them up (a crash before the
                 // rename leaves no blob, never a bad one); the fill stays
                 // joinable until the blob is in the store.
-                self.fill.state.send_replace(FillState::Done { size: n });
+                self.writer.verified(n);
                 match w.commit().await {
-                    Ok(()) => Ok((n, true)),
+                    Ok(()) => Ok(Stored::Cached(n)),
                     // Only fsync, rename or the upload's completion failed.
                     // Readers hold the spool open.
                     Err(e) => {
                         tracing::error!(digest = %self.digest, error = %crate::error_chain(&e),
                             "cannot commit a verified blob to the store");
-                        Ok((n, false))
+                        Ok(Stored::PassedThrough(n))
                     }
                 }
             }
@@ -566,7 +390,7 @@ impl FillTask {
                     return Err(self.wrong_length(s, received));
                 }
                 match h.finish() {
-                    d if d == self.digest => Ok((received, false)),
+                    d if d == self.digest => Ok(Stored::PassedThrough(received)),
                     d => Err(self.corrupt(d).await),
                 }
             }
@@ -649,7 +473,7 @@ impl FillTask {
         match failed {
             None => {
                 *on_disk += batch.iter().map(|c| c.len() as u64).sum::<u64>();
-                self.lock_window().set_on_disk(*on_disk);
+                self.writer.on_disk(*on_disk);
                 Ok(Ready::Disk(writer))
             }
             Some((i, e)) => {
@@ -668,17 +492,10 @@ impl FillTask {
     fn pass_through(&self, e: &store::Error, on_disk: u64, hasher: Option<Digester>) -> Digester {
         tracing::error!(digest = %self.digest, error = %crate::error_chain(e),
             "cannot write blob to the store (disk full?); streaming it through without caching");
-        self.lock_window().start_pass_through(on_disk);
+        self.writer.pass_through(on_disk);
         // A writer always has its hasher until it finishes; a fresh one
         // here could only make the final check fail, never pass wrongly.
         hasher.unwrap_or_else(|| Digester::new(self.digest.algorithm()))
-    }
-
-    fn lock_window(&self) -> std::sync::MutexGuard<'_, super::inflight::Window> {
-        self.fill
-            .window
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -709,25 +526,4 @@ struct Written {
     writer: store::BlobWriter,
     batch: Vec<Bytes>,
     failed: Option<(usize, store::Error)>,
-}
-
-struct FillGuard {
-    fill: Arc<Fill>,
-    fills: Arc<Fills>,
-    digest: Digest,
-    /// The blob is in the store.
-    committed: bool,
-}
-
-impl Drop for FillGuard {
-    fn drop(&mut self) {
-        self.fill.state.send_if_modified(|s| match s {
-            FillState::Starting | FillState::Streaming { .. } => {
-                *s = FillState::Failed(Error::Interrupted);
-                true
-            }
-            FillState::Done { .. } | FillState::Failed(_) => false,
-        });
-        self.fills.remove(&self.digest, &self.fill, self.committed);
-    }
 }

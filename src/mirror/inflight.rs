@@ -13,13 +13,18 @@
 //! blob on its second look, without a second download.
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
 use tokio::sync::watch;
 
 use super::Error;
 use crate::oci::Digest;
 use crate::store::Spool;
+use crate::store::reader::CHUNK;
 
 /// What a fill has achieved so far.
 #[derive(Debug, Clone)]
@@ -46,19 +51,147 @@ pub(crate) enum FillState {
     Failed(Error),
 }
 
-/// One in-flight download.
+/// One in-flight download, as its readers see it: they follow it with
+/// [`Fill::ready`] and [`Fill::stream`]. Only its [`FillWriter`] changes it.
 #[derive(Debug)]
 pub(crate) struct Fill {
-    pub(crate) state: watch::Sender<FillState>,
+    state: watch::Sender<FillState>,
     /// The writer's spool, set before `Streaming` is first published
     /// (unless the store could not even start the write).
-    pub(crate) reader: OnceLock<Spool>,
+    reader: OnceLock<Spool>,
     /// The most recently received bytes, served to readers from memory.
-    pub(crate) window: Mutex<Window>,
+    window: Mutex<Window>,
     /// Set once a reader has started its response: a failure after that
     /// breaks bodies that are already under way, which no request can
     /// report, so the download task logs it.
-    pub(crate) streamed: std::sync::atomic::AtomicBool,
+    streamed: std::sync::atomic::AtomicBool,
+}
+
+impl Fill {
+    /// Waits until the source answered: the announced size, or the error.
+    pub(crate) async fn ready(&self) -> Result<Option<u64>, Error> {
+        ready(self).await
+    }
+
+    /// Streams bytes `start..end` (`None`: to the end) as they arrive; the
+    /// final byte only once the blob is verified.
+    pub(crate) fn stream(
+        self: &Arc<Self>,
+        start: u64,
+        end: Option<u64>,
+    ) -> BoxStream<'static, io::Result<Bytes>> {
+        fill_stream(self.clone(), start, end)
+    }
+
+    fn lock_window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How a fill ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Verified and committed to the store.
+    Cached(u64),
+    /// Verified and streamed to its readers, but not stored (the store
+    /// failed).
+    PassedThrough(u64),
+}
+
+/// The one writer of a fill: the download task. It publishes what arrives;
+/// dropping it before [`finish`](Self::finish) (a panic, a cancelled task)
+/// fails the fill, so readers never hang, and takes it out of the table.
+#[derive(Debug)]
+pub(crate) struct FillWriter {
+    fill: Arc<Fill>,
+    fills: Arc<Fills>,
+    digest: Digest,
+    committed: bool,
+}
+
+impl FillWriter {
+    /// The fill, for readers.
+    pub(crate) fn fill(&self) -> &Arc<Fill> {
+        &self.fill
+    }
+
+    /// The source answered: readers may start. Bytes that leave memory are
+    /// read from `spool`.
+    pub(crate) fn streaming(&self, size: Option<u64>, spool: Option<Spool>) {
+        if let Some(spool) = spool {
+            // Only this writer sets the reader, once.
+            let _ = self.fill.reader.set(spool);
+        }
+        self.fill
+            .state
+            .send_replace(FillState::Streaming { size, written: 0 });
+    }
+
+    /// A batch arrived; `received` bytes have arrived in all.
+    pub(crate) fn publish(&self, batch: &[Bytes], received: u64) {
+        {
+            let mut window = self.fill.lock_window();
+            batch.iter().for_each(|c| window.push(c.clone()));
+        }
+        self.fill.state.send_modify(|s| {
+            if let FillState::Streaming { written, .. } = s {
+                *written = received;
+            }
+        });
+    }
+
+    /// Bytes up to `n` are in the spool.
+    pub(crate) fn on_disk(&self, n: u64) {
+        self.fill.lock_window().set_on_disk(n);
+    }
+
+    /// The store failed: the spool ends at `on_disk`; the rest lives in
+    /// memory only.
+    pub(crate) fn pass_through(&self, on_disk: u64) {
+        self.fill.lock_window().start_pass_through(on_disk);
+    }
+
+    /// Verified: readers may have every byte (the commit follows; the fill
+    /// stays joinable until [`finish`](Self::finish)).
+    pub(crate) fn verified(&self, size: u64) {
+        self.fill.state.send_replace(FillState::Done { size });
+    }
+
+    /// Whether a reader's response is under way (a failure now breaks it
+    /// midway, which no request can report).
+    pub(crate) fn streamed(&self) -> bool {
+        self.fill
+            .streamed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The end: readers get every byte, or the error.
+    pub(crate) fn finish(mut self, outcome: Result<Stored, Error>) {
+        let state = match outcome {
+            Ok(Stored::Cached(size)) => {
+                self.committed = true;
+                FillState::Done { size }
+            }
+            Ok(Stored::PassedThrough(size)) => FillState::Done { size },
+            Err(e) => FillState::Failed(e),
+        };
+        self.fill.state.send_replace(state);
+    }
+}
+
+impl Drop for FillWriter {
+    fn drop(&mut self) {
+        self.fill.state.send_if_modified(|s| match s {
+            FillState::Starting | FillState::Streaming { .. } => {
+                *s = FillState::Failed(Error::Interrupted);
+                true
+            }
+            FillState::Done { .. } | FillState::Failed(_) => false,
+        });
+        self.fills.remove(&self.digest, &self.fill, self.committed);
+    }
 }
 
 /// The newest bytes of a download, kept in memory so that readers keeping
@@ -188,9 +321,10 @@ struct Table {
 /// How many committed fills the table remembers.
 const REMEMBERED: usize = 4096;
 
-/// Whether the caller must start the download or joined an existing one.
+/// Whether the caller must run the download (it holds the writer) or
+/// joined an existing one.
 pub(crate) enum Joined {
-    Leader(Arc<Fill>),
+    Leader(FillWriter),
     Follower(Arc<Fill>),
 }
 
@@ -209,7 +343,7 @@ impl Fills {
     /// when a fill of `digest` committed its blob after `since` (the epoch
     /// read before the caller missed it in the store): the store has it now,
     /// so no download starts again.
-    pub(crate) fn join(&self, digest: &Digest, since: u64) -> Option<Joined> {
+    pub(crate) fn join(self: &Arc<Self>, digest: &Digest, since: u64) -> Option<Joined> {
         let mut t = self.lock();
         if let Some(f) = t.fills.get(digest) {
             return Some(Joined::Follower(f.clone()));
@@ -225,12 +359,17 @@ impl Fills {
             streamed: Default::default(),
         });
         t.fills.insert(digest.clone(), fill.clone());
-        Some(Joined::Leader(fill))
+        Some(Joined::Leader(FillWriter {
+            fill,
+            fills: self.clone(),
+            digest: digest.clone(),
+            committed: false,
+        }))
     }
 
     /// Removes `fill` from the table (only if it is still the entry for
     /// `digest`); `committed`: its blob is in the store.
-    pub(crate) fn remove(&self, digest: &Digest, fill: &Arc<Fill>, committed: bool) {
+    fn remove(&self, digest: &Digest, fill: &Arc<Fill>, committed: bool) {
         let mut t = self.lock();
         if !t.fills.get(digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
             return;
@@ -276,6 +415,151 @@ impl Fills {
     }
 }
 
+// The reader side: what a reader may read, and the stream it reads.
+
+struct Reader {
+    fill: Arc<Fill>,
+    rx: watch::Receiver<FillState>,
+    pos: u64,
+    end: Option<u64>,
+    finished: bool,
+}
+
+/// What a reader may read now, from a snapshot of the fill's state.
+enum Readable {
+    Upto(u64),
+    Complete(u64),
+    Failed(Error),
+}
+
+fn readable(state: &FillState) -> Readable {
+    match state {
+        FillState::Starting => Readable::Upto(0),
+        // Hold back the final byte (and anything past the announced size)
+        // until the blob is verified.
+        FillState::Streaming {
+            size: Some(size),
+            written,
+        } => Readable::Upto((*written).min(size.saturating_sub(1))),
+        FillState::Streaming {
+            size: None,
+            written,
+        } => Readable::Upto(*written),
+        FillState::Done { size } => Readable::Complete(*size),
+        FillState::Failed(e) => Readable::Failed(e.clone()),
+    }
+}
+
+fn fill_stream(
+    fill: Arc<Fill>,
+    start: u64,
+    end: Option<u64>,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    let rx = fill.state.subscribe();
+    let reader = Reader {
+        fill,
+        rx,
+        pos: start,
+        end,
+        finished: false,
+    };
+    stream::unfold(reader, |mut r| async move {
+        if r.finished {
+            return None;
+        }
+        loop {
+            let snapshot = readable(&r.rx.borrow_and_update());
+            let (limit, complete) = match snapshot {
+                Readable::Upto(n) => (n, None),
+                Readable::Complete(n) => (n, Some(n)),
+                Readable::Failed(e) => {
+                    r.finished = true;
+                    return Some((Err(io::Error::other(e)), r));
+                }
+            };
+            let limit = r.end.map_or(limit, |e| e.min(limit));
+            if r.pos < limit {
+                let want = (limit - r.pos).min(CHUNK as u64) as usize;
+                let found = r.fill.lock_window().find(r.pos, want);
+                match found {
+                    // Keeping up: upstream's own chunks, no copy.
+                    Found::Memory(b) if !b.is_empty() => {
+                        r.pos += b.len() as u64;
+                        return Some((Ok(b), r));
+                    }
+                    Found::Memory(_) => {
+                        // Published bytes are always in the window first.
+                        r.finished = true;
+                        let e = io::Error::other("download window is behind its state");
+                        return Some((Err(e), r));
+                    }
+                    Found::File { upto } => {
+                        let Some(spool) = r.fill.reader.get() else {
+                            r.finished = true;
+                            return Some((Err(io::Error::other("fill has no reader")), r));
+                        };
+                        let len = (limit.min(upto) - r.pos).min(CHUNK as u64) as usize;
+                        match spool.read_at(r.pos, len).await {
+                            Ok(b) if b.is_empty() => {
+                                r.finished = true;
+                                let e = io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    "download file is shorter than announced",
+                                );
+                                return Some((Err(e), r));
+                            }
+                            Ok(b) => {
+                                r.pos += b.len() as u64;
+                                return Some((Ok(b), r));
+                            }
+                            Err(e) => {
+                                r.finished = true;
+                                return Some((Err(e), r));
+                            }
+                        }
+                    }
+                    Found::Gone => {
+                        r.finished = true;
+                        let e = io::Error::other("client fell behind a pass-through download");
+                        return Some((Err(e), r));
+                    }
+                }
+            }
+            let at_end = r.end.is_some_and(|e| r.pos >= e) || complete.is_some_and(|c| r.pos >= c);
+            if at_end {
+                return None;
+            }
+            if r.rx.changed().await.is_err() {
+                r.finished = true;
+                return Some((Err(io::Error::other("blob download vanished")), r));
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Waits until upstream answered: returns the announced size or the error.
+async fn ready(fill: &Fill) -> Result<Option<u64>, Error> {
+    let mut rx = fill.state.subscribe();
+    loop {
+        let size = match &*rx.borrow_and_update() {
+            FillState::Starting => None,
+            FillState::Streaming { size, .. } => Some(*size),
+            FillState::Done { size } => Some(Some(*size)),
+            // The caller answers with this error, and logs it.
+            FillState::Failed(e) => return Err(e.clone()),
+        };
+        if let Some(size) = size {
+            fill.streamed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(size);
+        }
+        if rx.changed().await.is_err() {
+            return Err(Error::Interrupted);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,21 +576,21 @@ mod tests {
         let b = format!("sha256:{}", "b".repeat(64))
             .parse::<Digest>()
             .unwrap();
-        let Some(Joined::Leader(fa)) = fills.join(&a, 0) else {
+        let Some(Joined::Leader(wa)) = fills.join(&a, 0) else {
             panic!("first join leads");
         };
-        let Some(Joined::Leader(fb)) = fills.join(&b, 0) else {
+        let Some(Joined::Leader(wb)) = fills.join(&b, 0) else {
             panic!("first join leads");
         };
         let waiter = tokio::spawn({
             let fills = fills.clone();
             async move { fills.drained().await }
         });
-        fills.remove(&a, &fa, true);
+        wa.finish(Ok(Stored::Cached(1)));
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "one fill still runs");
         assert_eq!(fills.len(), 1);
-        fills.remove(&b, &fb, false);
+        drop(wb);
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("drained once the table is empty")
@@ -315,7 +599,7 @@ mod tests {
 
     #[test]
     fn a_fill_committed_since_the_store_miss_is_not_started_again() {
-        let fills = Fills::default();
+        let fills = Arc::new(Fills::default());
         let d = Digest::sha256_of(b"blob");
         let before = fills.epoch();
         let Some(Joined::Leader(f)) = fills.join(&d, before) else {
@@ -323,7 +607,7 @@ mod tests {
         };
         // A second request missed the store while the fill ran...
         let missed_at = fills.epoch();
-        fills.remove(&d, &f, true);
+        f.finish(Ok(Stored::Cached(4)));
         // ...and arrives after the commit: the store has the blob.
         assert!(fills.join(&d, missed_at).is_none());
         // A request that looked in the store after the commit leads anew
@@ -333,7 +617,7 @@ mod tests {
         };
         // A failed fill does not count as committed.
         let missed_at = fills.epoch();
-        fills.remove(&d, &g, false);
+        g.finish(Err(Error::Interrupted));
         assert!(matches!(fills.join(&d, missed_at), Some(Joined::Leader(_))));
     }
 

@@ -9,7 +9,7 @@ use super::{CacheStatus, Error, Fetch, Grant, Mirror, Upstream};
 use crate::cache::{Key, ManifestEntry, TagEntry, Value};
 use crate::config::UpstreamId;
 use crate::oci::{AcceptClass, Digest, MediaType, Reference, RepoName, Tag};
-use crate::store::{TagKey, TagRecord, tags_epoch_ms};
+use crate::tag::{TagKey, TagRecord, epoch_ms as tags_epoch_ms};
 
 /// A manifest ready to serve.
 #[derive(Debug, Clone)]

@@ -18,7 +18,6 @@ use super::path::PathError;
 use super::route::NoRoute;
 use crate::config::UpstreamId;
 use crate::mirror;
-use crate::upstream;
 
 /// OCI distribution error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,8 +326,8 @@ pub fn from_mirror(e: &mirror::Error, subject: Subject) -> ApiError {
 
 /// Maps what `upstream` (by name) answered or how reaching it failed. The
 /// message names the upstream but none of its internals.
-fn from_upstream(upstream: &UpstreamId, e: &upstream::Error, subject: Subject) -> ApiError {
-    use upstream::Error as U;
+fn from_upstream(upstream: &UpstreamId, e: &mirror::UpstreamError, subject: Subject) -> ApiError {
+    use mirror::UpstreamError as U;
     let up = |status, code, msg: String| ApiError::new(status, code, Origin::Upstream, msg);
     match e {
         U::Status {

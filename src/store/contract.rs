@@ -116,11 +116,21 @@ async fn write_read_and_ranges(store: &Store, c: &Content) {
         got.extend_from_slice(&b.unwrap());
     }
     assert_eq!(got, data[123_456..200_001], "a range from the middle");
+    assert_eq!(
+        r2_read_at(store, &d, 299_000, 5000).await,
+        data.slice(299_000..),
+        "read_at stops at the end"
+    );
     // Spools stay readable after the commit.
     assert_eq!(
         spool.read_at(299_990, 100).await.unwrap(),
         data.slice(299_990..)
     );
+}
+
+async fn r2_read_at(store: &Store, d: &Digest, pos: u64, len: usize) -> Bytes {
+    let r = store.open(d).await.unwrap().unwrap();
+    r.read_at(pos, len).await.unwrap()
 }
 
 async fn verified_is_invisible_until_committed(store: &Store, c: &Content) {

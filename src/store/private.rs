@@ -29,6 +29,11 @@ use crate::oci::Digest;
 pub struct PrivateMarks {
     records: Arc<dyn Records>,
     marks: Mutex<HashMap<Digest, HashSet<String>>>,
+    /// Whether every stored mark is loaded. Until then (the records could
+    /// not be read at start: S3 down) every digest counts as private
+    /// elsewhere, so a client that may not read private content gets it only
+    /// after upstream confirms its repository holds it (fail closed).
+    complete: std::sync::atomic::AtomicBool,
 }
 
 fn key(digest: &Digest, owner: &str) -> Option<RecordKey> {
@@ -78,7 +83,52 @@ impl PrivateMarks {
         Ok(Self {
             records,
             marks: Mutex::new(marks),
+            complete: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// [`load`](Self::load), or, when the records cannot be read now, an
+    /// incomplete set (see `complete`) that a background task fills once
+    /// they can.
+    pub(crate) async fn load_or_retry(
+        records: Arc<dyn Records>,
+        legacy: Option<&Path>,
+    ) -> Arc<Self> {
+        let e = match Self::load(records.clone(), legacy).await {
+            Ok(m) => return Arc::new(m),
+            Err(e) => e,
+        };
+        tracing::error!(error = %crate::error_chain(&e),
+            "cannot load the private marks; until they load, private-looking content needs upstream's confirmation");
+        let marks = Arc::new(Self {
+            records: records.clone(),
+            marks: Mutex::default(),
+            complete: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (weak, legacy) = (Arc::downgrade(&marks), legacy.map(Path::to_owned));
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_secs(1);
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(marks) = weak.upgrade() else { return };
+                match Self::load(records.clone(), legacy.as_deref()).await {
+                    Ok(loaded) => {
+                        let all = loaded.marks.into_inner().unwrap_or_else(|p| p.into_inner());
+                        let mut m = marks.marks.lock().unwrap_or_else(|p| p.into_inner());
+                        for (d, owners) in all {
+                            m.entry(d).or_default().extend(owners);
+                        }
+                        marks
+                            .complete
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                        tracing::info!("private marks loaded");
+                        return;
+                    }
+                    Err(_) => wait = (wait * 2).min(std::time::Duration::from_secs(60)),
+                }
+            }
+        });
+        marks
     }
 
     /// `None` if `digest` is not private; else whether `owner` is one of the
@@ -88,7 +138,11 @@ impl PrivateMarks {
             .marks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        marks.get(digest).map(|o| o.contains(owner))
+        match marks.get(digest) {
+            Some(o) => Some(o.contains(owner)),
+            None if !self.complete.load(std::sync::atomic::Ordering::SeqCst) => Some(false),
+            None => None,
+        }
     }
 
     /// Records that `digest` belongs to the private repository `owner`

@@ -82,6 +82,25 @@ impl BlobReader {
         matches!(self.source, Source::File(_))
     }
 
+    /// Reads up to `len` bytes at `pos` (fewer at the end of the blob; none
+    /// past it).
+    pub async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
+        match &self.source {
+            Source::File(f) => {
+                read_at(f, pos, len.min(self.len.saturating_sub(pos) as usize)).await
+            }
+            Source::Remote(_) => {
+                let end = pos.saturating_add(len as u64).min(self.len);
+                let mut out = BytesMut::new();
+                let mut s = self.stream_range(pos, end);
+                while let Some(b) = s.next().await {
+                    out.extend_from_slice(&b?);
+                }
+                Ok(out.freeze())
+            }
+        }
+    }
+
     /// Reads the whole blob into memory (for manifests: small).
     pub async fn read_all(&self) -> io::Result<Bytes> {
         let mut out = BytesMut::with_capacity(self.len as usize);

@@ -892,7 +892,7 @@ impl Uploader {
         let rec = UploadRecord {
             key: Bucket::blob_key(&self.digest),
             upload_id: id.clone(),
-            renewed_ms: super::tags_epoch_ms(SystemTime::now()),
+            renewed_ms: crate::tag::epoch_ms(SystemTime::now()),
         };
         let bytes = serde_json::to_vec(&rec).unwrap_or_default();
         self.blobs.0.bucket.put(record, Bytes::from(bytes)).await?;
@@ -978,5 +978,50 @@ impl Records for S3Records {
             keys.sort();
             Ok(keys)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> S3Config {
+        let text = format!(
+            "[storage.s3]\nbucket = \"b-1\"\nendpoint = \"http://127.0.0.1:1\"\naccess_key_id = \"k\"\n\
+             secret_access_key = \"s\"\nallow_http = true\n{extra}\n[[listener]]\naddr = \"127.0.0.1:0\"\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\ndefault = true\n"
+        );
+        crate::config::Config::from_toml(&text, std::path::Path::new("/"))
+            .unwrap()
+            .s3
+            .unwrap()
+    }
+
+    async fn signed(c: &S3Config) -> url::Url {
+        let b = Bucket::build(c).unwrap();
+        let path = b.path(&Bucket::blob_key(&Digest::sha256_of(b"x")));
+        b.0.signer
+            .signed_url(http::Method::GET, &path, Duration::from_secs(60))
+            .await
+            .unwrap()
+    }
+
+    // SeaweedFS does not check the signed Host (AWS and MinIO do), so the
+    // host of a presigned URL is checked here.
+    #[tokio::test]
+    async fn presigned_urls_name_the_address_clients_reach() {
+        let own = signed(&config("")).await;
+        assert_eq!(own.host_str(), Some("127.0.0.1"));
+        let public = signed(&config("redirect_endpoint = \"https://s3.example.com\"")).await;
+        assert_eq!(
+            (public.scheme(), public.host_str()),
+            ("https", Some("s3.example.com"))
+        );
+        assert!(public.path().starts_with("/b-1/blobs/sha256/"), "{public}");
+        let q = public.query().unwrap();
+        assert!(
+            q.contains("X-Amz-Expires=60") && q.contains("X-Amz-Signature="),
+            "{q}"
+        );
     }
 }

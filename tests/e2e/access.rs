@@ -7,18 +7,22 @@ use std::net::IpAddr;
 use crate::support::image::docker_image;
 use crate::support::*;
 
-const USER: &str = "alice";
-const PASS: &str = "wonderland";
+pub(crate) const USER: &str = "alice";
+pub(crate) const PASS: &str = "wonderland";
 
 /// An htpasswd file with `alice` (bcrypt, low cost to keep tests quick).
-fn htpasswd(dir: &std::path::Path) -> String {
+pub(crate) fn htpasswd(dir: &std::path::Path) -> String {
     let path = dir.join("htpasswd");
     let hash = bcrypt::hash(PASS, 4).unwrap();
     std::fs::write(&path, format!("{USER}:{hash}\n")).unwrap();
     path.display().to_string()
 }
 
-async fn get(c: &reqwest::Client, url: String, creds: Option<(&str, &str)>) -> reqwest::Response {
+pub(crate) async fn get(
+    c: &reqwest::Client,
+    url: String,
+    creds: Option<(&str, &str)>,
+) -> reqwest::Response {
     let mut r = c.get(url).header("accept", ACCEPT_ALL);
     if let Some((u, p)) = creds {
         r = r.basic_auth(u, Some(p));

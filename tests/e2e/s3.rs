@@ -341,12 +341,23 @@ async fn with_s3_down_the_read_tier_serves_and_cold_blobs_pass_through() {
     assert_eq!(get_ok(&c, &blob(0)).await, img.layers[0].bytes);
     gw.settle().await;
 
+    // S3 stops in the middle of a cold pull: the client still gets the
+    // whole blob, verified; its upload fails and it stays in the read tier.
+    let gate = up.hold_blobs_after(50_000);
+    let pending = tokio::spawn({
+        let (c, url) = (c.clone(), blob(1));
+        async move { get_ok(&c, &url).await }
+    });
+    gate.wait_for_requests(1).await;
     weed.stop();
-    // In the read tier: served.
-    assert_eq!(get_ok(&c, &blob(0)).await, img.layers[0].bytes);
-    // Cold: fetched upstream and served whole.
-    assert_eq!(get_ok(&c, &blob(1)).await, img.layers[1].bytes);
+    gate.release();
+    assert_eq!(pending.await.unwrap(), img.layers[1].bytes);
     gw.settle().await;
+    // With S3 still down: the read tier serves what it has...
+    assert_eq!(get_ok(&c, &blob(0)).await, img.layers[0].bytes);
+    let before = up.count("GET", "/blobs/");
+    assert_eq!(get_ok(&c, &blob(1)).await, img.layers[1].bytes);
+    assert_eq!(up.count("GET", "/blobs/"), before, "kept in the read tier");
 
     weed.restart();
     assert_eq!(get_ok(&c, &blob(2)).await, img.layers[2].bytes);
@@ -465,4 +476,150 @@ async fn verify_checks_the_bucket() {
     assert!(stdout.contains("s3://mirrorgate/t/verify"), "{stdout}");
     assert!(stdout.contains(&format!("quarantine/{hex}")), "{stdout}");
     assert!(s3c.head(&key).await.is_err(), "moved out of blobs/");
+}
+
+/// A fake S3 endpoint for faults a real server does not make: every
+/// connection is accepted, read, and then either answered `503 SlowDown` or
+/// left hanging.
+async fn faulty_s3(hang: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = l.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if hang {
+                        continue;
+                    }
+                    let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                    let resp = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if sock.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, requests)
+}
+
+async fn pulls_despite_a_failing_s3(hang: bool) {
+    let (endpoint, requests) = faulty_s3(hang).await;
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(if hang { 47 } else { 48 }, &[120_000, 130_000, 140_000]);
+    up.add_image("library/f", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[storage.s3]\nbucket = \"mirrorgate\"\nendpoint = \"{endpoint}\"\naccess_key_id = \"k\"\n\
+         secret_access_key = \"s\"\nallow_http = true\nrequest_timeout = \"1s\"\nread_timeout = \"1s\"\n\
+         [[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+        upstream_toml("docker.io", &up.url(), "default = true")
+    );
+    let gw = Gateway::start(&cfg, dir.path()).await;
+    let c = client();
+    // Every image still pulls whole: the tag and blobs come from upstream,
+    // and S3's failure is logged and survived.
+    pull(&c, &gw, "library/f", "1", &img).await;
+    gw.settle().await;
+    assert!(
+        requests.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "S3 was asked"
+    );
+    // What could not go to S3 stays in the read tier and is served from it.
+    let before = up.count("GET", "/blobs/");
+    pull(&c, &gw, "library/f", "1", &img).await;
+    assert_eq!(
+        up.count("GET", "/blobs/"),
+        before,
+        "served from the read tier"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_answering_503_slowdown_is_survived() {
+    pulls_despite_a_failing_s3(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_s3_is_survived() {
+    pulls_despite_a_failing_s3(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_are_checked_before_any_redirect() {
+    use crate::access::{PASS, USER, get, htpasswd};
+    let weed = s3::shared();
+    let prefix = s3::unique_prefix("private");
+    let up = FakeUpstream::start(Options {
+        auth: Auth::Basic {
+            user: "mirror".into(),
+            pass: "upstream-secret".into(),
+        },
+        ..Options::default()
+    })
+    .await;
+    let secret = docker_image(49, &[3000]);
+    let public = docker_image(50, &[2000]);
+    up.add_image("org/app", "1", &secret);
+    up.add_image("public/base", "1", &public);
+    up.only_in(&secret.layers[0].digest, &["org/app"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}[auth]\nhtpasswd = {:?}\n[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+        weed.storage_toml(&prefix, "redirect = true"),
+        htpasswd(dir.path()),
+        upstream_toml(
+            "docker.io",
+            &up.url(),
+            "default = true\nusername = \"mirror\"\npassword = \"upstream-secret\"\nprivate = [\"org/*\"]"
+        )
+    );
+    let gw = Gateway::start(&cfg, &dir.path().join("data")).await;
+    let c = client();
+    let private_blob = format!("{}/v2/org/app/blobs/{}", gw.url(0), secret.layers[0].digest);
+    // Cold, authenticated: streamed and stored.
+    let r = get(&c, private_blob.clone(), Some((USER, PASS))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), secret.layers[0].bytes);
+    gw.settle().await;
+    // Cached: the authenticated client is redirected...
+    assert_eq!(
+        get(&c, private_blob.clone(), Some((USER, PASS)))
+            .await
+            .status(),
+        307
+    );
+    // ...an anonymous one is refused before any URL is made...
+    let r = get(&c, private_blob, None).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("location").is_none());
+    // ...and the private layer is not reachable under a public name.
+    let sneaky = format!(
+        "{}/v2/public/base/blobs/{}",
+        gw.url(0),
+        secret.layers[0].digest
+    );
+    let r = get(&c, sneaky, None).await;
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().get("location").is_none());
+    gw.stop().await;
 }

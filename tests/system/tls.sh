@@ -12,6 +12,10 @@
 #                       built with `cargo build` if missing)
 #   KEEP_WORKDIR=1      keep the temp dir (configs, logs, data) for inspection
 #   SYSTEM_TEST_BUDGET  seconds (default 180); later checks fail as "not run"
+#   MIRROR_STORAGE_TOML extra config for the mirror's store (tests/system/s3.sh
+#                       passes a [storage.s3] table: the same clients, on S3)
+#   MIRROR_EXPECT_REDIRECT=1  the store redirects cached blob GETs: check that
+#                       the clients followed 307s to it
 #
 # Name resolution stays on loopback: the mirror's names (mirror.test and the
 # SNI names docker/ghcr/quay.mirror.test) are added to /etc/hosts for the run
@@ -149,6 +153,10 @@ url = "$QUAY_URL"
 hosts = ["${SNI[quay]}"]
 ca_file = "$CA_CRT"
 EOF
+if [ -n "${MIRROR_STORAGE_TOML:-}" ]; then
+  printf '\n%s\n' "$MIRROR_STORAGE_TOML" >>"$CONF/mirrorgate.toml"
+  info "store: $(grep -A3 '^\[storage.s3\]' "$CONF/mirrorgate.toml" | tr '\n' ' ')"
+fi
 "${MG[@]}" check-config "$CONF/mirrorgate.toml" >"$LOGS/check-config.log" 2>&1 \
   || setup_failed "mirrorgate check-config rejected the config" "$LOGS/check-config.log"
 "${MG[@]}" ca init --config "$CONF/mirrorgate.toml" >"$LOGS/ca-init.log" 2>&1 \
@@ -556,6 +564,16 @@ if [ -n "$corrupt" ]; then bad "5a store verified" "files not matching their dig
 elif [ "$nfiles" = 0 ]; then bad "5a store verified" "no 64-hex files under $search"
 else ok "5a store verified: $nfiles files hash to their names"; fi
 if mirror_dead; then bad "5b mirror alive" "$MIRROR_DEAD"; else ok "5b mirror alive after every client"; fi
+if [ "${MIRROR_EXPECT_REDIRECT:-0}" = 1 ]; then
+  n=$(count_lines 'cache=redirect' "$LOGS/mirrorgate.log")
+  if [ "$n" -gt 0 ]; then ok "5d $n cached blob GETs answered with a 307 to the store, and the clients followed them"
+  else bad "5d redirects" "the mirror logged no cache=redirect response"; fi
+fi
+if [ -n "${MIRROR_STORAGE_TOML:-}" ]; then
+  if "${MG[@]}" verify --config "$CONF/mirrorgate.toml" >"$LOGS/verify.log" 2>&1; then
+    ok "5e the bucket verified: $(head -n 1 "$LOGS/verify.log")"
+  else FAILED_LOGS+=("$LOGS/verify.log"); bad "5e the bucket verified" "$(tail -n 2 "$LOGS/verify.log" | tr '\n' ' ')"; fi
+fi
 
 restore_host    # stops dockerd first (it uses /run/docker and certs.d)
 left=""

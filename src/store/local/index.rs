@@ -53,7 +53,7 @@ fn db_err(op: &'static str, path: &Path) -> impl FnOnce(redb::Error) -> Error + 
 
 /// Milliseconds since the epoch.
 pub(crate) fn ms(t: SystemTime) -> u64 {
-    crate::store::tags_epoch_ms(t)
+    crate::tag::epoch_ms(t)
 }
 
 enum Op {

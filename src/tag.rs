@@ -1,4 +1,6 @@
-//! The persisted tag map: which digest a tag pointed to when last checked.
+//! The tag map's types: which digest a tag pointed to when upstream last
+//! confirmed it. Kept by the store, cached in memory, decided on by the
+//! mirror, so they live below all three.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
