@@ -565,7 +565,7 @@ elif [ "$nfiles" = 0 ]; then bad "5a store verified" "no 64-hex files under $sea
 else ok "5a store verified: $nfiles files hash to their names"; fi
 if mirror_dead; then bad "5b mirror alive" "$MIRROR_DEAD"; else ok "5b mirror alive after every client"; fi
 if [ "${MIRROR_EXPECT_REDIRECT:-0}" = 1 ]; then
-  n=$(count_lines 'cache=redirect' "$LOGS/mirrorgate.log")
+  n=$(count_lines 'cache="?redirect' "$LOGS/mirrorgate.log")
   if [ "$n" -gt 0 ]; then ok "5d $n cached blob GETs answered with a 307 to the store, and the clients followed them"
   else bad "5d redirects" "the mirror logged no cache=redirect response"; fi
 fi
