@@ -33,6 +33,7 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY, SECRET = "mgbench", "mgbenchsecret"
 TICK = os.sysconf("SC_CLK_TCK")
+WORKDIR = ""
 
 
 def free_ports(n):
@@ -51,8 +52,11 @@ class Procs:
 
     def start(self, name, argv, env=None):
         log = open(os.path.join(self.workdir, name + ".log"), "w")
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env={**os.environ, **(env or {})})
+        e = {**os.environ, **(env or {})}
+        # distribution's AWS SDK panics on a CA bundle it cannot load into
+        # its transport; the S3 server here is plain HTTP anyway.
+        e.pop("AWS_CA_BUNDLE", None)
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=e)
         self.procs[name] = p
         return p
 
@@ -81,7 +85,13 @@ def wait(what, cond, proc=None, timeout=60):
         if cond():
             return
         if proc is not None and proc.poll() is not None:
-            sys.exit(f"{what}: the process exited ({proc.returncode})")
+            tail = ""
+            try:
+                with open(os.path.join(WORKDIR, what + ".log")) as f:
+                    tail = "".join(f.readlines()[-5:])
+            except OSError:
+                pass
+            sys.exit(f"{what}: the process exited ({proc.returncode})\n{tail}")
         time.sleep(0.05)
     sys.exit(f"timed out waiting for {what}")
 
@@ -158,7 +168,8 @@ def main():
     runs = a.runs or (2 if a.quick else 5)
     weed = subprocess.run(["bash", os.path.join(REPO, "scripts/install-seaweedfs.sh")],
                           capture_output=True, text=True, check=True).stdout.strip()
-    w = tempfile.mkdtemp(prefix="mirrorgate-s3bench.")
+    global WORKDIR
+    w = WORKDIR = tempfile.mkdtemp(prefix="mirrorgate-s3bench.")
     procs = Procs(w)
     try:
         return bench(a, mib, runs, weed, w, procs)

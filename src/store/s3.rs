@@ -111,7 +111,12 @@ fn builder(c: &S3Config, endpoint: Option<&url::Url>, options: ClientOptions) ->
     if let Some(e) = endpoint {
         b = b.with_endpoint(e.as_str().trim_end_matches('/'));
     }
-    b
+    // Over TLS the body needs no hash in the signature (TLS guards it, and
+    // what is uploaded was verified against its digest first): that saves
+    // hashing every uploaded byte a second time. A plain-HTTP endpoint
+    // (loopback, tests) keeps the signed payload.
+    let tls = c.endpoint.as_ref().is_none_or(|u| u.scheme() == "https");
+    b.with_unsigned_payload(tls)
 }
 
 impl Bucket {

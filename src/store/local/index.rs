@@ -253,23 +253,8 @@ impl Index {
     /// one batch at a time. Returns how many blobs there are. Blocking.
     fn rebuild(&self, blobs: &Path) -> Result<u64, Error> {
         let mut n = 0u64;
-        let mut stack = vec![blobs.to_owned()];
-        while let Some(dir) = stack.pop() {
-            let rd = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("readdir", &dir)(e)),
-            };
-            for entry in rd {
-                let entry = entry.map_err(Error::io("readdir", &dir))?;
-                let Ok(meta) = entry.metadata() else { continue };
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                    continue;
-                }
-                let Some(d) = super::gc::digest_of(&entry.path()) else {
-                    continue;
-                };
+        super::layout::walk_files(blobs, |path, meta| {
+            if let Some(d) = super::gc::digest_of(&path) {
                 n += 1;
                 let at = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                 // An upsert: the writer keeps what is newer.
@@ -279,7 +264,8 @@ impl Index {
                     at: ms(at),
                 });
             }
-        }
+            Ok(())
+        })?;
         // Rows whose file is gone (a crash between a delete and its update).
         let rows = {
             let read = || -> Result<Vec<String>, redb::Error> {
@@ -382,7 +368,31 @@ fn apply(
         let mut lru = w.open_table(LRU)?;
         let mut meta = w.open_table(META)?;
         let mut total = meta.get("bytes")?.map_or(0, |v| v.value());
-        for op in ops {
+        // Runs of removals (an eviction pass) are applied in key order, table
+        // by table: a million random digests are a million scattered pages
+        // for a small page cache, sorted they are a sweep.
+        let mut removals: Vec<String> = Vec::new();
+        let mut ops = ops.into_iter().peekable();
+        while let Some(op) = ops.next() {
+            if let Op::Remove { digest } = op {
+                removals.push(digest);
+                if matches!(ops.peek(), Some(Op::Remove { .. })) {
+                    continue;
+                }
+                removals.sort_unstable();
+                let mut rows = Vec::with_capacity(removals.len());
+                for d in removals.drain(..) {
+                    if let Some((size, at)) = blobs.remove(d.as_str())?.map(|v| v.value()) {
+                        rows.push((at, d, size));
+                    }
+                }
+                rows.sort_unstable();
+                for (at, d, size) in rows {
+                    lru.remove((at, d.as_str()))?;
+                    total = total.saturating_sub(size);
+                }
+                continue;
+            }
             match op {
                 Op::Flush(tx) => flushes.push(tx),
                 Op::Insert { digest, size, at } => {
@@ -411,13 +421,8 @@ fn apply(
                     blobs.insert(digest.as_str(), (size, at))?;
                     lru.insert((at, digest.as_str()), size)?;
                 }
-                Op::Remove { digest } => {
-                    let Some((size, at)) = blobs.remove(digest.as_str())?.map(|v| v.value()) else {
-                        continue;
-                    };
-                    lru.remove((at, digest.as_str()))?;
-                    total = total.saturating_sub(size);
-                }
+                // Applied above, in runs.
+                Op::Remove { .. } => {}
             }
         }
         meta.insert("bytes", total)?;

@@ -99,3 +99,30 @@ pub(crate) fn rename_into_place(tmp: &Path, dest: &Path) -> Result<(), Error> {
     let d = std::fs::File::open(dir).map_err(Error::io("open dir", dir))?;
     d.sync_all().map_err(Error::io("fsync dir", dir))
 }
+
+/// Visits every file under `dir` (at any depth; none if `dir` is absent)
+/// with its path and metadata, one directory at a time. Blocking.
+pub(crate) fn walk_files(
+    dir: &Path,
+    mut visit: impl FnMut(PathBuf, std::fs::Metadata) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("readdir", &dir)(e)),
+        };
+        for entry in rd {
+            let entry = entry.map_err(Error::io("readdir", &dir))?;
+            // Gone since the listing (evicted, quarantined): skip it.
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                visit(entry.path(), meta)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -32,54 +32,43 @@ impl Layout {
     /// blob taken out). Blocking.
     pub(crate) fn verify(&self, removed: &dyn Fn(&Digest)) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport::default();
-        let blobs = self.root().join("blobs");
-        let mut stack = vec![blobs];
-        while let Some(dir) = stack.pop() {
-            let rd = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("readdir", &dir)(e)),
-            };
-            for entry in rd {
-                let entry = entry.map_err(Error::io("readdir", &dir))?;
-                let path = entry.path();
-                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    stack.push(path);
-                    continue;
+        super::layout::walk_files(&self.root().join("blobs"), |path, _| {
+            let alg = path
+                .parent()
+                .and_then(Path::parent)
+                .and_then(Path::file_name)
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let expected: Option<Digest> = format!("{alg}:{name}").parse().ok();
+            let good = match &expected {
+                Some(d) => {
+                    let (got, n) =
+                        hash_file(&path, d.algorithm()).map_err(Error::io("read", &path))?;
+                    (got == *d).then_some(n)
                 }
-                let alg = path
-                    .parent()
-                    .and_then(Path::parent)
-                    .and_then(Path::file_name)
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let expected: Option<Digest> = format!("{alg}:{name}").parse().ok();
-                let good = match &expected {
-                    Some(d) => {
-                        let (got, n) =
-                            hash_file(&path, d.algorithm()).map_err(Error::io("read", &path))?;
-                        (got == *d).then_some(n)
-                    }
-                    None => None,
-                };
-                match good {
-                    Some(n) => {
-                        report.ok += 1;
-                        report.bytes += n;
-                    }
-                    None => {
-                        report
-                            .quarantined
-                            .push(self.quarantine(&path, &name)?.display().to_string());
-                        if let Some(d) = &expected {
-                            removed(d);
-                        }
+                None => None,
+            };
+            match good {
+                Some(n) => {
+                    report.ok += 1;
+                    report.bytes += n;
+                }
+                None => {
+                    report
+                        .quarantined
+                        .push(self.quarantine(&path, &name)?.display().to_string());
+                    if let Some(d) = &expected {
+                        removed(d);
                     }
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(report)
     }
 
