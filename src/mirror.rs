@@ -188,6 +188,8 @@ pub struct Mirror {
     store: Store,
     cache: MetadataCache,
     fills: Arc<inflight::Fills>,
+    /// Metadata being written to the store behind the responses.
+    persisting: Arc<Background>,
     /// How long past its TTL a tag may be served while upstream is down.
     stale_if_error: std::time::Duration,
     /// `(digest, owner)` pairs upstream confirmed for a public repository
@@ -195,6 +197,29 @@ pub struct Mirror {
     confirmed: moka::sync::Cache<(Digest, String), ()>,
     /// Decides tag freshness.
     clock: SharedClock,
+}
+
+/// How long a response waits for its metadata write (see `Mirror::persist`).
+const PERSIST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Background work with a count, so that it can be waited for.
+#[derive(Debug, Default)]
+struct Background {
+    running: std::sync::atomic::AtomicUsize,
+    emptied: tokio::sync::Notify,
+}
+
+impl Background {
+    async fn drained(&self) {
+        loop {
+            // Registered before the check, so an end in between wakes us.
+            let emptied = self.emptied.notified();
+            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
 }
 
 /// Which upstream an error is about: its name and `host[:port]`, so that a
@@ -272,6 +297,7 @@ impl Mirror {
             cache: MetadataCache::new(config.cache.metadata_max_bytes, clock.clone()),
             clock,
             fills: Arc::new(inflight::Fills::default()),
+            persisting: Arc::default(),
             stale_if_error: config.cache.stale_if_error,
             confirmed: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -285,20 +311,50 @@ impl Mirror {
     /// after a restart (clients get the final byte once it is verified; the
     /// fsync and rename follow). Returns how many were still running.
     pub async fn drain(&self, grace: std::time::Duration) -> usize {
-        if tokio::time::timeout(grace, self.fills.drained())
-            .await
-            .is_ok()
-        {
+        let all = async {
+            self.fills.drained().await;
+            self.persisting.drained().await;
+        };
+        if tokio::time::timeout(grace, all).await.is_ok() {
             return 0;
         }
         self.fills.len()
     }
 
-    /// Waits until no blob download is running: each has committed its blob
-    /// (or failed and removed its temporary file). Downloads started
-    /// meanwhile are waited for too.
+    /// Waits until no blob download is running (each has committed its blob,
+    /// or failed and removed its temporary file) and the metadata of the
+    /// answers so far is written. Work started meanwhile is waited for too.
     pub async fn downloads_done(&self) {
         self.fills.drained().await;
+        self.persisting.drained().await;
+    }
+
+    /// Writes metadata to the store, waiting for it at most
+    /// [`PERSIST_WAIT`]: a write that takes longer (a slow or hung S3) goes
+    /// on behind the response, so the client is not held up; the memory
+    /// cache serves what it wrote meanwhile. A local disk answers well
+    /// within the wait, so what a response said is on disk when it ends.
+    /// Best effort, as every metadata write.
+    async fn persist(
+        &self,
+        digest: Digest,
+        write: impl Future<Output = Result<(), crate::store::Error>> + Send + 'static,
+    ) {
+        let bg = self.persisting.clone();
+        bg.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (done, written) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            manifest::best_effort(&digest, write.await);
+            let _ = done.send(());
+            if bg.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                bg.emptied.notify_waiters();
+            }
+        });
+        if tokio::time::timeout(PERSIST_WAIT, written).await.is_err() {
+            tracing::debug!(
+                "store write slower than {PERSIST_WAIT:?}; answering without waiting for it"
+            );
+        }
     }
 
     /// The store.

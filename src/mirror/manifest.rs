@@ -166,13 +166,18 @@ impl Mirror {
                 let actual = Digest::of(digest.algorithm(), &m.bytes);
                 return Err(up.corrupt(digest, Some(actual)));
             }
-            best_effort(
-                digest,
-                self.store
-                    .put_manifest(digest, m.bytes.clone(), &m.media_type)
-                    .await,
+            let (store, d, bytes, mt) = (
+                self.store.clone(),
+                digest.clone(),
+                m.bytes.clone(),
+                m.media_type.clone(),
             );
-            best_effort(digest, self.store.mark_repo(&up.config.id, repo).await);
+            let (id, repo) = (up.config.id.clone(), repo.clone());
+            self.persist(digest.clone(), async move {
+                store.put_manifest(&d, bytes, &mt).await?;
+                store.mark_repo(&id, &repo).await
+            })
+            .await;
             Ok(manifest_value(m.bytes, m.media_type))
         })
         .await?;
@@ -239,7 +244,7 @@ impl Mirror {
                         checked_at_ms: tags_epoch_ms(self.clock.now()),
                         ..old
                     };
-                    best_effort(&rec.digest, self.store.put_tag(key, &rec).await);
+                    self.persist_tag(key, &rec).await;
                     Ok(entry(rec, false))
                 }
                 Some(d) => {
@@ -251,7 +256,7 @@ impl Mirror {
                         size: m.bytes.len() as u64,
                         checked_at_ms: tags_epoch_ms(self.clock.now()),
                     };
-                    best_effort(&rec.digest, self.store.put_tag(key, &rec).await);
+                    self.persist_tag(key, &rec).await;
                     Ok(entry(rec, false))
                 }
                 // No digest header: only a GET can tell.
@@ -290,23 +295,26 @@ impl Mirror {
             Some(d) => return Err(up.corrupt(d, Some(Digest::of(d.algorithm(), &m.bytes)))),
             None => Digest::sha256_of(&m.bytes),
         };
-        best_effort(
-            &digest,
-            self.store
-                .put_manifest(&digest, m.bytes.clone(), &m.media_type)
-                .await,
-        );
-        best_effort(
-            &digest,
-            self.store.mark_repo(&up.config.id, &key.repo).await,
-        );
         let rec = TagRecord {
             digest: digest.clone(),
             media_type: m.media_type.as_str().to_owned(),
             size: m.bytes.len() as u64,
             checked_at_ms: tags_epoch_ms(self.clock.now()),
         };
-        best_effort(&digest, self.store.put_tag(key, &rec).await);
+        // In order: the manifest before the tag that names it.
+        let (store, d, bytes, mt) = (
+            self.store.clone(),
+            digest.clone(),
+            m.bytes.clone(),
+            m.media_type.clone(),
+        );
+        let (id, key_owned, r) = (up.config.id.clone(), key.clone(), rec.clone());
+        self.persist(digest.clone(), async move {
+            store.put_manifest(&d, bytes, &mt).await?;
+            store.mark_repo(&id, &key_owned.repo).await?;
+            store.put_tag(&key_owned, &r).await
+        })
+        .await;
         self.cache
             .insert(Key::Manifest(digest), manifest_value(m.bytes, m.media_type))
             .await;
@@ -314,9 +322,20 @@ impl Mirror {
     }
 }
 
+impl Mirror {
+    /// Writes a tag record behind the response.
+    async fn persist_tag(&self, key: &TagKey, rec: &TagRecord) {
+        let (store, key, rec) = (self.store.clone(), key.clone(), rec.clone());
+        self.persist(rec.digest.clone(), async move {
+            store.put_tag(&key, &rec).await
+        })
+        .await;
+    }
+}
+
 /// Persisting metadata is best effort: when the store fails (disk full),
 /// the manifest is still served (and kept in memory), just not on disk.
-fn best_effort(digest: &Digest, r: Result<(), crate::store::Error>) {
+pub(super) fn best_effort(digest: &Digest, r: Result<(), crate::store::Error>) {
     if let Err(e) = r {
         tracing::error!(%digest, error = %crate::error_chain(&e),
             "cannot store manifest metadata (disk full?); serving it uncached");

@@ -623,3 +623,123 @@ async fn access_rules_are_checked_before_any_redirect() {
     assert!(r.headers().get("location").is_none());
     gw.stop().await;
 }
+
+/// A TCP proxy in front of the S3 server that holds every write (PUT and
+/// POST requests: parts, single uploads, multipart starts and completions)
+/// until released: a slow S3 at its slowest.
+struct HeldWrites {
+    addr: std::net::SocketAddr,
+    release: tokio::sync::watch::Sender<bool>,
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HeldWrites {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (release, rx) = tokio::sync::watch::channel(false);
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = held.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = l.accept().await else {
+                    return;
+                };
+                let (mut rx, counter) = (rx.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut buf, mut out) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+                    loop {
+                        tokio::select! {
+                            r = server.read(&mut out) => match r {
+                                Ok(0) | Err(_) => return,
+                                Ok(m) => {
+                                    if client.write_all(&out[..m]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            },
+                            r = client.read(&mut buf) => match r {
+                                Ok(0) | Err(_) => return,
+                                Ok(m) => {
+                                    // A request starts a read (bodies
+                                    // follow their heads): hold the writes.
+                                    let write = buf.starts_with(b"PUT ") || buf.starts_with(b"POST ");
+                                    if write && !*rx.borrow() {
+                                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                        let _ = rx.wait_for(|r| *r).await;
+                                    }
+                                    if server.write_all(&buf[..m]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            },
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            release,
+            held,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_s3_write_never_holds_up_clients() {
+    let weed = s3::shared();
+    let prefix = s3::unique_prefix("stall");
+    let proxy = HeldWrites::start(weed.addr()).await;
+    let up = FakeUpstream::start(Options::default()).await;
+    // Small blobs go up in one PUT at the commit; the big one in parts.
+    let img = docker_image(51, &[100_000, 12 << 20]);
+    up.add_image("library/s", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[storage.s3]\nbucket = \"{}\"\nendpoint = \"http://{}\"\nprefix = \"{prefix}\"\n\
+         access_key_id = \"{}\"\nsecret_access_key = \"{}\"\nallow_http = true\npart_size = \"5MiB\"\n\
+         request_timeout = \"10m\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+        s3::BUCKET,
+        proxy.addr,
+        s3::ACCESS_KEY,
+        s3::SECRET_KEY,
+        upstream_toml("docker.io", &up.url(), "default = true")
+    );
+    let gw = Gateway::start(&cfg, dir.path()).await;
+    let c = client();
+    // Every byte reaches the client while S3 accepts no write at all: a
+    // manifest waits a second for its records, then goes out (a write on
+    // the way of a response would hang it for the 10 minutes of
+    // request_timeout; the bound turns that into a failure).
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        pull(&c, &gw, "library/s", "1", &img),
+    )
+    .await
+    .expect("the pull does not wait for S3 writes");
+    assert!(
+        proxy.held.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the mirror tried to write to S3"
+    );
+    let key = blob_key(&prefix, &img.layers[1].digest);
+    assert!(raw(weed).head(&key).await.is_err(), "nothing uploaded yet");
+    // S3 speeds up: the uploads complete, and the blobs are in the bucket.
+    proxy.release.send_replace(true);
+    gw.settle().await;
+    for b in &img.layers {
+        let got = raw(weed)
+            .get(&blob_key(&prefix, &b.digest))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got == b.bytes, "object {}", b.digest);
+    }
+    gw.stop().await;
+}
