@@ -190,6 +190,9 @@ pub struct Mirror {
     fills: Arc<inflight::Fills>,
     /// Metadata being written to the store behind the responses.
     persisting: Arc<Background>,
+    /// Tag records being written: what the store will say once the write
+    /// lands (a revalidation must not miss a tag whose write is slow).
+    pending_tags: Arc<std::sync::Mutex<HashMap<crate::tag::TagKey, crate::tag::TagRecord>>>,
     /// How long past its TTL a tag may be served while upstream is down.
     stale_if_error: std::time::Duration,
     /// `(digest, owner)` pairs upstream confirmed for a public repository
@@ -298,6 +301,7 @@ impl Mirror {
             clock,
             fills: Arc::new(inflight::Fills::default()),
             persisting: Arc::default(),
+            pending_tags: Arc::default(),
             stale_if_error: config.cache.stale_if_error,
             confirmed: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -469,6 +473,9 @@ impl Mirror {
     /// Repositories of `id` that have cached content, sorted.
     pub async fn catalog(&self, id: &UpstreamId) -> Result<Vec<String>, Error> {
         self.upstream(id)?;
+        // A repository pulled a moment ago is listed: its mark may still be
+        // on its way to a slow store.
+        self.persisting.drained().await;
         Ok(self.store.repos(id).await?)
     }
 }

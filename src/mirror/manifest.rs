@@ -115,7 +115,7 @@ impl Mirror {
                 };
                 match self.cache.get(&Key::Tag(key.clone())).await {
                     Some(Value::Tag(t)) => t.record.digest.clone(),
-                    _ => match self.store.tag(&key).await? {
+                    _ => match self.stored_tag(&key).await? {
                         Some(rec) => rec.digest,
                         None => return Err(Error::NotCached),
                     },
@@ -222,7 +222,7 @@ impl Mirror {
     async fn load_tag(&self, up: &Arc<Upstream>, key: &TagKey) -> Result<Arc<TagEntry>, Error> {
         let ttl = up.config.tag_ttl;
         let entry = |record, stale| Arc::new(TagEntry { record, ttl, stale });
-        let disk = self.store.tag(key).await?;
+        let disk = self.stored_tag(key).await?;
         if let Some(rec) = &disk
             && rec.age(self.clock.now()) < ttl
         {
@@ -309,10 +309,13 @@ impl Mirror {
             m.media_type.clone(),
         );
         let (id, key_owned, r) = (up.config.id.clone(), key.clone(), rec.clone());
+        let pending = self.pend_tag(key, &rec);
         self.persist(digest.clone(), async move {
             store.put_manifest(&d, bytes, &mt).await?;
             store.mark_repo(&id, &key_owned.repo).await?;
-            store.put_tag(&key_owned, &r).await
+            let r = store.put_tag(&key_owned, &r).await;
+            pending.done();
+            r
         })
         .await;
         self.cache
@@ -326,10 +329,66 @@ impl Mirror {
     /// Writes a tag record behind the response.
     async fn persist_tag(&self, key: &TagKey, rec: &TagRecord) {
         let (store, key, rec) = (self.store.clone(), key.clone(), rec.clone());
+        let pending = self.pend_tag(&key, &rec);
         self.persist(rec.digest.clone(), async move {
-            store.put_tag(&key, &rec).await
+            let r = store.put_tag(&key, &rec).await;
+            pending.done();
+            r
         })
         .await;
+    }
+
+    /// The tag record the store holds, or will once a write under way
+    /// lands.
+    async fn stored_tag(&self, key: &TagKey) -> Result<Option<TagRecord>, Error> {
+        let pending = self
+            .pending_tags
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned();
+        match pending {
+            Some(r) => Ok(Some(r)),
+            None => Ok(self.store.tag(key).await?),
+        }
+    }
+
+    /// Notes a tag record about to be written; [`PendingTag::done`] (or a
+    /// drop) forgets it once the write is over.
+    fn pend_tag(&self, key: &TagKey, rec: &TagRecord) -> PendingTag {
+        self.pending_tags
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone(), rec.clone());
+        PendingTag {
+            map: self.pending_tags.clone(),
+            key: key.clone(),
+            rec: rec.clone(),
+        }
+    }
+}
+
+/// A tag record being written (see `Mirror::pend_tag`).
+struct PendingTag {
+    map: Arc<std::sync::Mutex<std::collections::HashMap<TagKey, TagRecord>>>,
+    key: TagKey,
+    rec: TagRecord,
+}
+
+impl PendingTag {
+    fn done(self) {}
+}
+
+impl Drop for PendingTag {
+    fn drop(&mut self) {
+        let mut m = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only this write's record: a newer one may have replaced it.
+        if m.get(&self.key) == Some(&self.rec) {
+            m.remove(&self.key);
+        }
     }
 }
 
