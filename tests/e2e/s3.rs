@@ -743,3 +743,86 @@ async fn a_stalled_s3_write_never_holds_up_clients() {
     }
     gw.stop().await;
 }
+
+/// A TCP proxy in front of the S3 server that sends S3's answers on at
+/// `per_tick` bytes every 10 ms: a slow link to S3.
+async fn throttled_s3(upstream: std::net::SocketAddr, per_tick: usize) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let mut buf = vec![0u8; per_tick];
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+                loop {
+                    tick.tick().await;
+                    match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_body_from_s3_is_not_cut_by_the_call_timeout() {
+    let weed = s3::shared();
+    let prefix = s3::unique_prefix("longbody");
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(52, &[3 << 20]);
+    up.add_image("library/l", "1", &img);
+    let layer = &img.layers[0];
+    // Into the bucket through a first mirror.
+    let first = tempfile::tempdir().unwrap();
+    let a = mirror_on(weed, &up, first.path(), &prefix, "").await;
+    let c = client();
+    let url = |gw: &Gateway| format!("{}/v2/library/l/blobs/{}", gw.url(0), layer.digest);
+    assert_eq!(get_ok(&c, &url(&a)).await, layer.bytes);
+    a.settle().await;
+    a.stop().await;
+    // A second mirror reaches S3 at about 1.6 MB/s: the 3 MiB body takes
+    // about two seconds, twice the call timeout. It arrives whole: bodies
+    // have no overall timeout (each wait for the next bytes is bounded by
+    // read_timeout), and object_store resumes a broken body with a ranged
+    // GET that checks the ETag.
+    let slow = throttled_s3(weed.addr(), 16 * 1024).await;
+    let second = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[storage.s3]\nbucket = \"{}\"\nendpoint = \"http://{slow}\"\nprefix = \"{prefix}\"\n\
+         access_key_id = \"{}\"\nsecret_access_key = \"{}\"\nallow_http = true\n\
+         request_timeout = \"1s\"\nread_timeout = \"5s\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+        s3::BUCKET,
+        s3::ACCESS_KEY,
+        s3::SECRET_KEY,
+        upstream_toml("docker.io", &up.url(), "default = true")
+    );
+    let b = Gateway::start(&cfg, second.path()).await;
+    let gets = up.count("GET", "/blobs/");
+    assert_eq!(get_ok(&c, &url(&b)).await, layer.bytes);
+    assert_eq!(
+        up.count("GET", "/blobs/"),
+        gets,
+        "read from S3, not upstream"
+    );
+    b.stop().await;
+}
