@@ -30,8 +30,6 @@ use crate::oci::{Digest, RepoName};
 use crate::store::Store;
 use crate::upstream::{self, UpstreamClient};
 
-/// What went wrong upstream, as [`Error::Upstream`] carries it.
-pub use crate::upstream::Error as UpstreamError;
 /// An upstream answer relayed as it is (tags/list, referrers).
 pub use crate::upstream::Passthrough;
 pub use blob::{BlobBody, BlobHead};
@@ -170,6 +168,75 @@ impl Error {
         match self {
             Self::Upstream { source, .. } => Some(source),
             _ => None,
+        }
+    }
+
+    /// What went wrong upstream, classified for the answer to the client
+    /// (the whole error stays the cause, for the log).
+    pub fn upstream_failure(&self) -> Option<UpstreamFailure<'_>> {
+        self.upstream().map(UpstreamFailure::of)
+    }
+}
+
+/// How an upstream request failed, in the terms an answer to the client
+/// needs: `registry` maps these to statuses and OCI codes without knowing
+/// the upstream client's error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure<'a> {
+    /// Upstream answered with an error status.
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The first OCI error code of its body, if any.
+        code: Option<&'a str>,
+        /// Its `Retry-After`, if any.
+        retry_after: Option<&'a str>,
+    },
+    /// Upstream wants credentials, or refused the configured ones.
+    Unauthorized {
+        /// Whether the mirror sent credentials.
+        with_credentials: bool,
+    },
+    /// The request timed out.
+    Timeout,
+    /// Upstream failed repeatedly and is not being asked (circuit open).
+    CircuitOpen,
+    /// Upstream could not be reached.
+    Unreachable,
+    /// Its token service timed out.
+    TokenTimeout,
+    /// Its token service could not be reached, or is down.
+    TokenUnavailable,
+    /// The transfer broke off.
+    BrokenTransfer,
+    /// Upstream's answer was not usable (protocol, size, token refused).
+    Invalid,
+}
+
+impl<'a> UpstreamFailure<'a> {
+    fn of(e: &'a upstream::Error) -> Self {
+        use upstream::Error as U;
+        match e {
+            U::Status {
+                status,
+                code,
+                retry_after,
+                ..
+            } => Self::Status {
+                status: *status,
+                code: code.as_deref(),
+                retry_after: retry_after.as_deref(),
+            },
+            U::Unauthorized { with_credentials } => Self::Unauthorized {
+                with_credentials: *with_credentials,
+            },
+            U::Timeout { .. } => Self::Timeout,
+            U::CircuitOpen => Self::CircuitOpen,
+            U::Connect(_) => Self::Unreachable,
+            U::Token(inner) if matches!(**inner, U::Timeout { .. }) => Self::TokenTimeout,
+            U::Token(inner) if inner.is_unavailable() => Self::TokenUnavailable,
+            U::Body(_) | U::Transport(_) => Self::BrokenTransfer,
+            U::Build(_) | U::TooLarge { .. } | U::Protocol(_) | U::Token(_) => Self::Invalid,
         }
     }
 }

@@ -280,7 +280,15 @@ pub fn from_mirror(e: &mirror::Error, subject: Subject) -> ApiError {
     let cause: Cause = std::sync::Arc::new(e.clone());
     let up = |status, code, msg: String| ApiError::new(status, code, Origin::Upstream, msg);
     let api = match e {
-        M::Upstream { at, source } => from_upstream(&at.upstream, source, subject),
+        M::Upstream { at, .. } => match e.upstream_failure() {
+            Some(f) => from_upstream(&at.upstream, f, subject),
+            // invariant: an Upstream error always has its upstream source.
+            None => up(
+                StatusCode::BAD_GATEWAY,
+                Code::Unknown,
+                format!("upstream {} failed", at.upstream),
+            ),
+        },
         M::Corrupt { at, expected, .. } => up(
             StatusCode::BAD_GATEWAY,
             Code::Unknown,
@@ -326,18 +334,21 @@ pub fn from_mirror(e: &mirror::Error, subject: Subject) -> ApiError {
 
 /// Maps what `upstream` (by name) answered or how reaching it failed. The
 /// message names the upstream but none of its internals.
-fn from_upstream(upstream: &UpstreamId, e: &mirror::UpstreamError, subject: Subject) -> ApiError {
-    use mirror::UpstreamError as U;
+fn from_upstream(
+    upstream: &UpstreamId,
+    f: mirror::UpstreamFailure<'_>,
+    subject: Subject,
+) -> ApiError {
+    use mirror::UpstreamFailure as F;
     let up = |status, code, msg: String| ApiError::new(status, code, Origin::Upstream, msg);
-    match e {
-        U::Status {
+    match f {
+        F::Status {
             status,
             code,
             retry_after,
-            ..
         } => {
-            let upstream_code = code.as_deref().and_then(Code::from_upstream);
-            match *status {
+            let upstream_code = code.and_then(Code::from_upstream);
+            match status {
                 // Not a failure: what the client asked for does not exist.
                 404 => ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -358,7 +369,7 @@ fn from_upstream(upstream: &UpstreamId, e: &mirror::UpstreamError, subject: Subj
                     format!("upstream {upstream} denied access"),
                 ),
                 429 => ApiError {
-                    retry_after: retry_after.clone(),
+                    retry_after: retry_after.map(str::to_owned),
                     ..up(
                         StatusCode::TOO_MANY_REQUESTS,
                         Code::TooManyRequests,
@@ -388,22 +399,22 @@ fn from_upstream(upstream: &UpstreamId, e: &mirror::UpstreamError, subject: Subj
         // absent. With them refused, the operator must hear of it (Docker
         // Hub also answers 401 for absent repositories, so the client still
         // hears "unknown").
-        U::Unauthorized { with_credentials } => ApiError::new(
+        F::Unauthorized { with_credentials } => ApiError::new(
             StatusCode::NOT_FOUND,
             Code::NameUnknown,
-            if *with_credentials {
+            if with_credentials {
                 Origin::Upstream
             } else {
                 Origin::Downstream
             },
             "repository does not exist upstream or requires authorization",
         ),
-        U::Timeout { .. } => up(
+        F::Timeout => up(
             StatusCode::GATEWAY_TIMEOUT,
             Code::Unavailable,
             format!("upstream {upstream} timed out"),
         ),
-        U::CircuitOpen => ApiError {
+        F::CircuitOpen => ApiError {
             retry_after: Some("5".into()),
             ..up(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -411,28 +422,28 @@ fn from_upstream(upstream: &UpstreamId, e: &mirror::UpstreamError, subject: Subj
                 format!("upstream {upstream} is down and this is not cached; failing fast"),
             )
         },
-        U::Connect(_) => up(
+        F::Unreachable => up(
             StatusCode::SERVICE_UNAVAILABLE,
             Code::Unavailable,
             format!("upstream {upstream} is unreachable"),
         ),
         // The token realm down is the registry down: nothing can be pulled.
-        U::Token(inner) if matches!(**inner, U::Timeout { .. }) => up(
+        F::TokenTimeout => up(
             StatusCode::GATEWAY_TIMEOUT,
             Code::Unavailable,
             format!("upstream {upstream}'s token service timed out"),
         ),
-        U::Token(inner) if inner.is_unavailable() => up(
+        F::TokenUnavailable => up(
             StatusCode::SERVICE_UNAVAILABLE,
             Code::Unavailable,
             format!("upstream {upstream}'s token service is unreachable"),
         ),
-        U::Body(_) | U::Transport(_) => up(
+        F::BrokenTransfer => up(
             StatusCode::BAD_GATEWAY,
             Code::Unavailable,
             format!("the transfer from upstream {upstream} broke off; nothing was stored"),
         ),
-        U::Build(_) | U::TooLarge { .. } | U::Protocol(_) | U::Token(_) => up(
+        F::Invalid => up(
             StatusCode::BAD_GATEWAY,
             Code::Unknown,
             format!("upstream {upstream} sent an invalid response"),
