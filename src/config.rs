@@ -115,7 +115,13 @@ pub struct ServerConfig {
     pub max_header_size: usize,
     /// Whether `GET /metrics` serves Prometheus counters.
     pub metrics: bool,
+    /// Memory that the in-flight downloads together keep for their readers
+    /// (beyond it, readers read what is already on disk from the spool).
+    pub fill_memory: u64,
 }
+
+/// Default `[server] fill_memory`.
+pub const DEFAULT_FILL_MEMORY: u64 = 64 * 1024 * 1024;
 
 /// `[tls]`
 #[derive(Debug, Clone)]
@@ -767,6 +773,13 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
             }
         },
         metrics: raw.server.metrics.unwrap_or(true),
+        fill_memory: size(
+            "server.fill_memory",
+            raw.server.fill_memory.as_deref(),
+            DEFAULT_FILL_MEMORY,
+            0,
+            1 << 40,
+        )?,
     };
     let max_size = match raw.storage.max_size.as_deref() {
         None => None,

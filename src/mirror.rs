@@ -366,7 +366,7 @@ impl Mirror {
             store,
             cache: MetadataCache::new(config.cache.metadata_max_bytes, clock.clone()),
             clock,
-            fills: Arc::new(inflight::Fills::default()),
+            fills: Arc::new(inflight::Fills::new(config.server.fill_memory)),
             persisting: Arc::default(),
             pending_tags: Arc::default(),
             stale_if_error: config.cache.stale_if_error,
@@ -431,6 +431,11 @@ impl Mirror {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Bytes the in-flight downloads hold in memory for their readers.
+    pub fn fill_memory(&self) -> usize {
+        self.fills.memory()
     }
 
     /// Approximate bytes of locally stored blobs (for metrics).

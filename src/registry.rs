@@ -340,7 +340,9 @@ impl Registry {
             && req.uri().path() == "/metrics"
             && (method == Method::GET || method == Method::HEAD)
         {
-            let text = self.metrics.render(self.mirror.stored_bytes());
+            let text = self
+                .metrics
+                .render(self.mirror.stored_bytes(), self.mirror.fill_memory() as u64);
             let len = text.len();
             let body = if method == Method::HEAD {
                 response::empty()

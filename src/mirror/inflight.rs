@@ -194,18 +194,65 @@ impl Drop for FillWriter {
     }
 }
 
+/// The memory all windows share (`[server] fill_memory`): while it is
+/// spent, windows keep only what is not on disk yet, and readers read the
+/// rest from the spool.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            used: Default::default(),
+        })
+    }
+
+    fn spent(&self) -> bool {
+        self.used.load(std::sync::atomic::Ordering::Relaxed) > self.limit
+    }
+
+    fn add(&self, n: usize) {
+        self.used.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes the windows hold now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            limit: crate::config::DEFAULT_FILL_MEMORY as usize,
+            used: Default::default(),
+        }
+    }
+}
+
 /// The newest bytes of a download, kept in memory so that readers keeping
 /// up with it get upstream's chunks as they arrive (no copy, no wait for
 /// the disk write) and readers behind it read the temporary file.
 ///
 /// Normally the window only lets go of bytes that are already in the
 /// temporary file (`on_disk`), so every byte is in one place or the other,
-/// and it keeps at most [`WINDOW`] bytes beyond those. When the store fails
+/// and it keeps at most [`WINDOW`] bytes beyond those, and none of them
+/// while the windows together hold more than their shared [`Budget`]. When the store fails
 /// mid-download (disk full) it becomes a pass-through: `on_disk` stops
 /// where the file does, the window keeps at most [`SPILL_WINDOW`] bytes,
 /// and a reader that falls behind it fails (its client retries).
 #[derive(Debug, Default)]
 pub(crate) struct Window {
+    /// The memory this window shares with the others.
+    budget: Arc<Budget>,
     /// Bytes readable from the temporary file.
     on_disk: u64,
     /// The store failed: nothing more goes to the file.
@@ -214,6 +261,12 @@ pub(crate) struct Window {
     base: u64,
     chunks: std::collections::VecDeque<bytes::Bytes>,
     len: usize,
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        self.budget.sub(self.len);
+    }
 }
 
 /// Bytes a window keeps beyond those already on disk.
@@ -233,9 +286,22 @@ pub(crate) enum Found {
 }
 
 impl Window {
+    /// An empty window that shares `budget` with the others.
+    pub(crate) fn sharing(budget: Arc<Budget>) -> Self {
+        Self {
+            budget,
+            on_disk: 0,
+            pass_through: false,
+            base: 0,
+            chunks: Default::default(),
+            len: 0,
+        }
+    }
+
     /// Appends a received chunk.
     pub(crate) fn push(&mut self, b: bytes::Bytes) {
         self.len += b.len();
+        self.budget.add(b.len());
         self.chunks.push_back(b);
         self.trim();
     }
@@ -256,6 +322,8 @@ impl Window {
     fn trim(&mut self) {
         let keep = if self.pass_through {
             SPILL_WINDOW
+        } else if self.budget.spent() {
+            0
         } else {
             WINDOW
         };
@@ -269,6 +337,7 @@ impl Window {
                 break;
             }
             self.len -= front.len();
+            self.budget.sub(front.len());
             self.base = end;
             self.chunks.pop_front();
         }
@@ -303,6 +372,8 @@ impl Window {
 #[derive(Debug, Default)]
 pub(crate) struct Fills {
     table: Mutex<Table>,
+    /// The memory the fills' windows share.
+    budget: Arc<Budget>,
     /// Woken whenever the table becomes empty.
     emptied: tokio::sync::Notify,
 }
@@ -329,6 +400,19 @@ pub(crate) enum Joined {
 }
 
 impl Fills {
+    /// A table whose fills' windows share `budget` bytes.
+    pub(crate) fn new(budget: u64) -> Self {
+        Self {
+            budget: Budget::new(budget),
+            ..Self::default()
+        }
+    }
+
+    /// Bytes the fills' windows hold now.
+    pub(crate) fn memory(&self) -> usize {
+        self.budget.used()
+    }
+
     /// The current epoch: read it before looking in the store, and pass it
     /// to [`join`](Self::join).
     pub(crate) fn epoch(&self) -> u64 {
@@ -355,7 +439,7 @@ impl Fills {
         let fill = Arc::new(Fill {
             state,
             reader: OnceLock::new(),
-            window: Mutex::default(),
+            window: Mutex::new(Window::sharing(self.budget.clone())),
             streamed: Default::default(),
         });
         t.fills.insert(digest.clone(), fill.clone());
@@ -642,6 +726,33 @@ mod tests {
         assert!(w.len <= WINDOW);
         // Every byte is in memory or on disk.
         assert!(w.base <= w.on_disk);
+    }
+
+    #[test]
+    fn windows_share_one_budget_and_give_back_what_they_held() {
+        let budget = Budget::new(3 << 20);
+        let mut a = Window::sharing(budget.clone());
+        let mut b = Window::sharing(budget.clone());
+        let chunk = Bytes::from(vec![1u8; 1 << 20]);
+        for _ in 0..2 {
+            a.push(chunk.clone());
+            b.push(chunk.clone());
+        }
+        // 4 MiB held, over the 3 MiB budget, but none of it on disk yet:
+        // the only copy stays.
+        assert_eq!(budget.used(), 4 << 20);
+        a.set_on_disk(2 << 20);
+        // On disk and over budget: `a` keeps only its newest chunk (a
+        // window always keeps one), though it is far under WINDOW.
+        assert_eq!(a.len, 1 << 20);
+        assert_eq!(a.find(0, 10), Found::File { upto: 2 << 20 });
+        assert_eq!(budget.used(), 3 << 20);
+        // Within the budget again: `b` keeps its on-disk bytes for readers.
+        b.set_on_disk(2 << 20);
+        assert_eq!(b.len, 2 << 20);
+        assert_eq!(b.find(0, 10).len_in_memory(), Some(10));
+        drop((a, b));
+        assert_eq!(budget.used(), 0, "a finished fill gives its memory back");
     }
 
     #[test]

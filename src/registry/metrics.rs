@@ -96,8 +96,9 @@ impl Metrics {
         }
     }
 
-    /// The exposition text; `store_bytes` is the blob store's size.
-    pub fn render(&self, store_bytes: u64) -> String {
+    /// The exposition text; `store_bytes` is the blob store's size,
+    /// `fill_bytes` the memory in-flight downloads hold for their readers.
+    pub fn render(&self, store_bytes: u64, fill_bytes: u64) -> String {
         let mut s = String::with_capacity(1024);
         s.push_str("# HELP mirrorgate_requests_total Requests answered, by cache outcome.\n");
         s.push_str("# TYPE mirrorgate_requests_total counter\n");
@@ -153,6 +154,9 @@ impl Metrics {
         s.push_str("# HELP mirrorgate_store_bytes Bytes of blobs in the store (approximate).\n");
         s.push_str("# TYPE mirrorgate_store_bytes gauge\n");
         let _ = writeln!(s, "mirrorgate_store_bytes {store_bytes}");
+        s.push_str("# HELP mirrorgate_fill_memory_bytes Memory in-flight blob downloads hold for their clients ([server] fill_memory bounds it).\n");
+        s.push_str("# TYPE mirrorgate_fill_memory_bytes gauge\n");
+        let _ = writeln!(s, "mirrorgate_fill_memory_bytes {fill_bytes}");
         s
     }
 }
@@ -171,7 +175,7 @@ mod tests {
         m.record(Some(CacheStatus::Stale), 200, 10, true);
         m.record(Some(CacheStatus::Hit), 206, 5, false);
         m.record(None, 404, 0, true);
-        let t = m.render(42);
+        let t = m.render(42, 7);
         assert!(
             t.contains("mirrorgate_requests_total{cache=\"stale\"} 1\n"),
             "{t}"
@@ -183,6 +187,7 @@ mod tests {
         assert!(t.contains("mirrorgate_response_bytes_total 15\n"));
         assert!(t.contains("mirrorgate_responses_aborted_total 1\n"));
         assert!(t.contains("mirrorgate_store_bytes 42\n"));
+        assert!(t.contains("mirrorgate_fill_memory_bytes 7\n"));
         assert!(t.contains("mirrorgate_requests_in_flight 0\n"), "{t}");
         assert!(t.contains("mirrorgate_connections_open 0\n"));
     }

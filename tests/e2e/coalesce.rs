@@ -167,3 +167,43 @@ async fn concurrent_cold_manifest_requests_cause_one_upstream_get() {
     assert_eq!(up.count("HEAD", "/manifests/"), 0);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_blobs_share_one_fill_memory_budget() {
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = crate::support::image::docker_image(95, &[6 << 20, 6 << 20, 6 << 20, 6 << 20]);
+    up.add_image("library/budget", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[server]\nfill_memory = \"1MiB\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+        upstream_toml("docker.io", &up.url(), "default = true")
+    );
+    let gw = Gateway::start(&cfg, dir.path()).await;
+    let c = client();
+    // Four cold blobs at once, each followed by three clients: with the
+    // budget spent, followers read from the spool; every body is whole.
+    let mut tasks = Vec::new();
+    for l in &img.layers {
+        for _ in 0..3 {
+            let (c, url, want) = (
+                c.clone(),
+                format!("{}/v2/library/budget/blobs/{}", gw.url(0), l.digest),
+                l.bytes.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let r = c.get(url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                assert!(r.bytes().await.unwrap() == want);
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    gw.settle().await;
+    assert_eq!(up.count("GET", "/blobs/"), 4, "one upstream GET per blob");
+    // Every fill gave its memory back.
+    let app = gw.app();
+    assert_eq!(app.mirror().fill_memory(), 0);
+    gw.stop().await;
+}

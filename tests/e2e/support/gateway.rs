@@ -77,6 +77,11 @@ impl Gateway {
         self.app.settle().await;
     }
 
+    /// The running app.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
     /// The mirror's request and connection counters.
     pub fn metrics(&self) -> &mirrorgate::registry::metrics::Metrics {
         self.app.registry().metrics()
