@@ -154,8 +154,11 @@ impl FillWriter {
     }
 
     /// Verified: readers may have every byte (the commit follows; the fill
-    /// stays joinable until [`finish`](Self::finish)).
+    /// stays joinable until [`finish`](Self::finish)). Every byte is in the
+    /// spool now, so the window gives its memory back: readers still
+    /// behind read the rest from the spool.
     pub(crate) fn verified(&self, size: u64) {
+        self.fill.lock_window().release();
         self.fill.state.send_replace(FillState::Done { size });
     }
 
@@ -334,6 +337,24 @@ impl Window {
             let end = self.base + front.len() as u64;
             if !self.pass_through && end > self.on_disk {
                 // Not in the file yet: the only copy.
+                break;
+            }
+            self.len -= front.len();
+            self.budget.sub(front.len());
+            self.base = end;
+            self.chunks.pop_front();
+        }
+    }
+
+    /// Lets go of every chunk already on disk (not in a pass-through, where
+    /// the window holds the only copy).
+    pub(crate) fn release(&mut self) {
+        if self.pass_through {
+            return;
+        }
+        while let Some(front) = self.chunks.front() {
+            let end = self.base + front.len() as u64;
+            if end > self.on_disk {
                 break;
             }
             self.len -= front.len();
@@ -751,8 +772,12 @@ mod tests {
         b.set_on_disk(2 << 20);
         assert_eq!(b.len, 2 << 20);
         assert_eq!(b.find(0, 10).len_in_memory(), Some(10));
+        // A verified fill lets go of everything on disk at once.
+        b.release();
+        assert_eq!((b.len, budget.used()), (0, 1 << 20));
+        assert_eq!(b.find(0, 10), Found::File { upto: 2 << 20 });
         drop((a, b));
-        assert_eq!(budget.used(), 0, "a finished fill gives its memory back");
+        assert_eq!(budget.used(), 0, "a dropped window gives its memory back");
     }
 
     #[test]

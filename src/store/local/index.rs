@@ -68,7 +68,8 @@ enum Op {
 #[derive(Debug)]
 pub(crate) struct Index {
     path: PathBuf,
-    db: Arc<Database>,
+    /// `None` only while it is dropped.
+    db: Option<Arc<Database>>,
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Total bytes, as of the last applied batch.
@@ -85,6 +86,8 @@ impl std::fmt::Debug for Op {
 
 /// Indexes open in this process, by root.
 static OPEN: Mutex<Vec<(PathBuf, Weak<Index>)>> = Mutex::new(Vec::new());
+/// Signalled when an index of `OPEN` has closed its database.
+static CLOSED: std::sync::Condvar = std::sync::Condvar::new();
 
 impl Index {
     /// Opens (or creates) the index of the blob tree under `root`; returns
@@ -94,13 +97,21 @@ impl Index {
     pub(crate) fn open(root: &Path, blobs: PathBuf) -> Result<Option<Arc<Self>>, Error> {
         let key = std::fs::canonicalize(root).map_err(Error::io("canonicalize", root))?;
         let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|(_, w)| w.strong_count() > 0);
-        if let Some(i) = open
-            .iter()
-            .find(|(p, _)| *p == key)
-            .and_then(|(_, w)| w.upgrade())
-        {
-            return Ok(Some(i));
+        while let Some((_, w)) = open.iter().find(|(p, _)| *p == key) {
+            if let Some(i) = w.upgrade() {
+                return Ok(Some(i));
+            }
+            // Its last user is closing it on another thread: wait until the
+            // database is closed (the bound only turns a hang into an error).
+            let (guard, timeout) = CLOSED
+                .wait_timeout(open, std::time::Duration::from_secs(60))
+                .unwrap_or_else(|p| p.into_inner());
+            open = guard;
+            if timeout.timed_out() {
+                return Err(Error::io("open index", root)(std::io::Error::other(
+                    "the index of this directory did not close",
+                )));
+            }
         }
         let path = root.join("index.redb");
         let db = match Database::builder().set_cache_size(CACHE).create(&path) {
@@ -123,12 +134,16 @@ impl Index {
         };
         let index = Arc::new(Self {
             path,
-            db,
+            db: Some(db),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             bytes,
             rebuilt,
         });
+        open.push((key, Arc::downgrade(&index)));
+        // From here on the index may be dropped (an error below): its drop
+        // takes the registry's lock, so release it first.
+        drop(open);
         if !clean {
             let i = index.clone();
             std::thread::Builder::new()
@@ -147,7 +162,6 @@ impl Index {
                 })
                 .map_err(Error::io("spawn index rebuild", root))?;
         }
-        open.push((key, Arc::downgrade(&index)));
         Ok(Some(index))
     }
 
@@ -167,6 +181,11 @@ impl Index {
         };
         w.commit()?;
         Ok((clean, bytes))
+    }
+
+    fn db(&self) -> &Database {
+        // invariant: set until the index is dropped.
+        self.db.as_deref().expect("the index is open until dropped")
     }
 
     fn send(&self, op: Op) {
@@ -224,7 +243,7 @@ impl Index {
         skip: impl Fn(&Digest) -> bool,
     ) -> Result<Vec<(Digest, u64)>, Error> {
         let read = || -> Result<Vec<(Digest, u64)>, redb::Error> {
-            let r = self.db.begin_read()?;
+            let r = self.db().begin_read()?;
             let lru = r.open_table(LRU)?;
             let mut out = Vec::new();
             let mut got = 0u64;
@@ -269,7 +288,7 @@ impl Index {
         // Rows whose file is gone (a crash between a delete and its update).
         let rows = {
             let read = || -> Result<Vec<String>, redb::Error> {
-                let r = self.db.begin_read()?;
+                let r = self.db().begin_read()?;
                 let t = r.open_table(BLOBS)?;
                 let mut gone = Vec::new();
                 for row in t.iter()? {
@@ -307,6 +326,12 @@ impl Drop for Index {
         if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = w.join();
         }
+        // The writer's handle is gone with it: this closes the database.
+        self.db = None;
+        let me: *const Index = self;
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(_, w)| !std::ptr::eq(w.as_ptr(), me));
+        CLOSED.notify_all();
     }
 }
 
