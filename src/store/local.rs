@@ -121,6 +121,9 @@ impl LocalBlobs {
             Ok((layout, swept, index))
         })
         .await?;
+        if let Some(i) = &index {
+            i.applied().await;
+        }
         let bytes = index.as_ref().map_or(0, |i| i.bytes());
         if swept > 0 {
             tracing::info!(swept, "removed stale temporary files");
@@ -137,6 +140,15 @@ impl LocalBlobs {
                 done: tokio::sync::watch::Sender::new(0),
             },
         })))
+    }
+
+    /// Waits until the index has applied every update so far, and any
+    /// rebuild is done (tests close a store only once it is settled).
+    #[cfg(test)]
+    pub(crate) async fn settle_index(&self) {
+        if let Some(i) = &self.0.index {
+            i.flush().await;
+        }
     }
 
     /// The directory.

@@ -150,11 +150,14 @@ impl Index {
                 .name("mirrorgate-reindex".into())
                 .spawn(move || {
                     let started = Instant::now();
-                    match i.rebuild(&blobs) {
-                        Ok(n) => {
-                            tracing::info!(blobs = n, bytes = i.bytes(), took = ?started.elapsed(),
-                            "blob index rebuilt from the files")
-                        }
+                    let rebuilt = i.rebuild(&blobs);
+                    let bytes = i.bytes();
+                    // Let go of the index before saying so: whoever waited
+                    // for the rebuild may close it next.
+                    drop(i);
+                    match rebuilt {
+                        Ok(n) => tracing::info!(blobs = n, bytes, took = ?started.elapsed(),
+                            "blob index rebuilt from the files"),
                         Err(e) => tracing::error!(error = %crate::error_chain(&e),
                             "cannot rebuild the blob index; eviction works from what it has"),
                     }
@@ -224,6 +227,13 @@ impl Index {
     pub(crate) async fn flush(&self) {
         let mut rebuilt = self.rebuilt.clone();
         let _ = rebuilt.wait_for(|r| *r).await;
+        self.applied().await;
+    }
+
+    /// Waits until every update sent so far is applied (a rebuild may go
+    /// on): an index shared with an earlier store of the same root then
+    /// counts that store's last commits.
+    pub(crate) async fn applied(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(Op::Flush(tx));
         let _ = rx.await;

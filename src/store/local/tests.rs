@@ -142,6 +142,8 @@ async fn eviction_takes_the_oldest_down_to_the_low_watermark_and_skips_in_use() 
         for b in &blobs {
             put(&s, b).await;
         }
+        // Closed for real at the end of the block (nothing else holds it).
+        s.settle_index().await;
     }
     let ds: Vec<Digest> = blobs.iter().map(|b| Digest::sha256_of(b)).collect();
     // Ages 10, 50, 30 and 5 s; the index is rebuilt from them.
@@ -172,6 +174,7 @@ async fn the_index_survives_a_restart_and_is_rebuilt_when_lost() {
         put(&s, b"first blob").await;
         put(&s, b"second").await;
         assert_eq!(s.stored_bytes(), 16);
+        s.settle_index().await;
     }
     // A clean restart reads the size from the index, not from a walk: a
     // file slipped in behind the store's back is not counted...
@@ -185,6 +188,7 @@ async fn the_index_survives_a_restart_and_is_rebuilt_when_lost() {
         assert_eq!(s.stored_bytes(), 16);
         s.evict_once().await.unwrap();
         assert_eq!(s.stored_bytes(), 16);
+        s.settle_index().await;
     }
     // ...until the index is lost (a crash, or an older store): then it is
     // rebuilt from the files, in the background, before eviction reads it.
