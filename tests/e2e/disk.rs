@@ -212,7 +212,10 @@ async fn disk_full_streams_through_without_caching() {
     up.add_image("library/small", "1", &small);
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let _fs = SmallFs::mount(&data, "2m");
+    // 4 MiB: smaller than the big blob, and room enough, once the filler
+    // below is gone, for the small one next to the blob index (whose file
+    // grows in steps of its own while the disk fills and frees).
+    let _fs = SmallFs::mount(&data, "4m");
     let gw = Gateway::start(
         &format!(
             "[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
@@ -228,7 +231,7 @@ async fn disk_full_streams_through_without_caching() {
         big.layers[0].digest
     );
 
-    // A 6 MiB blob on a 2 MiB disk: the store fails mid-write (ENOSPC), yet
+    // A 6 MiB blob on a 4 MiB disk: the store fails mid-write (ENOSPC), yet
     // both concurrent clients get the whole, verified blob.
     let (a, b) = tokio::join!(c.get(&big_url).send(), c.get(&big_url).send());
     for r in [a.unwrap(), b.unwrap()] {
@@ -268,6 +271,7 @@ async fn disk_full_streams_through_without_caching() {
     assert_store_verified(&data);
 
     // Space again: the next pull caches as usual.
+    gw.settle().await;
     std::fs::remove_file(data.join("filler")).unwrap();
     let before = up.count("GET", &small.layers[0].digest);
     for _ in 0..2 {
