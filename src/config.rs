@@ -453,6 +453,10 @@ pub struct S3Config {
     pub request_timeout: Duration,
     /// Uploads whose writer is gone are aborted after this long.
     pub abandoned_upload_age: Duration,
+    /// Consecutive failed calls that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// First backoff of the open breaker (doubling, at most 60 s).
+    pub breaker_backoff: Duration,
 }
 
 fn s3_url(key: &str, s: &str) -> Result<url::Url, Error> {
@@ -583,6 +587,18 @@ fn validate_s3(raw: file::S3, base: &Path, secrets: Secrets) -> Result<S3Config,
             "storage.s3.abandoned_upload_age",
             raw.abandoned_upload_age.as_deref(),
             DEFAULT_S3_ABANDONED_UPLOAD_AGE,
+        )?,
+        breaker_failures: match raw.breaker_failures {
+            Some(0) => {
+                return Err(invalid("storage.s3.breaker_failures", "must be at least 1"));
+            }
+            Some(n) => n,
+            None => DEFAULT_BREAKER_FAILURES,
+        },
+        breaker_backoff: duration(
+            "storage.s3.breaker_backoff",
+            raw.breaker_backoff.as_deref(),
+            DEFAULT_BREAKER_BACKOFF,
         )?,
     })
 }

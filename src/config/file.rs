@@ -57,6 +57,8 @@ pub(crate) struct S3 {
     pub(crate) read_timeout: Option<String>,
     pub(crate) request_timeout: Option<String>,
     pub(crate) abandoned_upload_age: Option<String>,
+    pub(crate) breaker_failures: Option<u32>,
+    pub(crate) breaker_backoff: Option<String>,
 }
 
 /// `[cache]`

@@ -166,9 +166,9 @@ impl Bucket {
             prefix: c.prefix.clone(),
             bucket: c.bucket.clone(),
             breaker: Breaker::new(Settings {
-                threshold: 5,
-                backoff: Duration::from_secs(2),
-                max_backoff: Duration::from_secs(60),
+                threshold: c.breaker_failures,
+                backoff: c.breaker_backoff,
+                max_backoff: c.breaker_backoff.max(Duration::from_secs(60)),
             }),
         })))
     }

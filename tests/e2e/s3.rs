@@ -328,12 +328,14 @@ async fn with_s3_down_the_read_tier_serves_and_cold_blobs_pass_through() {
     let img = docker_image(44, &[150_000, 150_000, 150_000]);
     up.add_image("library/d", "1", &img);
     let dir = tempfile::tempdir().unwrap();
+    // The breaker never opens here: once S3 is back, the next call reaches
+    // it (the breaker's own backoff is real time, not this test's events).
     let gw = mirror_on(
         &weed,
         &up,
         dir.path(),
         &prefix,
-        "request_timeout = \"2s\"\nconnect_timeout = \"1s\"",
+        "request_timeout = \"2s\"\nconnect_timeout = \"1s\"\nbreaker_failures = 100000",
     )
     .await;
     let c = client();
