@@ -132,12 +132,17 @@ async fn mirror_on(
     prefix: &str,
     s3_extra: &str,
 ) -> Gateway {
-    let cfg = format!(
+    Gateway::start(&mirror_toml(weed, up, prefix, s3_extra), root).await
+}
+
+/// The config of a mirror with one listener on `weed`, under `prefix`, in
+/// front of `up` as docker.io (no `[storage]` root: the caller adds it).
+fn mirror_toml(weed: &Weed, up: &FakeUpstream, prefix: &str, s3_extra: &str) -> String {
+    format!(
         "{}[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
         weed.storage_toml(prefix, s3_extra),
         upstream_toml("docker.io", &up.url(), "default = true")
-    );
-    Gateway::start(&cfg, root).await
+    )
 }
 
 async fn get_ok(c: &reqwest::Client, url: &str) -> bytes::Bytes {
@@ -405,9 +410,8 @@ async fn uploads_of_a_killed_mirror_are_swept() {
     std::fs::write(
         &config,
         format!(
-            "[storage]\nroot = \"data\"\n{}[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
-            weed.storage_toml(&prefix, "part_size = \"5MiB\""),
-            upstream_toml("docker.io", &up.url(), "default = true")
+            "[storage]\nroot = \"data\"\n{}",
+            mirror_toml(weed, &up, &prefix, "part_size = \"5MiB\"")
         ),
     )
     .unwrap();
@@ -462,9 +466,8 @@ async fn verify_checks_the_bucket() {
     std::fs::write(
         &config,
         format!(
-            "[storage]\nroot = \"tier\"\n{}[[listener]]\naddr = \"127.0.0.1:0\"\n{}",
-            weed.storage_toml(&prefix, ""),
-            upstream_toml("docker.io", &up.url(), "default = true")
+            "[storage]\nroot = \"tier\"\n{}",
+            mirror_toml(weed, &up, &prefix, "")
         ),
     )
     .unwrap();
