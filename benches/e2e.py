@@ -425,6 +425,114 @@ def blob_gets(lines, hexd=None):
     return n, nbytes
 
 
+
+def blob_gets_by_digest(lines, digests):
+    """{hex digest: number of blob GETs} in access-log lines, for the given hex digests."""
+    want = set(digests)
+    out = dict.fromkeys(want, 0)
+    for ln in lines:
+        m = re.search(r'"GET \S*/blobs/sha256:([0-9a-f]{64})\S* HTTP/[\d.]+"', ln)
+        if m and m.group(1) in want:
+            out[m.group(1)] += 1
+    return out
+
+
+def place_blobs(root, repo, static, count, size, salt):
+    """Writes `count` distinct blobs of `size` bytes straight into a
+    distribution filesystem store at `root` (blob data + the repository's
+    layer links, which is all a blob GET reads) and hard-links each under
+    `static`/<digest> for nginx. One random buffer, a distinct prefix each:
+    generating and hashing 4 GiB this way takes seconds. Returns [(hex, size)]."""
+    body = os.urandom(size)
+    v2 = os.path.join(root, "docker", "registry", "v2")
+    os.makedirs(static, exist_ok=True)
+    out = []
+    for i in range(count):
+        head = ("%s/%s/%08d/" % (salt, repo, i)).encode().ljust(64, b"#")
+        h = hashlib.sha256(head)
+        h.update(memoryview(body)[len(head):])
+        hexd = h.hexdigest()
+        d = os.path.join(v2, "blobs", "sha256", hexd[:2], hexd)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "data"), "wb") as f:
+            f.write(head)
+            f.write(memoryview(body)[len(head):])
+        ln = os.path.join(v2, "repositories", repo, "_layers", "sha256", hexd)
+        os.makedirs(ln, exist_ok=True)
+        with open(os.path.join(ln, "link"), "w") as f:
+            f.write("sha256:" + hexd)
+        os.link(os.path.join(d, "data"), os.path.join(static, "sha256:" + hexd))
+        out.append((hexd, size))
+    return out
+
+
+def reset_peak(pids):
+    """Resets VmHWM of each process (clear_refs 5), so the next reading is the
+    peak of what follows. False if the kernel refuses."""
+    ok = True
+    for pid in pids:
+        try:
+            with open("/proc/%d/clear_refs" % pid, "w") as f:
+                f.write("5")
+        except OSError:
+            ok = False
+    return ok
+
+
+def fetch_all(port, paths, expect, timeout=600):
+    """GETs every path at once over plain HTTP, one connection and one thread
+    each (all released together), hashing every body. Returns (wall seconds,
+    number of bodies that were 200 with the right size and digest, first error)."""
+    import http.client
+    n = len(paths)
+    start = threading.Barrier(n + 1)
+    ok = [False] * n
+    err = []
+    old = threading.stack_size(256 * 1024)
+
+    def one(i):
+        buf = bytearray(256 * 1024)
+        mv = memoryview(buf)
+        try:
+            c = http.client.HTTPConnection(IP, port, timeout=timeout)
+            c.connect()
+            start.wait()
+            c.request("GET", paths[i])
+            r = c.getresponse()
+            h, total = hashlib.sha256(), 0
+            while True:
+                k = r.readinto(mv)
+                if not k:
+                    break
+                h.update(mv[:k])
+                total += k
+            hexd, size = expect[i]
+            ok[i] = r.status == 200 and total == size and h.hexdigest() == hexd
+            if not ok[i] and not err:
+                err.append("%s: %d, %d bytes" % (paths[i], r.status, total))
+            c.close()
+        except Exception as e:  # noqa: BLE001 -- counted, reported
+            if not err:
+                err.append("%s: %r" % (paths[i], e))
+            try:
+                start.abort()
+            except threading.BrokenBarrierError:
+                pass
+
+    ts = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for t in ts:
+        t.start()
+    threading.stack_size(old)
+    try:
+        start.wait(timeout=120)
+    except threading.BrokenBarrierError:
+        pass
+    t0 = time.monotonic()
+    for t in ts:
+        t.join()
+    return time.monotonic() - t0, sum(ok), (err[0] if err else "")
+
+
 # =============================================================== the bench
 class Bench:
     def __init__(self, a):
@@ -440,6 +548,7 @@ class Bench:
         self.pki = os.path.join(self.w, "pki")
         self.cabundle = os.path.join(self.pki, "all-ca.pem")
         self.up_log = LogMark(os.path.join(self.w, "logs", "upstream.out"))
+        self.anon_log = LogMark(os.path.join(self.w, "logs", "upstream-anon.out"))
         self.tok_log = LogMark(os.path.join(self.w, "logs", "token.out"))
         self.tag = a.run_id
         self.R = {}
@@ -584,7 +693,7 @@ password = {{ env = "MG_UPSTREAM_PASSWORD" }}
 """)
         run([a.bin, "check-config", cfg], step="mirrorgate check-config",
             env={"MG_UPSTREAM_PASSWORD": USERS["mgate"][0]})
-        mg = self.procs.start("mirrorgate", [a.bin, "serve", "--config", cfg],
+        mg = self.procs.start("mirrorgate", shlex.split(a.mg_wrap) + [a.bin, "serve", "--config", cfg],
                               env=dict({"MG_UPSTREAM_PASSWORD": USERS["mgate"][0], "NO_COLOR": "1",
                                         "RUST_LOG": "info"}, **dict(x.split("=", 1) for x in a.mg_env)))
         self.pids["mg"] = mg.pid
@@ -711,6 +820,9 @@ http {{
                     f.write(im["manifest"])
             for lay in im["layers"]:
                 os.link(os.path.join(im["dir"], lay["digest"].split(":")[1]), os.path.join(bd, lay["digest"]))
+        # four big blobs for the "4 at once" figures, straight into the upstream's storage
+        self.img["multi"] = place_blobs(self.w + "/upstream", "library/multi", st + "/multi/blobs", 4,
+                                        int(self.a.big_mib * MiB), self.tag)
         log("seeded upstream in %.1fs" % (time.time() - t))
 
     def skopeo(self, *args):
@@ -877,9 +989,12 @@ http {{
                     if code != "200":
                         raise SystemExit("%s manifest %s answered %s" % (base, ref, code))
                 lay = self.img["big"]["layers"][0]
-                code, size, _, _ = self.curl_get("%s/v2/library/big/blobs/%s" % (base, lay["digest"]))
-                if code != "200" or size != lay["size"]:
-                    raise SystemExit("%s big blob answered %s (%d bytes)" % (base, code, size))
+                blobs = [("library/big", lay["digest"], lay["size"])]
+                blobs += [("library/multi", "sha256:" + h, sz) for h, sz in self.img["multi"]]
+                for repo, digest, want in blobs:
+                    code, size, _, _ = self.curl_get("%s/v2/%s/blobs/%s" % (base, repo, digest))
+                    if code != "200" or size != want:
+                        raise SystemExit("%s %s blob answered %s (%d bytes)" % (base, repo, code, size))
         self.up_log.settle(quiet_s=1.0)
 
     def save_output(self, cmd, out):
@@ -978,6 +1093,103 @@ http {{
                 log("  %-5s %-2s %7.0f MB/s  (runs: %s)" % (key, who, statistics.median(v),
                                                           "/".join("%.0f" % x for x in v)))
 
+    def measure_multi(self):
+        """Four cached blobs at once on HTTPS: over one multiplexed HTTP/2
+        connection (what containerd and BuildKit do against a TLS mirror) and
+        over four HTTP/1.1 connections, aggregate MB/s (total bytes / wall)."""
+        a = self.a
+        blobs = self.img["multi"]
+        total = sum(sz for _, sz in blobs)
+        log("4 cached blobs at once over HTTPS (%.0f MiB each; curl -Z, %d interleaved runs, median)"
+            % (blobs[0][1] / MiB, a.tput_runs))
+        cases = (("h2", "--http2", ("mg", "dp")), ("h1", "--http1.1", ("mg", "dp", "nc", "ng")))
+        sp = {(k, w): [] for k, _, ws in cases for w in ws}
+        for i in range(a.tput_runs):
+            for key, proto, servers in cases:
+                for who in servers:
+                    cmd = ["curl", "-s", "--cacert", self.cabundle, "--max-time", "600", proto, "-Z",
+                           "--parallel-max", "4", "-w", "%{http_code} %{size_download} %{num_connects} %{http_version}\n"]
+                    for hexd, _ in blobs:
+                        cmd += ["-o", "/dev/null", "%s/v2/library/multi/blobs/sha256:%s" % (self.url(who, True), hexd)]
+                    if i == 0:
+                        COMMANDS.append(("4 cached blobs at once via %s, %s" % (who, proto), " ".join(cmd)))
+                    t0 = time.monotonic()
+                    out = run(cmd, step="4 blobs at once via %s %s" % (who, proto)).stdout.split("\n")
+                    wall = time.monotonic() - t0
+                    res = [x.split() for x in out if x.strip()]
+                    conns = sum(int(r[2]) for r in res)
+                    if len(res) != 4 or any(r[0] != "200" for r in res) or sum(int(r[1]) for r in res) != total:
+                        raise SystemExit("4 blobs at once via %s %s: %s" % (who, proto, out))
+                    want_conns, want_ver = (1, "2") if key == "h2" else (4, "1.1")
+                    if conns != want_conns or any(r[3] != want_ver for r in res):
+                        raise SystemExit("4 blobs at once via %s %s: %d connections, versions %s (want %d, %s)"
+                                         % (who, proto, conns, [r[3] for r in res], want_conns, want_ver))
+                    sp[(key, who)].append(total / wall / MB)
+        for (key, who), v in sp.items():
+            self.R["multi_%s_%s" % (key, who)] = statistics.median(v)
+            log("  %s %-2s %7.0f MB/s  (runs: %s)" % (key, who, statistics.median(v), "/".join("%.0f" % x for x in v)))
+
+    def measure_burst(self):
+        """N clients at once, each GETting its own cold blob (a fleet pulling a
+        new image): peak RSS during the burst (VmHWM reset just before), RSS
+        10 s after it, every body hashed by the client, upstream GETs per blob."""
+        a = self.a
+        servers = (("mg", self.port["mg_http"], [self.pids["mg"]], self.up_log),
+                   ("dp", self.port["dp_http"], [self.pids["dp_http"]], self.up_log),
+                   ("nc", self.port["nc_http"], None, self.anon_log))
+        servers = [x for x in servers if x[0] in a.burst_peers.split(",")]
+        res = {}
+        for n in a.burst_counts:
+            repo = "library/burst-%d" % n
+            t = time.time()
+            blobs = place_blobs(self.w + "/upstream", repo, self.w + "/static/v2/%s/blobs" % repo, n,
+                                int(a.burst_mib * MiB), self.tag)
+            os.sync()
+            log("burst: %d concurrent GETs of %d distinct cold %.0f MiB blobs over plain HTTP (placed in %.1fs)"
+                % (n, n, a.burst_mib, time.time() - t))
+            for who, port, pids, ulog in servers:
+                pids = pids or ([self.pids["ng"]] + children(self.pids["ng"]))
+                paths = ["/v2/%s/blobs/sha256:%s" % (repo, h) for h, _ in blobs]
+                if who == "mg":
+                    COMMANDS.append(("burst of %d via mirrorgate" % n, "python3 benches/e2e.py: fetch_all(%d, "
+                                     "['%s', ...])   # %d threads, one connection each" % (port, paths[0], n)))
+                self.up_log.settle(quiet_s=0.5)
+                os.sync()
+                m = ulog.mark()
+                before = sum(kb(p, "VmRSS") for p in pids)
+                exact = reset_peak(pids)
+                peak = [0]
+                done = threading.Event()
+
+                def sample():   # the peak of the sum when it is several processes
+                    while not done.wait(0.02):
+                        peak[0] = max(peak[0], sum(kb(p, "VmRSS") for p in pids))
+
+                th = threading.Thread(target=sample, daemon=True)
+                th.start()
+                c0 = Cpu.now()
+                wall, ok, err = fetch_all(port, paths, blobs)
+                t_end, cpu = time.monotonic(), Cpu.since(c0)
+                done.set()
+                th.join()
+                hwm = sum(kb(p, "VmHWM") for p in pids)
+                if exact and len(pids) == 1:
+                    peak[0] = max(peak[0], hwm)
+                at_end = sum(kb(p, "VmRSS") for p in pids)
+                ulog.settle(quiet_s=1.0)
+                time.sleep(max(0.0, t_end + 10.0 - time.monotonic()))
+                after = sum(kb(p, "VmRSS") for p in pids)
+                gets = blob_gets_by_digest(ulog.since(m), [h for h, _ in blobs])
+                r = {"before": before, "peak": peak[0], "end": at_end, "after": after, "wall": wall, "ok": ok,
+                     "err": err, "gets_total": sum(gets.values()), "gets_max": max(gets.values()),
+                     "gets_min": min(gets.values()), "cpu": cpu}
+                res[(n, who)] = r
+                log("  %-2s before %.1f MiB, peak %.1f MiB, at end %.1f MiB, 10 s after %.1f MiB; wall %.2fs; "
+                    "%d/%d bodies verified%s; upstream GETs %d (per blob %d..%d)"
+                    % (who, before / 1024, peak[0] / 1024, at_end / 1024, after / 1024, wall, ok, n,
+                       (" (" + err + ")") if err else "", r["gets_total"], r["gets_min"], r["gets_max"]))
+        self.R["burst"] = res
+
     def measure_fanout_floor(self):
         """The machine's floor for the concurrent cold GETs: the same number of
         clients fetching a blob of the same size from nginx static (page cache,
@@ -1020,19 +1232,30 @@ http {{
         tok0 = self.tok_log.mark()
         self.seed()
         tok_after_seed = self.tok_log.mark()
-        self.measure_pulls()
-        self.rss_note("pulls")
-        self.measure_cold_gets()
-        self.rss_note("cold GETs")
-        self.warm_up()
-        self.measure_manifests()
-        self.rss_note("manifest load")
-        self.measure_throughput()
-        self.rss_note("blob throughput")
-        self.measure_fanout_floor()
+        ph = a.only
+        if "pulls" in ph:
+            self.measure_pulls()
+            self.rss_note("pulls")
+        if "cold" in ph:
+            self.measure_cold_gets()
+            self.rss_note("cold GETs")
+        if "manifests" in ph or "throughput" in ph:
+            self.warm_up()
+        if "manifests" in ph:
+            self.measure_manifests()
+            self.rss_note("manifest load")
+        if "throughput" in ph:
+            self.measure_throughput()
+            self.measure_multi()
+            self.rss_note("blob throughput")
+        if "cold" in ph:
+            self.measure_fanout_floor()
         self.R["tokens"] = self.tokens(tok_after_seed)
         time.sleep(a.idle_wait)
         self.R["rss_end"] = {k: self.rss(k) for k in ("mg", "dp", "ng")}
+        # last: it resets the peak-RSS counters the row above reads
+        if "burst" in ph:
+            self.measure_burst()
         self.R["tls"] = self.tls_info()
         self.R["elapsed"] = time.time() - t_start
         del tok0
@@ -1066,69 +1289,72 @@ http {{
 
         small_mib = self.img["small"]["bytes"] / MiB
         big_mib = self.img["big"]["bytes"] / MiB
-        for name, label in (("small", "cold pull, small image (%.1f MiB), median of %d" % (small_mib, a.cold_rounds)),
-                            ("big", "cold pull, big image (%.0f MiB), median of %d" % (big_mib, a.cold_rounds))):
-            mg, dp, up = R["cold_mg"][name], R["cold_dp"][name], R["cold_up"][name]
-            row(label + " [ref: direct from upstream]", f_s(mg), f_s(dp), "", f_s(up), f_r(ratio(mg, dp)), "",
-                f_r(ratio(mg, up)), "<= 1.1x direct", verdict(mg <= 1.1 * up))
-        for name, label in (("small", "warm pull, small image (median)"), ("big", "warm pull, big image (median)")):
-            mg, dp, up = R["warm_mg"][name], R["warm_dp"][name], R["warm_up"][name]
-            row(label + " [ref: direct]", f_s(mg), f_s(dp), "", f_s(up), f_r(ratio(mg, dp)), "", f_r(ratio(mg, up)))
+
         def f_cpu(c):
             return "%.2f core-s (%.0f%% busy)" % (c["busy"], 100 * c["util"])
+        if "cold_mg" in R:
+            for name, label in (("small", "cold pull, small image (%.1f MiB), median of %d" % (small_mib, a.cold_rounds)),
+                                ("big", "cold pull, big image (%.0f MiB), median of %d" % (big_mib, a.cold_rounds))):
+                mg, dp, up = R["cold_mg"][name], R["cold_dp"][name], R["cold_up"][name]
+                row(label + " [ref: direct from upstream]", f_s(mg), f_s(dp), "", f_s(up), f_r(ratio(mg, dp)), "",
+                    f_r(ratio(mg, up)), "<= 1.1x direct", verdict(mg <= 1.1 * up))
+            for name, label in (("small", "warm pull, small image (median)"), ("big", "warm pull, big image (median)")):
+                mg, dp, up = R["warm_mg"][name], R["warm_dp"][name], R["warm_up"][name]
+                row(label + " [ref: direct]", f_s(mg), f_s(dp), "", f_s(up), f_r(ratio(mg, dp)), "", f_r(ratio(mg, up)))
 
-        for name in ("small", "big"):
-            mg, dp, up = (R["cold_cpu_%s_%s" % (w, name)] for w in ("mg", "dp", "up"))
-            row("machine CPU, cold pull, %s image [ref: direct]" % name, f_cpu(mg), f_cpu(dp), "", f_cpu(up),
-                f_r(ratio(mg["busy"], dp["busy"])), "", f_r(ratio(mg["busy"], up["busy"])))
-        for name in ("small", "big"):
-            mg, dp, up = (R["cold_cpu_%s_%s" % (w, name)] for w in ("mg", "dp", "up"))
+            for name in ("small", "big"):
+                mg, dp, up = (R["cold_cpu_%s_%s" % (w, name)] for w in ("mg", "dp", "up"))
+                row("machine CPU, cold pull, %s image [ref: direct]" % name, f_cpu(mg), f_cpu(dp), "", f_cpu(up),
+                    f_r(ratio(mg["busy"], dp["busy"])), "", f_r(ratio(mg["busy"], up["busy"])))
+            for name in ("small", "big"):
+                mg, dp, up = (R["cold_cpu_%s_%s" % (w, name)] for w in ("mg", "dp", "up"))
 
-            def split(c, srv=True):
-                return "%.2f / %.2f%s core-s" % (c["client"], c["upstream"], (" / %.2f" % c["server"]) if srv else "")
+                def split(c, srv=True):
+                    return "%.2f / %.2f%s core-s" % (c["client"], c["upstream"], (" / %.2f" % c["server"]) if srv else "")
 
-            row("CPU by process, cold pull, %s image: skopeo / upstream / server [ref: direct]" % name,
-                split(mg), split(dp), "", split(up, False), f_r(ratio(mg["server"], dp["server"])), "", "")
-        mgc, dpc = R["cold_mg"], R["cold_dp"]
-        row("upstream bytes / image bytes, cold pulls", "%.2fx" % (mgc["up_bytes"] / mgc["img_bytes"]),
-            "%.2fx" % (dpc["up_bytes"] / dpc["img_bytes"]), "",
-            "%.2fx" % (R["cold_up"]["up_bytes"] / R["cold_up"]["img_bytes"]), target="1.00x",
-            ok=verdict(abs(mgc["up_bytes"] / mgc["img_bytes"] - 1) < 0.01))
-        row("upstream requests (blob GETs), cold pulls", "%d (%d)" % (mgc["reqs"], mgc["blob_gets"]),
-            "%d (%d)" % (dpc["reqs"], dpc["blob_gets"]), "",
-            "%d (%d)" % (R["cold_up"]["reqs"], R["cold_up"]["blob_gets"]))
-        mg, dp = R["cold_get_mg"], R["cold_get_dp"]
-        size_mib = mg["size"] / MiB
-        row("one cold GET, %.0f MiB blob, HTTP [ref: direct HTTPS GET]" % size_mib, f_s(mg["single"]),
-            f_s(dp["single"]), "", f_s(R["single_up"]), f_r(ratio(mg["single"], dp["single"])), "",
-            f_r(ratio(mg["single"], R["single_up"])))
-        n = a.concurrency
-        row("%d concurrent cold GETs: upstream GETs" % n, "%d" % mg["up_gets"], "%d" % dp["up_gets"],
-            target="exactly 1", ok=verdict(mg["up_gets"] == 1 and mg["ok"] == n))
-        row("%d concurrent cold GETs: wall [ref: one cold GET]" % n,
-            "%s (%.2fx one)" % (f_s(mg["wall"]), mg["wall"] / mg["single"]),
-            "%s (%.2fx one)" % (f_s(dp["wall"]), dp["wall"] / dp["single"]), "", f_s(mg["single"]),
-            f_r(ratio(mg["wall"], dp["wall"])), "", f_r(ratio(mg["wall"], mg["single"])), "<= 1.2x one cold GET",
-            verdict(mg["wall"] <= 1.2 * mg["single"]))
-        row("%d concurrent cold GETs: wall [ref: %d concurrent GETs from nginx static]" % (n, n),
-            f_s(mg["wall"]), f_s(dp["wall"]), "", f_s(R["fanout_ng"]), f_r(ratio(mg["wall"], dp["wall"])), "",
-            f_r(ratio(mg["wall"], R["fanout_ng"])))
-        row("machine CPU, one cold GET [ref: direct HTTPS GET]", f_cpu(mg["single_cpu"]), f_cpu(dp["single_cpu"]),
-            "", f_cpu(R["single_up_cpu"]), f_r(ratio(mg["single_cpu"]["busy"], dp["single_cpu"]["busy"])), "",
-            f_r(ratio(mg["single_cpu"]["busy"], R["single_up_cpu"]["busy"])))
-        # What n clients cost at the least: one mirrored cold GET, plus n-1 more deliveries at what nginx
-        # (sendfile from the page cache) and curl spend on each; all cores busy with nothing else.
-        floor_cpu = mg["single_cpu"]["busy"] + (n - 1) / n * R["fanout_ng_cpu"]["busy"]
-        floor = floor_cpu / (os.cpu_count() or 1)
-        row("machine CPU, %d concurrent cold GETs [ref: one cold GET + %d/%d of %d GETs from nginx static]"
-            % (n, n - 1, n, n), f_cpu(mg["wall_cpu"]), f_cpu(dp["wall_cpu"]), "", "%.2f core-s" % floor_cpu,
-            f_r(ratio(mg["wall_cpu"]["busy"], dp["wall_cpu"]["busy"])), "", f_r(ratio(mg["wall_cpu"]["busy"], floor_cpu)))
-        row("%d concurrent cold GETs: wall [ref: CPU floor, that work on %d busy cores]" % (n, os.cpu_count() or 1),
-            f_s(mg["wall"]), f_s(dp["wall"]), "", f_s(floor), f_r(ratio(mg["wall"], dp["wall"])), "",
-            f_r(ratio(mg["wall"], floor)))
-        row("%d concurrent cold GETs: upstream bytes / blob" % n, "%.2fx" % (mg["up_bytes"] / mg["size"]),
-            "%.2fx" % (dp["up_bytes"] / dp["size"]), target="1.00x",
-            ok=verdict(abs(mg["up_bytes"] / mg["size"] - 1) < 0.01))
+                row("CPU by process, cold pull, %s image: skopeo / upstream / server [ref: direct]" % name,
+                    split(mg), split(dp), "", split(up, False), f_r(ratio(mg["server"], dp["server"])), "", "")
+            mgc, dpc = R["cold_mg"], R["cold_dp"]
+            row("upstream bytes / image bytes, cold pulls", "%.2fx" % (mgc["up_bytes"] / mgc["img_bytes"]),
+                "%.2fx" % (dpc["up_bytes"] / dpc["img_bytes"]), "",
+                "%.2fx" % (R["cold_up"]["up_bytes"] / R["cold_up"]["img_bytes"]), target="1.00x",
+                ok=verdict(abs(mgc["up_bytes"] / mgc["img_bytes"] - 1) < 0.01))
+            row("upstream requests (blob GETs), cold pulls", "%d (%d)" % (mgc["reqs"], mgc["blob_gets"]),
+                "%d (%d)" % (dpc["reqs"], dpc["blob_gets"]), "",
+                "%d (%d)" % (R["cold_up"]["reqs"], R["cold_up"]["blob_gets"]))
+        if "cold_get_mg" in R:
+            mg, dp = R["cold_get_mg"], R["cold_get_dp"]
+            size_mib = mg["size"] / MiB
+            row("one cold GET, %.0f MiB blob, HTTP [ref: direct HTTPS GET]" % size_mib, f_s(mg["single"]),
+                f_s(dp["single"]), "", f_s(R["single_up"]), f_r(ratio(mg["single"], dp["single"])), "",
+                f_r(ratio(mg["single"], R["single_up"])))
+            n = a.concurrency
+            row("%d concurrent cold GETs: upstream GETs" % n, "%d" % mg["up_gets"], "%d" % dp["up_gets"],
+                target="exactly 1", ok=verdict(mg["up_gets"] == 1 and mg["ok"] == n))
+            row("%d concurrent cold GETs: wall [ref: one cold GET]" % n,
+                "%s (%.2fx one)" % (f_s(mg["wall"]), mg["wall"] / mg["single"]),
+                "%s (%.2fx one)" % (f_s(dp["wall"]), dp["wall"] / dp["single"]), "", f_s(mg["single"]),
+                f_r(ratio(mg["wall"], dp["wall"])), "", f_r(ratio(mg["wall"], mg["single"])), "<= 1.2x one cold GET",
+                verdict(mg["wall"] <= 1.2 * mg["single"]))
+            row("%d concurrent cold GETs: wall [ref: %d concurrent GETs from nginx static]" % (n, n),
+                f_s(mg["wall"]), f_s(dp["wall"]), "", f_s(R["fanout_ng"]), f_r(ratio(mg["wall"], dp["wall"])), "",
+                f_r(ratio(mg["wall"], R["fanout_ng"])))
+            row("machine CPU, one cold GET [ref: direct HTTPS GET]", f_cpu(mg["single_cpu"]), f_cpu(dp["single_cpu"]),
+                "", f_cpu(R["single_up_cpu"]), f_r(ratio(mg["single_cpu"]["busy"], dp["single_cpu"]["busy"])), "",
+                f_r(ratio(mg["single_cpu"]["busy"], R["single_up_cpu"]["busy"])))
+            # What n clients cost at the least: one mirrored cold GET, plus n-1 more deliveries at what nginx
+            # (sendfile from the page cache) and curl spend on each; all cores busy with nothing else.
+            floor_cpu = mg["single_cpu"]["busy"] + (n - 1) / n * R["fanout_ng_cpu"]["busy"]
+            floor = floor_cpu / (os.cpu_count() or 1)
+            row("machine CPU, %d concurrent cold GETs [ref: one cold GET + %d/%d of %d GETs from nginx static]"
+                % (n, n - 1, n, n), f_cpu(mg["wall_cpu"]), f_cpu(dp["wall_cpu"]), "", "%.2f core-s" % floor_cpu,
+                f_r(ratio(mg["wall_cpu"]["busy"], dp["wall_cpu"]["busy"])), "", f_r(ratio(mg["wall_cpu"]["busy"], floor_cpu)))
+            row("%d concurrent cold GETs: wall [ref: CPU floor, that work on %d busy cores]" % (n, os.cpu_count() or 1),
+                f_s(mg["wall"]), f_s(dp["wall"]), "", f_s(floor), f_r(ratio(mg["wall"], dp["wall"])), "",
+                f_r(ratio(mg["wall"], floor)))
+            row("%d concurrent cold GETs: upstream bytes / blob" % n, "%.2fx" % (mg["up_bytes"] / mg["size"]),
+                "%.2fx" % (dp["up_bytes"] / dp["size"]), target="1.00x",
+                ok=verdict(abs(mg["up_bytes"] / mg["size"] - 1) < 0.01))
 
         def cell(r):
             s = "%.0f/s" % r["rps"]
@@ -1140,25 +1366,69 @@ http {{
                 s += " (%d errors!)" % r["errors"]
             return s
 
-        for tls in ((True,) if a.quick else (True, False)):
-            t = "tls" if tls else "http"
-            for kind, label in (("head_tag", "manifest HEAD by tag"), ("get_tag", "manifest GET by tag"),
-                                ("get_digest", "manifest GET by digest")):
-                mg, dp, nc, ng = (R["%s_%s_%s" % (kind, t, w)] for w in ("mg", "dp", "nc", "ng"))
-                row("%s, %s [ref: nginx static file]" % (label, "HTTPS" if tls else "HTTP"), cell(mg), cell(dp),
-                    cell(nc), cell(ng), f_r(ratio(mg["rps"], dp["rps"])), f_r(ratio(mg["rps"], nc["rps"])),
-                    f_r(ratio(mg["rps"], ng["rps"])), ">= 1.0x nginx cache",
-                    verdict(mg["rps"] >= nc["rps"] and mg["non2"] == 0 and mg["errors"] == 0))
-        for tls in (True, False):
-            t = "tls" if tls else "http"
-            mg, dp, nc, ng = (R["tput_%s_%s" % (t, w)] for w in ("mg", "dp", "nc", "ng"))
-            row("cached blob GET %.0f MiB, %s, HTTP/1.1 [ref: nginx static]" % (big_mib, "HTTPS" if tls else "HTTP"),
-                "%.0f MB/s" % mg, "%.0f MB/s" % dp, "%.0f MB/s" % nc, "%.0f MB/s" % ng, f_r(ratio(mg, dp)),
-                f_r(ratio(mg, nc)), f_r(ratio(mg, ng)), ">= 0.9x static", verdict(mg >= 0.9 * ng))
-        mg, dp = R["tput_h2_mg"], R["tput_h2_dp"]
-        row("cached blob GET %.0f MiB, HTTPS, HTTP/2 [ref: nginx static, HTTPS HTTP/1.1]" % big_mib,
-            "%.0f MB/s" % mg, "%.0f MB/s" % dp, "", "%.0f MB/s" % R["tput_tls_ng"], f_r(ratio(mg, dp)), "",
-            f_r(ratio(mg, R["tput_tls_ng"])))
+        if "head_tag_tls_mg" in R:
+            for tls in ((True,) if a.quick else (True, False)):
+                t = "tls" if tls else "http"
+                for kind, label in (("head_tag", "manifest HEAD by tag"), ("get_tag", "manifest GET by tag"),
+                                    ("get_digest", "manifest GET by digest")):
+                    mg, dp, nc, ng = (R["%s_%s_%s" % (kind, t, w)] for w in ("mg", "dp", "nc", "ng"))
+                    row("%s, %s [ref: nginx static file]" % (label, "HTTPS" if tls else "HTTP"), cell(mg), cell(dp),
+                        cell(nc), cell(ng), f_r(ratio(mg["rps"], dp["rps"])), f_r(ratio(mg["rps"], nc["rps"])),
+                        f_r(ratio(mg["rps"], ng["rps"])), ">= 1.0x nginx cache",
+                        verdict(mg["rps"] >= nc["rps"] and mg["non2"] == 0 and mg["errors"] == 0))
+        if "tput_tls_mg" in R:
+            for tls in (True, False):
+                t = "tls" if tls else "http"
+                mg, dp, nc, ng = (R["tput_%s_%s" % (t, w)] for w in ("mg", "dp", "nc", "ng"))
+                row("cached blob GET %.0f MiB, %s, HTTP/1.1 [ref: nginx static]" % (big_mib, "HTTPS" if tls else "HTTP"),
+                    "%.0f MB/s" % mg, "%.0f MB/s" % dp, "%.0f MB/s" % nc, "%.0f MB/s" % ng, f_r(ratio(mg, dp)),
+                    f_r(ratio(mg, nc)), f_r(ratio(mg, ng)), ">= 0.9x static", verdict(mg >= 0.9 * ng))
+            mg, dp = R["tput_h2_mg"], R["tput_h2_dp"]
+            row("cached blob GET %.0f MiB, HTTPS, HTTP/2 [ref: nginx static, HTTPS HTTP/1.1]" % big_mib,
+                "%.0f MB/s" % mg, "%.0f MB/s" % dp, "", "%.0f MB/s" % R["tput_tls_ng"], f_r(ratio(mg, dp)), "",
+                f_r(ratio(mg, R["tput_tls_ng"])))
+        if "multi_h2_mg" in R:
+            ng = R["multi_h1_ng"]
+            mib = self.img["multi"][0][1] / MiB
+            for who, key, label in (("mg", "h2", "HTTP/2, one connection"), ("mg", "h1", "HTTP/1.1, four connections")):
+                v = R["multi_%s_%s" % (key, who)]
+                dp = R.get("multi_%s_dp" % key)
+                nc = R.get("multi_%s_nc" % key)
+                target, ok = "", ""
+                if key == "h2":
+                    target, ok = ">= 0.95x static", verdict(v >= 0.95 * ng)
+                row("4 cached blobs at once (%.0f MiB each), HTTPS, %s [ref: nginx static, 4 HTTP/1.1 connections]"
+                    % (mib, label), "%.0f MB/s" % v, "%.0f MB/s" % dp, "%.0f MB/s" % nc if nc else "",
+                    "%.0f MB/s" % ng, f_r(ratio(v, dp)), f_r(ratio(v, nc)), f_r(ratio(v, ng)), target, ok)
+        if "burst" in R:
+            B = R["burst"]
+            for n in a.burst_counts:
+                mg = B[(n, "mg")]
+                empty = {"peak": 0, "after": 0, "wall": 0.0, "ok": 0, "gets_total": 0, "gets_min": 0, "gets_max": 0}
+                dp, nc = (B.get((n, w), empty) for w in ("dp", "nc"))
+                big = n >= 500
+                label = "%d concurrent GETs of %d distinct cold %.0f MiB blobs, HTTP" % (n, n, a.burst_mib)
+
+                def mib(r, k):
+                    return "%.1f MiB" % (r[k] / 1024)
+
+                row(label + ": peak RSS [nginx: master+workers]", mib(mg, "peak"), mib(dp, "peak"), mib(nc, "peak"),
+                    "", f_r(ratio(mg["peak"], dp["peak"])), f_r(ratio(mg["peak"], nc["peak"])), "",
+                    "<= 96 MiB" if big else "", verdict(mg["peak"] <= 96 * 1024) if big else "")
+                row(label + ": RSS 10 s after [ref: RSS before]", mib(mg, "after"), mib(dp, "after"),
+                    mib(nc, "after"), mib(mg, "before"), f_r(ratio(mg["after"], dp["after"])),
+                    f_r(ratio(mg["after"], nc["after"])), f_r(ratio(mg["after"], mg["before"])),
+                    "<= 32 MiB" if big else "", verdict(mg["after"] <= 32 * 1024) if big else "")
+                row(label + ": wall", f_s(mg["wall"]), f_s(dp["wall"]), f_s(nc["wall"]), "",
+                    f_r(ratio(mg["wall"], dp["wall"])), f_r(ratio(mg["wall"], nc["wall"])), "")
+
+                def gets(r):
+                    return "%d/%d verified, %d GETs (%d..%d per blob)" % (r["ok"], n, r["gets_total"], r["gets_min"],
+                                                                         r["gets_max"])
+
+                row(label + ": bodies verified, upstream GETs", gets(mg), gets(dp), gets(nc),
+                    target="all verified, 1 GET each",
+                    ok=verdict(mg["ok"] == n and mg["gets_min"] == 1 and mg["gets_max"] == 1))
         tk = R["tokens"]
 
         def tok_cell(acc):
@@ -1243,6 +1513,9 @@ def main():
                     "(default 3; quick 1)")
     ap.add_argument("--mg-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for mirrorgate (repeatable), e.g. RUST_LOG=warn or MALLOC_ARENA_MAX=1")
+    ap.add_argument("--mg-wrap", default="", metavar="COMMAND",
+                    help="run mirrorgate under this command prefix, for profiling by hand (e.g. 'heaptrack -o FILE')")
+    ap.add_argument("--burst-peers", default="mg,dp,nc", help="who gets the bursts (comma list of mg, dp, nc)")
     ap.add_argument("--conns", type=int, default=32, help="connections per load run")
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=8, help="concurrent cold GETs")
@@ -1250,6 +1523,11 @@ def main():
                     "image, median taken (default 5; quick 1)")
     ap.add_argument("--warm-runs", type=int, default=None, help="warm pulls per image (default 5; quick 2)")
     ap.add_argument("--tput-runs", type=int, default=None, help="blob GETs per throughput figure (default 5; quick 3)")
+    ap.add_argument("--only", default="pulls,cold,manifests,throughput,burst",
+                    help="which measurement phases to run (comma list of pulls, cold, manifests, throughput, burst)")
+    ap.add_argument("--burst", default=None, help="client counts of the cold bursts, each client its own blob "
+                    "(default 100,500; quick 20,50)")
+    ap.add_argument("--burst-mib", type=float, default=None, help="size of each burst blob (default 8; quick 1)")
     ap.add_argument("--token-ttl", type=int, default=3600, help="token lifetime (s); longer than the run")
     ap.add_argument("--idle-wait", type=float, default=None, help="seconds idle before the final RSS reading")
     ap.add_argument("--out", default="", help="also write the report (with every command) to this markdown file")
@@ -1280,6 +1558,12 @@ def main():
     a.warm_runs = a.warm_runs or (2 if q else 5)
     a.tput_runs = a.tput_runs or (3 if q else 5)
     a.idle_wait = a.idle_wait if a.idle_wait is not None else (1.0 if q else 5.0)
+    a.burst_counts = [int(x) for x in (a.burst or ("20,50" if q else "100,500")).split(",") if x]
+    a.burst_mib = a.burst_mib or (1 if q else 8)
+    a.only = set(x.strip() for x in a.only.split(",") if x.strip())
+    unknown = a.only - {"pulls", "cold", "manifests", "throughput", "burst"}
+    if unknown:
+        ap.error("--only: unknown phase(s) %s" % ", ".join(sorted(unknown)))
     a.bin = os.path.abspath(a.bin)
     b = Bench(a)
 

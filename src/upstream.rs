@@ -7,16 +7,16 @@
 //! out already authorized.
 //!
 //! Redirects (blob GETs answered with 307/302 to a CDN) are followed by the
-//! HTTP client, which drops `Authorization` whenever scheme, host or port
-//! change (reqwest `redirect::remove_sensitive_headers`); a test proves it
-//! against a CDN stand-in that rejects such requests. Redirects are never
-//! cached: signed CDN URLs expire.
+//! transport ([`transport`]), which drops `Authorization` whenever scheme, host
+//! or port change; a test proves it against a CDN stand-in that rejects such
+//! requests. Redirects are never cached: signed CDN URLs expire.
 //!
 //! This module knows nothing about the store or the cache.
 
 pub mod auth;
 
 mod error;
+mod transport;
 
 use std::sync::{Arc, RwLock};
 
@@ -108,12 +108,11 @@ pub struct UpstreamClient {
     base: String,
     /// `host[:port]` of `base`, for error messages.
     host: Arc<str>,
-    http: reqwest::Client,
+    http: self::transport::Http,
     credentials: Option<Credentials>,
     scheme: RwLock<Option<Scheme>>,
     tokens: TokenCache,
     breaker: crate::breaker::Breaker,
-    timeouts: Timeouts,
     clock: SharedClock,
 }
 
@@ -137,20 +136,16 @@ fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, Error> {
             roots.add(cert).map_err(|e| Error::Build(Box::new(e)))?;
         }
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| Error::Build(Box::new(e)))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    // HTTP/1.1 unless asked: a 200 MiB blob from distribution over h2 took
-    // 25% more machine CPU (0.67 vs 0.53 core-s) and 20% more time.
-    tls.alpn_protocols = if cfg.http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    // ALPN is set by the connector: HTTP/1.1 unless asked (a 200 MiB blob
+    // from distribution over h2 took 25% more machine CPU, 0.67 vs 0.53
+    // core-s, and 20% more time).
     Ok(tls)
 }
 
@@ -179,20 +174,11 @@ impl UpstreamClient {
     /// Builds the client (no network I/O). `clock` times the breaker's
     /// backoff.
     pub fn build(cfg: &UpstreamConfig, clock: SharedClock) -> Result<Self, Error> {
-        let mut builder = reqwest::Client::builder();
-        if let (Some(host), false) = (cfg.url.host_str(), cfg.connect_to.is_empty()) {
-            builder = builder.resolve_to_addrs(host, &cfg.connect_to);
-        }
-        let http = builder
-            .tls_backend_preconfigured(tls_config(cfg)?)
-            .user_agent(concat!("mirrorgate/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(cfg.connect_timeout)
-            .read_timeout(cfg.read_timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .referer(false)
-            .no_proxy()
-            .build()
-            .map_err(|e| Error::Build(Box::new(e)))?;
+        let timeouts = Timeouts {
+            connect: cfg.connect_timeout,
+            read: cfg.read_timeout,
+        };
+        let http = self::transport::Http::new(cfg, tls_config(cfg)?, timeouts)?;
         Ok(Self {
             id: cfg.id.clone(),
             base: cfg.url.as_str().trim_end_matches('/').to_owned(),
@@ -206,10 +192,6 @@ impl UpstreamClient {
                 backoff: cfg.breaker_backoff,
                 max_backoff: cfg.breaker_backoff.max(std::time::Duration::from_secs(60)),
             }),
-            timeouts: Timeouts {
-                connect: cfg.connect_timeout,
-                read: cfg.read_timeout,
-            },
             clock,
         })
     }
@@ -282,21 +264,21 @@ impl UpstreamClient {
             }
             q.append_pair("scope", scope);
         }
-        let mut req = self.http.get(url);
+        let mut headers = HeaderMap::new();
         if let Some(c) = &self.credentials {
-            req = req.header(AUTHORIZATION, auth::basic_header(c)?);
+            headers.insert(AUTHORIZATION, auth::basic_header(c)?);
         }
-        let resp = req.send().await.map_err(|e| self.timeouts.classify(e))?;
+        let resp = self.http.send(Method::GET, url, headers).await?;
         match resp.status() {
             s if s.is_success() => {
-                let body = read_limited(resp, MAX_METADATA_BYTES, self.timeouts).await?;
+                let body = read_limited(resp, MAX_METADATA_BYTES).await?;
                 // The token server's `issued_at` is real time, not the policy clock.
                 let token = auth::parse_token(&body, std::time::SystemTime::now())?;
                 tracing::debug!(upstream = %self.id, scope, ttl_s = token.ttl.as_secs(), "fetched bearer token");
                 Ok(Arc::new(token))
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(self.unauthorized()),
-            _ => Err(status_error(resp, self.timeouts).await),
+            _ => Err(status_error(resp).await),
         }
     }
 
@@ -319,7 +301,7 @@ impl UpstreamClient {
         url: url::Url,
         repo: &RepoName,
         headers: HeaderMap,
-    ) -> Result<reqwest::Response, Error> {
+    ) -> Result<self::transport::Response, Error> {
         if self.breaker.admit(self.clock.instant()) == crate::breaker::Admit::Reject {
             return Err(Error::CircuitOpen);
         }
@@ -340,19 +322,16 @@ impl UpstreamClient {
         url: url::Url,
         repo: &RepoName,
         headers: HeaderMap,
-    ) -> Result<reqwest::Response, Error> {
+    ) -> Result<self::transport::Response, Error> {
         let scope = format!("repository:{repo}:pull");
         let mut authz = self.authorization(&scope).await?;
         let mut retried = false;
         loop {
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
+            let mut headers = headers.clone();
             if let Some(a) = &authz {
-                req = req.header(AUTHORIZATION, a.clone());
+                headers.insert(AUTHORIZATION, a.clone());
             }
-            let resp = req.send().await.map_err(|e| self.timeouts.classify(e))?;
+            let resp = self.http.send(method.clone(), url.clone(), headers).await?;
             if resp.status() != StatusCode::UNAUTHORIZED || retried {
                 return Ok(resp);
             }
@@ -386,7 +365,7 @@ impl UpstreamClient {
         url: url::Url,
         repo: &RepoName,
         headers: HeaderMap,
-    ) -> Result<reqwest::Response, Error> {
+    ) -> Result<self::transport::Response, Error> {
         let resp = self.send(method, url, repo, headers).await?;
         if resp.status().is_success() {
             Ok(resp)
@@ -394,7 +373,7 @@ impl UpstreamClient {
             // Still 401 after answering the challenge.
             Err(self.unauthorized())
         } else {
-            Err(status_error(resp, self.timeouts).await)
+            Err(status_error(resp).await)
         }
     }
 
@@ -443,7 +422,7 @@ impl UpstreamClient {
         let media_type =
             MediaType::new(header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default());
         let digest_header = header_digest(resp.headers());
-        let bytes = read_limited(resp, MAX_METADATA_BYTES, self.timeouts).await?;
+        let bytes = read_limited(resp, MAX_METADATA_BYTES).await?;
         Ok(Manifest {
             bytes,
             media_type,
@@ -470,12 +449,10 @@ impl UpstreamClient {
             .send_ok(Method::GET, url, repo, HeaderMap::new())
             .await?;
         let size = header_len(resp.headers());
-        let timeouts = self.timeouts;
-        let body = resp
-            .bytes_stream()
-            .map(move |r| r.map_err(|e| timeouts.classify(e)))
-            .boxed();
-        Ok(BlobStream { size, body })
+        Ok(BlobStream {
+            size,
+            body: resp.into_stream(),
+        })
     }
 
     /// `GET /v2/<repo>/tags/list` with the client's `n`/`last`.
@@ -517,7 +494,7 @@ impl UpstreamClient {
         if let Some(v) = h.get("oci-filters-applied") {
             headers.insert("oci-filters-applied", v.clone());
         }
-        let body = read_limited(resp, MAX_METADATA_BYTES, self.timeouts).await?;
+        let body = read_limited(resp, MAX_METADATA_BYTES).await?;
         Ok(Passthrough {
             status,
             content_type,
@@ -529,18 +506,14 @@ impl UpstreamClient {
 }
 
 /// Reads a whole body, refusing more than `limit` bytes.
-async fn read_limited(
-    resp: reqwest::Response,
-    limit: usize,
-    timeouts: Timeouts,
-) -> Result<Bytes, Error> {
+async fn read_limited(resp: self::transport::Response, limit: usize) -> Result<Bytes, Error> {
     if header_len(resp.headers()).is_some_and(|n| n > limit as u64) {
         return Err(Error::TooLarge { limit });
     }
     let mut buf = BytesMut::new();
-    let mut s = resp.bytes_stream();
+    let mut s = resp.into_stream();
     while let Some(chunk) = s.next().await {
-        let chunk = chunk.map_err(|e| timeouts.classify(e))?;
+        let chunk = chunk?;
         if buf.len() + chunk.len() > limit {
             return Err(Error::TooLarge { limit });
         }
@@ -551,12 +524,10 @@ async fn read_limited(
 
 /// Turns a non-success response into [`Error::Status`], keeping the OCI
 /// error code of a JSON body and `Retry-After`.
-async fn status_error(resp: reqwest::Response, timeouts: Timeouts) -> Error {
+async fn status_error(resp: self::transport::Response) -> Error {
     let status = resp.status().as_u16();
     let retry_after = header_str(resp.headers(), RETRY_AFTER).map(str::to_owned);
-    let body = read_limited(resp, MAX_ERROR_BODY, timeouts)
-        .await
-        .unwrap_or_default();
+    let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
     let first = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("errors")?.get(0).cloned());

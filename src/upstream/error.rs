@@ -8,6 +8,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// An upstream request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,7 +18,7 @@ pub enum Error {
     Build(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// DNS lookup, TCP connect or TLS handshake failed.
     #[error("cannot connect")]
-    Connect(#[source] reqwest::Error),
+    Connect(#[source] BoxError),
     /// Upstream took longer than the connect or read timeout.
     #[error("{phase} timed out after {}", humantime::format_duration(*after))]
     Timeout {
@@ -26,7 +28,7 @@ pub enum Error {
         after: Duration,
         /// The transport error.
         #[source]
-        source: reqwest::Error,
+        source: BoxError,
     },
     /// Upstream answered with an error status.
     #[error("answered {status}{}", StatusDetail(code.as_deref(), message.as_deref()))]
@@ -65,14 +67,14 @@ pub enum Error {
     Token(#[source] Arc<Error>),
     /// The response body broke off.
     #[error("response body failed")]
-    Body(#[source] reqwest::Error),
+    Body(#[source] BoxError),
     /// The circuit breaker is open: upstream failed repeatedly and is not
     /// being asked until its backoff passes.
     #[error("is down (circuit open after repeated failures)")]
     CircuitOpen,
     /// Any other transport failure (redirect loop, ...).
     #[error("request failed")]
-    Transport(#[source] reqwest::Error),
+    Transport(#[source] BoxError),
 }
 
 /// Which of an upstream's timeouts ran out.
@@ -119,30 +121,6 @@ impl fmt::Display for StatusDetail<'_> {
 pub(crate) struct Timeouts {
     pub(crate) connect: Duration,
     pub(crate) read: Duration,
-}
-
-impl Timeouts {
-    /// Classifies a reqwest error.
-    pub(crate) fn classify(self, e: reqwest::Error) -> Error {
-        if e.is_timeout() {
-            let (phase, after) = if e.is_connect() {
-                (TimeoutPhase::Connect, self.connect)
-            } else {
-                (TimeoutPhase::Read, self.read)
-            };
-            Error::Timeout {
-                phase,
-                after,
-                source: e,
-            }
-        } else if e.is_connect() {
-            Error::Connect(e)
-        } else if e.is_body() || e.is_decode() {
-            Error::Body(e)
-        } else {
-            Error::Transport(e)
-        }
-    }
 }
 
 impl Error {
