@@ -427,11 +427,13 @@ def blob_gets(lines, hexd=None):
 
 
 def blob_gets_by_digest(lines, digests):
-    """{hex digest: number of blob GETs} in access-log lines, for the given hex digests."""
+    """{hex digest: number of blob GETs answered 200/206} in access-log lines, for
+    the given hex digests (a first request answered 401 for its token is not a
+    download)."""
     want = set(digests)
     out = dict.fromkeys(want, 0)
     for ln in lines:
-        m = re.search(r'"GET \S*/blobs/sha256:([0-9a-f]{64})\S* HTTP/[\d.]+"', ln)
+        m = re.search(r'"GET \S*/blobs/sha256:([0-9a-f]{64})\S* HTTP/[\d.]+" (200|206) ', ln)
         if m and m.group(1) in want:
             out[m.group(1)] += 1
     return out
@@ -1158,12 +1160,13 @@ http {{
                 m = ulog.mark()
                 before = sum(kb(p, "VmRSS") for p in pids)
                 exact = reset_peak(pids)
-                peak = [0]
+                peak, threads = [0], [0]
                 done = threading.Event()
 
                 def sample():   # the peak of the sum when it is several processes
                     while not done.wait(0.02):
                         peak[0] = max(peak[0], sum(kb(p, "VmRSS") for p in pids))
+                        threads[0] = max(threads[0], sum(kb(p, "Threads") for p in pids))
 
                 th = threading.Thread(target=sample, daemon=True)
                 th.start()
@@ -1182,12 +1185,13 @@ http {{
                 gets = blob_gets_by_digest(ulog.since(m), [h for h, _ in blobs])
                 r = {"before": before, "peak": peak[0], "end": at_end, "after": after, "wall": wall, "ok": ok,
                      "err": err, "gets_total": sum(gets.values()), "gets_max": max(gets.values()),
-                     "gets_min": min(gets.values()), "cpu": cpu}
+                     "gets_min": min(gets.values()), "cpu": cpu, "threads": threads[0]}
                 res[(n, who)] = r
                 log("  %-2s before %.1f MiB, peak %.1f MiB, at end %.1f MiB, 10 s after %.1f MiB; wall %.2fs; "
-                    "%d/%d bodies verified%s; upstream GETs %d (per blob %d..%d)"
+                    "%d/%d bodies verified%s; upstream GETs %d (per blob %d..%d); up to %d threads"
                     % (who, before / 1024, peak[0] / 1024, at_end / 1024, after / 1024, wall, ok, n,
-                       (" (" + err + ")") if err else "", r["gets_total"], r["gets_min"], r["gets_max"]))
+                       (" (" + err + ")") if err else "", r["gets_total"], r["gets_min"], r["gets_max"],
+                       threads[0]))
         self.R["burst"] = res
 
     def measure_fanout_floor(self):

@@ -281,8 +281,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(d) = data_dir {
                 c.storage_root = d;
             }
+            // Blocking threads run disk writes, fsyncs, reads that would
+            // wait for the disk, and DNS lookups. tokio's default of 512
+            // lets a burst of 500 cold downloads start ~330 of them (each
+            // with its stack and allocator cache, kept 10 s after); 64
+            // keep the disk busy, and idle ones leave after 2 s.
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .max_blocking_threads(64)
+                .thread_keep_alive(std::time::Duration::from_secs(2))
                 .build()
                 .context("cannot start the async runtime")?;
             rt.block_on(serve(c))

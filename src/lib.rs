@@ -13,9 +13,10 @@
 //! or above it in this list (`tests/layers.rs` reads this list and every
 //! `crate::` path in `src/`, and fails on an arrow that points down).
 //!
-//! - [`oci`], [`clock`], [`breaker`], [`pem`], [`access`]: leaves: pure
-//!   types (digests, names, media types), the time policies are decided
-//!   by, the circuit breaker, PEM parsing, access rules.
+//! - [`oci`], [`clock`], [`breaker`], [`pem`], [`access`], [`pace`]: leaves:
+//!   pure types (digests, names, media types), the time policies are decided
+//!   by, the circuit breaker, PEM parsing, access rules, the pacing of
+//!   response bodies (how far reads run ahead of sockets).
 //! - [`config`]: the validated configuration.
 //! - [`tag`]: the tag map's types (kept by the store, cached, decided on).
 //! - [`store`]: blobs and metadata records behind one interface, on local
@@ -58,6 +59,7 @@ pub mod clock;
 pub mod config;
 pub mod mirror;
 pub mod oci;
+pub mod pace;
 pub mod pem;
 pub mod registry;
 pub mod server;

@@ -30,6 +30,8 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 pub use error::{Error, TimeoutPhase};
 
+use self::transport::Load;
+
 use self::error::Timeouts;
 
 use self::auth::{Scheme, TokenCache};
@@ -268,7 +270,10 @@ impl UpstreamClient {
         if let Some(c) = &self.credentials {
             headers.insert(AUTHORIZATION, auth::basic_header(c)?);
         }
-        let resp = self.http.send(Method::GET, url, headers).await?;
+        let resp = self
+            .http
+            .send(Method::GET, url, headers, Load::Small)
+            .await?;
         match resp.status() {
             s if s.is_success() => {
                 let body = read_limited(resp, MAX_METADATA_BYTES).await?;
@@ -301,11 +306,12 @@ impl UpstreamClient {
         url: url::Url,
         repo: &RepoName,
         headers: HeaderMap,
+        load: Load,
     ) -> Result<self::transport::Response, Error> {
         if self.breaker.admit(self.clock.instant()) == crate::breaker::Admit::Reject {
             return Err(Error::CircuitOpen);
         }
-        let result = self.send_authorized(method, url, repo, headers).await;
+        let result = self.send_authorized(method, url, repo, headers, load).await;
         let ok = match &result {
             Ok(r) => !(r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS),
             Err(e) => !e.is_unavailable(),
@@ -322,6 +328,7 @@ impl UpstreamClient {
         url: url::Url,
         repo: &RepoName,
         headers: HeaderMap,
+        load: Load,
     ) -> Result<self::transport::Response, Error> {
         let scope = format!("repository:{repo}:pull");
         let mut authz = self.authorization(&scope).await?;
@@ -331,7 +338,10 @@ impl UpstreamClient {
             if let Some(a) = &authz {
                 headers.insert(AUTHORIZATION, a.clone());
             }
-            let resp = self.http.send(method.clone(), url.clone(), headers).await?;
+            let resp = self
+                .http
+                .send(method.clone(), url.clone(), headers, load)
+                .await?;
             if resp.status() != StatusCode::UNAUTHORIZED || retried {
                 return Ok(resp);
             }
@@ -365,8 +375,9 @@ impl UpstreamClient {
         url: url::Url,
         repo: &RepoName,
         headers: HeaderMap,
+        load: Load,
     ) -> Result<self::transport::Response, Error> {
-        let resp = self.send(method, url, repo, headers).await?;
+        let resp = self.send(method, url, repo, headers, load).await?;
         if resp.status().is_success() {
             Ok(resp)
         } else if resp.status() == StatusCode::UNAUTHORIZED {
@@ -397,7 +408,13 @@ impl UpstreamClient {
     ) -> Result<ManifestHead, Error> {
         let url = self.url(repo, &format!("manifests/{reference}"))?;
         let resp = self
-            .send_ok(Method::HEAD, url, repo, Self::accept_headers(accept))
+            .send_ok(
+                Method::HEAD,
+                url,
+                repo,
+                Self::accept_headers(accept),
+                Load::Small,
+            )
             .await?;
         let h = resp.headers();
         Ok(ManifestHead {
@@ -417,7 +434,13 @@ impl UpstreamClient {
     ) -> Result<Manifest, Error> {
         let url = self.url(repo, &format!("manifests/{reference}"))?;
         let resp = self
-            .send_ok(Method::GET, url, repo, Self::accept_headers(accept))
+            .send_ok(
+                Method::GET,
+                url,
+                repo,
+                Self::accept_headers(accept),
+                Load::Small,
+            )
             .await?;
         let media_type =
             MediaType::new(header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default());
@@ -434,7 +457,7 @@ impl UpstreamClient {
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobHead, Error> {
         let url = self.url(repo, &format!("blobs/{digest}"))?;
         let resp = self
-            .send_ok(Method::HEAD, url, repo, HeaderMap::new())
+            .send_ok(Method::HEAD, url, repo, HeaderMap::new(), Load::Small)
             .await?;
         Ok(BlobHead {
             size: header_len(resp.headers()),
@@ -446,7 +469,7 @@ impl UpstreamClient {
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobStream, Error> {
         let url = self.url(repo, &format!("blobs/{digest}"))?;
         let resp = self
-            .send_ok(Method::GET, url, repo, HeaderMap::new())
+            .send_ok(Method::GET, url, repo, HeaderMap::new(), Load::Bulk)
             .await?;
         let size = header_len(resp.headers());
         Ok(BlobStream {
@@ -484,7 +507,7 @@ impl UpstreamClient {
 
     async fn passthrough(&self, url: url::Url, repo: &RepoName) -> Result<Passthrough, Error> {
         let resp = self
-            .send_ok(Method::GET, url, repo, HeaderMap::new())
+            .send_ok(Method::GET, url, repo, HeaderMap::new(), Load::Small)
             .await?;
         let status = resp.status();
         let h = resp.headers();

@@ -27,6 +27,10 @@ use crate::store::{self, BlobReader, InUseGuard, Scope, Store};
 
 /// Largest batch of upstream chunks written with one blocking call.
 const WRITE_BATCH: usize = 1024 * 1024;
+/// The same while the fills' memory budget is spent: the chunks of a batch
+/// (and of the one being written) hold upstream read buffers until they are
+/// on disk.
+const WRITE_BATCH_SPENT: usize = 32 * 1024;
 
 /// The answer to a blob HEAD.
 #[derive(Debug, Clone, Copy)]
@@ -429,7 +433,8 @@ impl FillTask {
     }
 
     /// `first` and whatever else upstream has ready now, up to
-    /// `WRITE_BATCH` bytes, refusing more bytes than upstream announced.
+    /// `WRITE_BATCH` bytes (`WRITE_BATCH_SPENT` while memory is short),
+    /// refusing more bytes than upstream announced.
     fn gather(
         &self,
         first: Result<Bytes, Error>,
@@ -439,7 +444,12 @@ impl FillTask {
     ) -> Result<Vec<Bytes>, Error> {
         let mut batch = vec![first?];
         let mut n = batch[0].len();
-        while n < WRITE_BATCH {
+        let limit = if self.writer.memory_spent() {
+            WRITE_BATCH_SPENT
+        } else {
+            WRITE_BATCH
+        };
+        while n < limit {
             match body.next().now_or_never() {
                 Some(Some(Ok(c))) => {
                     n += c.len();

@@ -24,7 +24,6 @@ use tokio::sync::watch;
 use super::Error;
 use crate::oci::Digest;
 use crate::store::Spool;
-use crate::store::reader::CHUNK;
 
 /// What a fill has achieved so far.
 #[derive(Debug, Clone)]
@@ -140,6 +139,12 @@ impl FillWriter {
                 *written = received;
             }
         });
+    }
+
+    /// Whether the fills' shared memory is spent (the download should then
+    /// keep little in flight to the disk, too).
+    pub(crate) fn memory_spent(&self) -> bool {
+        self.fill.lock_window().budget.spent()
     }
 
     /// Bytes up to `n` are in the spool.
@@ -584,12 +589,20 @@ fn fill_stream(
             };
             let limit = r.end.map_or(limit, |e| e.min(limit));
             if r.pos < limit {
-                let want = (limit - r.pos).min(CHUNK as u64) as usize;
-                let found = r.fill.lock_window().find(r.pos, want);
+                let chunk = crate::pace::chunk_size() as u64;
+                let want = (limit - r.pos).min(chunk) as usize;
+                let (found, spent) = {
+                    let w = r.fill.lock_window();
+                    (w.find(r.pos, want), w.budget.spent())
+                };
                 match found {
-                    // Keeping up: upstream's own chunks, no copy.
+                    // Keeping up: upstream's own chunks, no copy. While
+                    // memory is short, a copy of just these bytes: the
+                    // chunk would keep upstream's whole read buffer alive
+                    // until the client has it.
                     Found::Memory(b) if !b.is_empty() => {
                         r.pos += b.len() as u64;
+                        let b = if spent { Bytes::copy_from_slice(&b) } else { b };
                         return Some((Ok(b), r));
                     }
                     Found::Memory(_) => {
@@ -603,7 +616,7 @@ fn fill_stream(
                             r.finished = true;
                             return Some((Err(io::Error::other("fill has no reader")), r));
                         };
-                        let len = (limit.min(upto) - r.pos).min(CHUNK as u64) as usize;
+                        let len = (limit.min(upto) - r.pos).min(chunk) as usize;
                         match spool.read_at(r.pos, len).await {
                             Ok(b) if b.is_empty() => {
                                 r.finished = true;

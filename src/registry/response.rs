@@ -28,9 +28,10 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-/// A streaming body.
+/// A streaming body, paced ([`crate::pace`]): read at most a few chunks
+/// ahead of the client's socket.
 pub fn stream(s: futures_util::stream::BoxStream<'static, io::Result<Bytes>>) -> Body {
-    StreamBody::new(s.map_ok(http_body::Frame::data).boxed()).boxed_unsync()
+    StreamBody::new(crate::pace::paced(s).map_ok(http_body::Frame::data).boxed()).boxed_unsync()
 }
 
 /// A response with `status` and `body`.

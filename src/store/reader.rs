@@ -24,9 +24,6 @@ use futures_util::stream::{self, BoxStream};
 
 use super::InUseGuard;
 
-/// Read size for streaming blobs.
-pub const CHUNK: usize = 256 * 1024;
-
 /// A remote backend's stored blob: bytes by range.
 pub trait RemoteBlob: std::fmt::Debug + Send + Sync {
     /// Streams bytes `start..end` (`end` exclusive, within the blob).
@@ -138,8 +135,8 @@ impl BlobReader {
     }
 }
 
-/// Streams `len` bytes of `file` from `start` in [`CHUNK`]s; a file shorter
-/// than that is an error.
+/// Streams `len` bytes of `file` from `start` in chunks of
+/// [`crate::pace::chunk_size`]; a file shorter than that is an error.
 fn file_stream(
     file: Arc<std::fs::File>,
     start: u64,
@@ -149,7 +146,7 @@ fn file_stream(
         if left == 0 {
             return Ok(None);
         }
-        let want = left.min(CHUNK as u64) as usize;
+        let want = left.min(crate::pace::chunk_size() as u64) as usize;
         let b = read_at(&file, pos, want).await?;
         if b.is_empty() {
             return Err(io::Error::new(

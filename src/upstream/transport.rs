@@ -7,8 +7,14 @@
 //! ~408 KiB on a fast link and keeps it, and reqwest cannot cap it. A fleet
 //! rollout makes the mirror download hundreds of distinct blobs at once;
 //! 500 of them held 157 MiB in those buffers alone (heaptrack, issue 13).
-//! Here the read buffer is capped at [`READ_BUF_MAX`] and at most
-//! [`POOL_MAX_IDLE`] idle connections per host stay open after a burst.
+//! A blob download keeps about two and a half read buffers alive (the one
+//! being filled, the chunks on their way to disk and to the client), so
+//! memory per download is set by the buffer's size. Two pools therefore:
+//! the first [`CROWD`] blob downloads in flight read with buffers of up to
+//! [`READ_BUF_MAX`]; beyond that a download reads with [`READ_BUF_CROWD`]
+//! buffers (a TLS record), so memory grows slowly with the crowd
+//! while a single pull keeps its large reads. At most [`POOL_MAX_IDLE`]
+//! idle connections per pool stay open after a burst.
 //!
 //! What reqwest did and this does too:
 //! - `connect_timeout` covers DNS, TCP connect and the TLS handshake;
@@ -57,6 +63,10 @@ pub(crate) const MAX_REDIRECTS: usize = 5;
 /// grows to ~408 KiB). A 64 KiB read is four TLS records; the cap also
 /// bounds a response's headers.
 pub(crate) const READ_BUF_MAX: usize = 64 * 1024;
+/// Read buffer of blob downloads beyond the first [`CROWD`] in flight.
+pub(crate) const READ_BUF_CROWD: usize = 16 * 1024;
+/// Blob downloads in flight that read with large buffers.
+pub(crate) const CROWD: usize = 32;
 /// Idle connections kept per host: enough for a pull's parallel layers,
 /// few enough that a burst's hundreds of connections close after it.
 pub(crate) const POOL_MAX_IDLE: usize = 32;
@@ -65,11 +75,33 @@ pub(crate) const POOL_IDLE: Duration = Duration::from_secs(30);
 
 type Connector = ConnectTimeout<hyper_rustls::HttpsConnector<TcpConnector>>;
 
+/// What a request carries back, which picks its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Load {
+    /// Metadata, tokens, errors: small bodies.
+    Small,
+    /// A blob: counted among the downloads in flight.
+    Bulk,
+}
+
 /// One upstream's pooled HTTP client.
 pub(crate) struct Http {
     client: Client<Connector, Empty<Bytes>>,
+    /// Blob downloads beyond the first [`CROWD`].
+    crowd: Client<Connector, Empty<Bytes>>,
+    /// Blob downloads in flight (request sent, body not dropped).
+    bulk: Arc<std::sync::atomic::AtomicUsize>,
     timeouts: Timeouts,
     user_agent: HeaderValue,
+}
+
+/// Counts one blob download in flight while it lives.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A response whose headers arrived; its body is read with
@@ -77,6 +109,7 @@ pub(crate) struct Http {
 pub(crate) struct Response {
     inner: http::Response<Incoming>,
     timeouts: Timeouts,
+    in_flight: Option<Arc<InFlight>>,
 }
 
 impl Response {
@@ -91,9 +124,13 @@ impl Response {
     /// The body's bytes as they arrive (trailers are skipped).
     pub(crate) fn into_stream(self) -> BoxStream<'static, Result<Bytes, Error>> {
         let timeouts = self.timeouts;
+        let in_flight = self.in_flight;
         BodyStream::new(self.inner.into_body())
             .try_filter_map(|frame| futures_util::future::ready(Ok(frame.into_data().ok())))
-            .map_err(move |e| timeouts.classify_body(e))
+            .map_err(move |e| {
+                let _ = &in_flight;
+                timeouts.classify_body(e)
+            })
             .boxed()
     }
 }
@@ -131,15 +168,19 @@ impl Http {
             inner: https,
             after: timeouts.connect,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            .http1_max_buf_size(READ_BUF_MAX)
-            .build(connector);
+        let pool = |read_buf| {
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_max_idle_per_host(POOL_MAX_IDLE)
+                .http1_max_buf_size(read_buf)
+                .build(connector.clone())
+        };
         Ok(Self {
-            client,
+            client: pool(READ_BUF_MAX),
+            crowd: pool(READ_BUF_CROWD),
+            bulk: Default::default(),
             timeouts,
             user_agent: HeaderValue::from_static(concat!("mirrorgate/", env!("CARGO_PKG_VERSION"))),
         })
@@ -152,10 +193,25 @@ impl Http {
         method: Method,
         url: url::Url,
         mut headers: HeaderMap,
+        load: Load,
     ) -> Result<Response, Error> {
         let (mut method, mut url) = (method, url);
+        let (client, in_flight) = match load {
+            Load::Small => (&self.client, None),
+            Load::Bulk => {
+                let before = self.bulk.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let counted = Arc::new(InFlight(self.bulk.clone()));
+                let pool = if before < CROWD {
+                    &self.client
+                } else {
+                    &self.crowd
+                };
+                (pool, Some(counted))
+            }
+        };
         for hop in 0..=MAX_REDIRECTS {
-            let resp = self.once(&method, &url, &headers).await?;
+            let mut resp = self.once(client, &method, &url, &headers).await?;
+            resp.in_flight = in_flight.clone();
             let status = resp.status();
             if !matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
                 return Ok(resp);
@@ -191,6 +247,7 @@ impl Http {
 
     async fn once(
         &self,
+        client: &Client<Connector, Empty<Bytes>>,
         method: &Method,
         url: &url::Url,
         headers: &HeaderMap,
@@ -206,14 +263,14 @@ impl Http {
         let h = req.headers_mut();
         h.insert(USER_AGENT, self.user_agent.clone());
         h.entry(ACCEPT).or_insert(HeaderValue::from_static("*/*"));
-        let inner = self
-            .client
+        let inner = client
             .request(req)
             .await
             .map_err(|e| self.timeouts.classify(e))?;
         Ok(Response {
             inner,
             timeouts: self.timeouts,
+            in_flight: None,
         })
     }
 }
