@@ -5,6 +5,8 @@
 //! to stop. On shutdown it stops accepting, lets in-flight requests finish
 //! for a grace period, then returns.
 
+mod coalesce;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,8 +188,14 @@ async fn accept_loop(
                         .1
                         .server_name()
                         .map(str::to_ascii_lowercase);
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let info = ConnInfo { sni, ..base };
-                    serve_conn(stream, info, registry, &builder, &graceful, slot);
+                    if h2 {
+                        let stream = coalesce::Coalesce::new(stream);
+                        serve_conn(stream, info, registry, &builder, &graceful, slot);
+                    } else {
+                        serve_conn(stream, info, registry, &builder, &graceful, slot);
+                    }
                 });
             }
         }

@@ -33,7 +33,12 @@ fn tls_client(ca_pem: &[u8], resolve: &[(&str, SocketAddr)]) -> reqwest::Client 
 async fn sni_picks_the_upstream_and_unknown_names_get_no_certificate() {
     let hub = FakeUpstream::start(Options::default()).await;
     let ghcr = FakeUpstream::start(Options::default()).await;
-    let (h, g) = (docker_image(50, &[100]), oci_image(51, &[100]));
+    // Three layers of 1 to 3 MiB: streamed at once on one HTTP/2
+    // connection below (the mirror coalesces its h2 writes).
+    let (h, g) = (
+        docker_image(50, &[1 << 20, 2 << 20, 3 << 20]),
+        oci_image(51, &[100]),
+    );
     hub.add_image("org/app", "1", &h);
     ghcr.add_image("org/app", "1", &g);
     let dir = tempfile::tempdir().unwrap();
@@ -80,6 +85,27 @@ async fn sni_picks_the_upstream_and_unknown_names_get_no_certificate() {
         assert_eq!(r.status(), 200, "{host}");
         assert_eq!(r.version(), reqwest::Version::HTTP_2, "h2 by ALPN");
         assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes, "{host}");
+    }
+    // Several blobs at once, multiplexed on the client's one connection.
+    let gets = h.layers.iter().map(|l| {
+        let c = c.clone();
+        async move {
+            let r = c
+                .get(format!(
+                    "https://docker.mirror.test:{port}/v2/org/app/blobs/{}",
+                    l.digest
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.version(), reqwest::Version::HTTP_2);
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap()
+        }
+    });
+    let bodies = futures_util::future::join_all(gets).await;
+    for (l, b) in h.layers.iter().zip(&bodies) {
+        assert_eq!(b, &l.bytes, "{}", l.digest);
     }
     // The mirror's own name: default upstream, or ?ns= / prefix.
     let r = c
