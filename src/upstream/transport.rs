@@ -498,6 +498,109 @@ impl Connection for TimedIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP/1.1 server on loopback: `/hop/N` redirects to `/hop/N+1`,
+    /// anything else answers `hello`.
+    async fn hops() -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let resp = match path.strip_prefix("/hop/") {
+                        Some(k) => format!(
+                            "HTTP/1.1 307 Temporary Redirect\r\nlocation: /hop/{}\r\n\
+                             content-length: 0\r\nconnection: close\r\n\r\n",
+                            k.parse::<u32>().unwrap() + 1
+                        ),
+                        None => "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\
+                                 connection: close\r\n\r\nhello"
+                            .to_owned(),
+                    };
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn client(addr: std::net::SocketAddr) -> Http {
+        let text = format!(
+            "[[listener]]\naddr = \"127.0.0.1:5000\"\n[[upstream]]\nname = \"x\"\n\
+             url = \"http://{addr}\"\ndefault = true\n"
+        );
+        let cfg = crate::config::Config::from_toml(&text, std::path::Path::new("/")).unwrap();
+        let up = &cfg.upstreams[0];
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(5),
+        };
+        Http::new(up, tls, timeouts).unwrap()
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_five_hops_and_no_more() {
+        let addr = hops().await;
+        let http = client(addr);
+        let url = |p: &str| url::Url::parse(&format!("http://{addr}{p}")).unwrap();
+        // /hop/1 .. /hop/5: five redirects, then a 307 with no hop left.
+        let e = http
+            .send(Method::GET, url("/hop/0"), HeaderMap::new(), Load::Small)
+            .await
+            .err()
+            .expect("a sixth redirect is refused");
+        assert!(
+            crate::error_chain(&e).contains("more than 5 redirects"),
+            "{}",
+            crate::error_chain(&e)
+        );
+        let r = http
+            .send(Method::GET, url("/ok"), HeaderMap::new(), Load::Small)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_blob_download_counts_until_its_body_is_dropped() {
+        let addr = hops().await;
+        let http = client(addr);
+        let url = url::Url::parse(&format!("http://{addr}/blob")).unwrap();
+        let count = || http.bulk.load(std::sync::atomic::Ordering::Relaxed);
+        let r = http
+            .send(Method::GET, url.clone(), HeaderMap::new(), Load::Bulk)
+            .await
+            .unwrap();
+        assert_eq!(count(), 1);
+        let mut body = r.into_stream();
+        assert_eq!(count(), 1, "the body carries the count");
+        let mut got = Vec::new();
+        while let Some(c) = body.next().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(got, b"hello");
+        drop(body);
+        assert_eq!(count(), 0);
+        // Metadata is not counted.
+        let r = http
+            .send(Method::GET, url, HeaderMap::new(), Load::Small)
+            .await
+            .unwrap();
+        assert_eq!(count(), 0);
+        drop(r);
+    }
 
     #[test]
     fn timeouts_are_found_in_the_cause_chain() {
