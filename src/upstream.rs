@@ -7,7 +7,7 @@
 //! out already authorized.
 //!
 //! Redirects (blob GETs answered with 307/302 to a CDN) are followed by the
-//! transport ([`transport`]), which drops `Authorization` whenever scheme, host
+//! transport (`upstream/transport.rs`), which drops `Authorization` whenever scheme, host
 //! or port change; a test proves it against a CDN stand-in that rejects such
 //! requests. Redirects are never cached: signed CDN URLs expire.
 //!
