@@ -26,8 +26,13 @@ Measurements: cold and warm `skopeo copy docker://... dir:` pulls (HTTPS) next
 to a direct pull from the upstream; one cold GET and 8 concurrent cold GETs
 of one big blob (upstream GETs counted in the upstream's access log); manifest
 HEAD (hey) and GET (wrk) by tag and by digest; cached blob GET throughput
-(curl) over HTTPS and plain HTTP; upstream token fetches per scope; peak and
-idle RSS from /proc/PID/status; upstream bytes per image byte.
+(curl) over HTTPS and plain HTTP; four cached blobs at once (curl -Z) over one
+HTTP/2 connection and over four HTTP/1.1 connections; upstream token fetches
+per scope; peak and idle RSS from /proc/PID/status; upstream bytes per image
+byte; last, bursts of N clients each GETting its own cold blob (placed
+straight into the upstream's storage), with peak RSS (VmHWM reset through
+/proc/PID/clear_refs), RSS 10 s after, every body hashed by the client and
+upstream 2xx GETs per blob.
 """
 
 import argparse

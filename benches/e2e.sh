@@ -2,7 +2,8 @@
 # End-to-end benchmark of mirrorgate against its peers, all on loopback, in
 # one run (Debian 12, as root):
 #
-#   bash benches/e2e.sh            # full run: 200 MiB blobs, 3 rounds of 5 s load runs (~8 min)
+#   bash benches/e2e.sh            # full run: 200 MiB blobs, 3 rounds of 5 s load runs,
+#                                  # bursts of 100 and 500 cold 8 MiB blobs (~12 min, ~25 GB of disk)
 #   bash benches/e2e.sh --quick    # CI-sized: 16 MiB blobs, 1 round of 2 s load runs (~1 min)
 #   bash benches/e2e.sh --help     # every option of benches/e2e.py
 #
