@@ -121,7 +121,7 @@ pub struct ServerConfig {
 }
 
 /// Default `[server] fill_memory`.
-pub const DEFAULT_FILL_MEMORY: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_FILL_MEMORY: u64 = 8 * 1024 * 1024;
 
 /// `[tls]`
 #[derive(Debug, Clone)]
