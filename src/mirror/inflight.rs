@@ -144,7 +144,7 @@ impl FillWriter {
     /// Whether the fills' shared memory is spent (the download should then
     /// keep little in flight to the disk, too).
     pub(crate) fn memory_spent(&self) -> bool {
-        self.fill.lock_window().budget.spent()
+        self.fills.budget.spent()
     }
 
     /// Bytes up to `n` are in the spool.

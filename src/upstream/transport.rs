@@ -109,7 +109,7 @@ impl Drop for InFlight {
 pub(crate) struct Response {
     inner: http::Response<Incoming>,
     timeouts: Timeouts,
-    in_flight: Option<Arc<InFlight>>,
+    in_flight: Option<InFlight>,
 }
 
 impl Response {
@@ -192,15 +192,14 @@ impl Http {
         &self,
         method: Method,
         url: url::Url,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         load: Load,
     ) -> Result<Response, Error> {
-        let (mut method, mut url) = (method, url);
         let (client, in_flight) = match load {
             Load::Small => (&self.client, None),
             Load::Bulk => {
                 let before = self.bulk.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let counted = Arc::new(InFlight(self.bulk.clone()));
+                let counted = InFlight(self.bulk.clone());
                 let pool = if before < CROWD {
                     &self.client
                 } else {
@@ -209,9 +208,21 @@ impl Http {
                 (pool, Some(counted))
             }
         };
+        let mut resp = self.follow(client, method, url, headers).await?;
+        resp.in_flight = in_flight;
+        Ok(resp)
+    }
+
+    /// Sends the request on `client`, following redirects.
+    async fn follow(
+        &self,
+        client: &Client<Connector, Empty<Bytes>>,
+        mut method: Method,
+        mut url: url::Url,
+        mut headers: HeaderMap,
+    ) -> Result<Response, Error> {
         for hop in 0..=MAX_REDIRECTS {
-            let mut resp = self.once(client, &method, &url, &headers).await?;
-            resp.in_flight = in_flight.clone();
+            let resp = self.once(client, &method, &url, &headers).await?;
             let status = resp.status();
             if !matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
                 return Ok(resp);

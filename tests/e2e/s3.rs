@@ -51,6 +51,17 @@ fn blob_key(prefix: &str, digest: &str) -> ObjectPath {
     ))
 }
 
+/// The blob's object in the bucket, read past the mirror.
+async fn stored(weed: &Weed, prefix: &str, digest: &str) -> bytes::Bytes {
+    raw(weed)
+        .get(&blob_key(prefix, digest))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 /// The contract's S3 fixture: every open is a new machine (an empty read
 /// tier) on the same prefix.
 struct BucketFixture {
@@ -183,15 +194,8 @@ async fn a_fresh_mirror_on_the_bucket_serves_without_upstream_blob_gets() {
     a.settle().await;
     assert_eq!(up.count("GET", "/blobs/"), 3, "each blob fetched once");
     // In the bucket, byte for byte.
-    let s3c = raw(weed);
     for b in std::iter::once(&img.config).chain(&img.layers) {
-        let got = s3c
-            .get(&blob_key(&prefix, &b.digest))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let got = stored(weed, &prefix, &b.digest).await;
         assert!(got == b.bytes, "object {}", b.digest);
     }
     assert!(
@@ -369,12 +373,10 @@ async fn with_s3_down_the_read_tier_serves_and_cold_blobs_pass_through() {
     weed.restart();
     assert_eq!(get_ok(&c, &blob(2)).await, img.layers[2].bytes);
     gw.settle().await;
-    let s3c = raw(&weed);
-    let stored = s3c
-        .get(&blob_key(&prefix, &img.layers[2].digest))
-        .await
-        .unwrap();
-    assert_eq!(stored.bytes().await.unwrap(), img.layers[2].bytes);
+    assert_eq!(
+        stored(&weed, &prefix, &img.layers[2].digest).await,
+        img.layers[2].bytes
+    );
     gw.stop().await;
 }
 
@@ -737,13 +739,7 @@ async fn a_stalled_s3_write_never_holds_up_clients() {
     proxy.release.send_replace(true);
     gw.settle().await;
     for b in &img.layers {
-        let got = raw(weed)
-            .get(&blob_key(&prefix, &b.digest))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let got = stored(weed, &prefix, &b.digest).await;
         assert!(got == b.bytes, "object {}", b.digest);
     }
     gw.stop().await;
