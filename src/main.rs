@@ -2,6 +2,13 @@
 
 use clap::Parser;
 
+/// jemalloc rather than glibc's malloc: after a burst of cold fills it
+/// hands the freed pages back to the kernel (a background thread purges
+/// pages unused for a second, `.cargo/config.toml`), where glibc kept the
+/// burst's peak for good.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = mirrorgate::cli::Cli::parse();
     mirrorgate::telemetry::init();
