@@ -120,6 +120,22 @@ impl App {
                 pinned: l.upstream.clone(),
                 tls,
                 allow: l.allow.clone().into(),
+                internal: false,
+            });
+        }
+        if let Some(c) = &self.config.cluster {
+            let tcp = tokio::net::TcpListener::bind(c.listen)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: c.listen,
+                    source,
+                })?;
+            out.push(Listener {
+                tcp,
+                pinned: None,
+                tls: None,
+                allow: Vec::new().into(),
+                internal: true,
             });
         }
         Ok(out)
@@ -155,6 +171,15 @@ impl App {
                 downloads = left,
                 "grace period over; abandoning unfinished blob downloads (nothing partial is kept)"
             );
+        }
+        if let Some(c) = self.mirror.cluster() {
+            let n = c.release_all().await;
+            if n > 0 {
+                tracing::info!(
+                    leases = n,
+                    "released the leases of unfinished fills: other replicas take them over"
+                );
+            }
         }
         for task in verifier.into_iter().chain(maintenance) {
             task.abort();

@@ -73,7 +73,33 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Upstreams, in file order. Names are unique.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[cluster]`: replicas sharing one bucket, when configured.
+    pub cluster: Option<ClusterConfig>,
 }
+
+/// `[cluster]`: this replica's part in a fleet of replicas that share one
+/// S3 bucket and fetch each cold object upstream once for all of them.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How other replicas reach this one's internal endpoint.
+    pub advertise: url::Url,
+    /// Where the internal endpoint listens (never a client listener).
+    pub listen: SocketAddr,
+    /// Signs and checks replica-to-replica requests.
+    pub secret: Secret,
+    /// How long a fill's lease lives without a renewal before another
+    /// replica may take the fill over (renewed every third of it).
+    pub lease_ttl: Duration,
+    /// Longest wait to connect to another replica.
+    pub peer_connect_timeout: Duration,
+}
+
+/// Default `[cluster] lease_ttl`.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(6);
+/// Default `[cluster] peer_connect_timeout`.
+pub const DEFAULT_PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Shortest `[cluster] secret` accepted, in bytes.
+pub const MIN_CLUSTER_SECRET: usize = 16;
 
 /// `[cache]`
 #[derive(Debug, Clone)]
@@ -118,6 +144,9 @@ pub struct ServerConfig {
     /// Memory that the in-flight downloads together keep for their readers
     /// (beyond it, readers read what is already on disk from the spool).
     pub fill_memory: u64,
+    /// At shutdown, how long `GET /readyz` answers 503 while the listeners
+    /// still accept clients, before they stop (`None`: stop at once).
+    pub drain_delay: Option<Duration>,
 }
 
 /// Default `[server] fill_memory`.
@@ -796,6 +825,10 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
             0,
             1 << 40,
         )?,
+        drain_delay: match raw.server.drain_delay.as_deref() {
+            None | Some("0" | "0s") => None,
+            Some(s) => Some(duration("server.drain_delay", Some(s), Duration::ZERO)?),
+        },
     };
     let max_size = match raw.storage.max_size.as_deref() {
         None => None,
@@ -812,6 +845,16 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
     let s3 = match raw.storage.s3 {
         None => None,
         Some(raw) => Some(validate_s3(raw, base, secrets)?),
+    };
+    let cluster = match raw.cluster {
+        None => None,
+        Some(_) if s3.is_none() => {
+            return Err(invalid(
+                "cluster",
+                "replicas share their store through S3: set [storage.s3]",
+            ));
+        }
+        Some(c) => Some(validate_cluster(c, base, secrets, &listeners)?),
     };
     Ok(Config {
         storage_root,
@@ -832,6 +875,79 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
         auth,
         listeners,
         upstreams,
+        cluster,
+    })
+}
+
+fn validate_cluster(
+    raw: file::Cluster,
+    base: &Path,
+    secrets: Secrets,
+    listeners: &[ListenerConfig],
+) -> Result<ClusterConfig, Error> {
+    let advertise = raw
+        .advertise
+        .ok_or_else(|| invalid("cluster.advertise", "is required"))?;
+    let advertise = url::Url::parse(&advertise).map_err(|e| {
+        invalid(
+            "cluster.advertise",
+            format!("invalid URL {advertise:?}: {e}"),
+        )
+    })?;
+    if advertise.scheme() != "http"
+        || advertise.host().is_none()
+        || advertise.path() != "/"
+        || advertise.query().is_some()
+        || !advertise.username().is_empty()
+    {
+        return Err(invalid(
+            "cluster.advertise",
+            format!("{advertise} must be http://HOST:PORT (requests are signed, not encrypted)"),
+        ));
+    }
+    let listen = raw
+        .listen
+        .ok_or_else(|| invalid("cluster.listen", "is required"))?;
+    let listen: SocketAddr = listen.parse().map_err(|e| {
+        invalid(
+            "cluster.listen",
+            format!("invalid socket address {listen:?}: {e}"),
+        )
+    })?;
+    if listen.port() != 0 && listeners.iter().any(|l| l.addr.port() == listen.port()) {
+        return Err(invalid(
+            "cluster.listen",
+            format!("port {} is a client listener's", listen.port()),
+        ));
+    }
+    let secret = match raw.secret {
+        None => return Err(invalid("cluster.secret", "is required")),
+        Some(p) => secret("cluster.secret", p, base, secrets)?,
+    };
+    if secrets == Secrets::Read && secret.expose().len() < MIN_CLUSTER_SECRET {
+        return Err(invalid(
+            "cluster.secret",
+            format!("must be at least {MIN_CLUSTER_SECRET} bytes"),
+        ));
+    }
+    let lease_ttl = duration(
+        "cluster.lease_ttl",
+        raw.lease_ttl.as_deref(),
+        DEFAULT_LEASE_TTL,
+    )?;
+    if lease_ttl < Duration::from_secs(1) || lease_ttl > Duration::from_secs(300) {
+        return Err(invalid("cluster.lease_ttl", "must be between 1s and 5m"));
+    }
+    Ok(ClusterConfig {
+        advertise,
+        listen,
+        secret,
+        lease_ttl,
+        peer_connect_timeout: duration(
+            "cluster.peer_connect_timeout",
+            raw.peer_connect_timeout.as_deref(),
+            DEFAULT_PEER_CONNECT_TIMEOUT,
+        )?,
     })
 }
 

@@ -24,6 +24,9 @@
 //! - [`cache`]: the in-memory metadata cache (moka).
 //! - [`upstream`]: one long-lived client per upstream registry: tokens,
 //!   redirects, timeouts (knows nothing of the store or cache).
+//! - [`cluster`]: replicas sharing one bucket: the lease of each fill (in
+//!   the store's bucket), signed requests, the client of other replicas'
+//!   internal endpoints.
 //! - [`mirror`]: the pull-through policy; the only module that combines
 //!   cache, store and upstream. Owns blob download coalescing.
 //! - [`registry`]: the OCI distribution pull API over `mirror`: path parsing,
@@ -56,6 +59,7 @@ pub mod cache;
 pub mod cli;
 pub mod clientconfig;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod mirror;
 pub mod oci;

@@ -17,6 +17,7 @@
 //! turns its results and errors into responses.
 
 pub mod blob;
+mod follow;
 mod inflight;
 mod manifest;
 
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use crate::cache::MetadataCache;
 use crate::clock::SharedClock;
+use crate::cluster::Cluster;
 use crate::config::{Config, UpstreamConfig, UpstreamId};
 use crate::oci::{Digest, RepoName};
 use crate::store::Store;
@@ -151,6 +153,11 @@ pub enum Error {
     /// The request was cache-only and the content is not cached.
     #[error("not cached, and this client may not fetch from upstream")]
     NotCached,
+    /// Another replica took this fill's lease over (this one had stopped
+    /// renewing it, frozen or cut off): the fill is given up, and nothing
+    /// is completed.
+    #[error("another replica took the fill over")]
+    LeaseLost,
     /// No upstream with this id (a routing bug or a config change).
     #[error("no upstream {0}")]
     NoUpstream(UpstreamId),
@@ -267,6 +274,8 @@ pub struct Mirror {
     confirmed: moka::sync::Cache<(Digest, String), ()>,
     /// Decides tag freshness.
     clock: SharedClock,
+    /// The replicas sharing the bucket (`[cluster]`).
+    cluster: Option<Cluster>,
 }
 
 /// How long a response waits for its metadata write (see `Mirror::persist`).
@@ -361,7 +370,13 @@ impl Mirror {
                 }),
             );
         }
+        let cluster = config
+            .cluster
+            .as_ref()
+            .zip(store.leases())
+            .map(|(c, leases)| Cluster::new(c, leases.clone()));
         Ok(Self {
+            cluster,
             upstreams,
             store,
             cache: MetadataCache::new(config.cache.metadata_max_bytes, clock.clone()),
@@ -433,6 +448,11 @@ impl Mirror {
         &self.store
     }
 
+    /// The replicas sharing the bucket, when `[cluster]` is configured.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
     /// Bytes the in-flight downloads hold in memory for their readers.
     pub fn fill_memory(&self) -> usize {
         self.fills.memory()
@@ -477,7 +497,10 @@ impl Mirror {
         if grant.private_repo {
             return Ok(self.store.mark_private(digest, owner).await?);
         }
-        if self.store.private_marks().owned_by(digest, &owner) != Some(false) {
+        // Replicas share the marks through the bucket, and another may have
+        // marked this digest since this one loaded them: read them again.
+        let fresh = self.cluster.is_none() || self.store.private_marks().refresh(digest).await;
+        if fresh && self.store.private_marks().owned_by(digest, &owner) != Some(false) {
             return Ok(());
         }
         let key = (digest.clone(), owner);

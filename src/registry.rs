@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod error;
+mod internal;
 pub mod metrics;
 pub mod path;
 pub mod range;
@@ -52,6 +53,9 @@ pub struct ConnInfo {
     pub sni: Option<String>,
     /// Client networks allowed on this listener (empty: everyone).
     pub allow: Arc<[Cidr]>,
+    /// The cluster's internal endpoint (`[cluster] listen`), not a client
+    /// listener.
+    pub internal: bool,
 }
 
 impl ConnInfo {
@@ -107,6 +111,9 @@ pub struct Registry {
     /// Counters, and whether `/metrics` serves them.
     metrics: Arc<metrics::Metrics>,
     serve_metrics: bool,
+    /// Whether `GET /readyz` says this mirror takes new clients (off once
+    /// shutdown begins, so that a load balancer drains it first).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// The largest page size passed on (`i32::MAX`: every registry parses it).
@@ -194,7 +201,13 @@ impl Registry {
             policy,
             metrics: Arc::default(),
             serve_metrics: true,
+            ready: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Turns `GET /readyz` off (shutdown has begun) or on.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether `GET /metrics` answers (`[server] metrics`).
@@ -329,6 +342,9 @@ impl Registry {
         conn: &ConnInfo,
         log: &mut AccessLog,
     ) -> Result<Response<Body>, ApiError> {
+        if conn.internal {
+            return self.internal(req, log).await;
+        }
         let method = req.method();
         if !conn.allow.is_empty() && !conn.allow.iter().any(|c| c.contains(conn.peer.ip())) {
             return Err(ApiError::denied(format!(
@@ -352,6 +368,24 @@ impl Registry {
             let mut r = response::with_body(StatusCode::OK, body);
             set(&mut r, header::CONTENT_TYPE, "text/plain; version=0.0.4");
             r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+            return Ok(r);
+        }
+        if req.uri().path() == "/readyz" && (method == Method::GET || method == Method::HEAD) {
+            let ready = self.ready.load(std::sync::atomic::Ordering::SeqCst);
+            let (status, text) = if ready {
+                (StatusCode::OK, "ready\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            };
+            let body = if method == Method::HEAD {
+                response::empty()
+            } else {
+                response::full(Bytes::from_static(text.as_bytes()))
+            };
+            let mut r = response::with_body(status, body);
+            set(&mut r, header::CONTENT_TYPE, "text/plain");
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, text.len().into());
             return Ok(r);
         }
         if req.uri().path() == "/ca.crt"

@@ -35,6 +35,8 @@ pub struct Listener {
     pub tls: Option<TlsListener>,
     /// Client networks allowed (empty: everyone).
     pub allow: Arc<[crate::access::Cidr]>,
+    /// The cluster's internal endpoint (replicas only, signed requests).
+    pub internal: bool,
 }
 
 /// How a TLS listener accepts connections.
@@ -79,6 +81,13 @@ pub async fn serve(
         )));
     }
     shutdown.await;
+    // Readiness first: a load balancer stops sending new clients while
+    // this mirror still accepts them, for `drain_delay`.
+    registry.set_ready(false);
+    if let Some(d) = limits.drain_delay {
+        tracing::info!(delay = ?d, "shutting down: not ready; still accepting for the drain delay");
+        tokio::time::sleep(d).await;
+    }
     tracing::info!("shutting down: no new connections");
     let _ = stop_tx.send(true);
     for l in loops {
@@ -161,6 +170,7 @@ async fn accept_loop(
             tls: l.tls.is_some(),
             sni: None,
             allow: l.allow.clone(),
+            internal: l.internal,
         };
         let (registry, builder, graceful) = (registry.clone(), builder.clone(), graceful.clone());
         match l.tls.clone() {

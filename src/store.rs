@@ -145,6 +145,12 @@ pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
         scope: Scope,
     ) -> BoxFuture<'a, Result<BlobWriter, Error>>;
 
+    /// How a write of `digest` made for [`Scope::ReadTier`] becomes
+    /// durable instead (`None`: every write of this backend is).
+    fn durable_publish(&self, _digest: &Digest) -> Option<Durable> {
+        None
+    }
+
     /// Deletes a stored blob (absent: nothing to do).
     fn delete<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<(), Error>>;
 
@@ -172,6 +178,11 @@ pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
     /// or the read tier in front of a remote one).
     fn local(&self) -> Option<&LocalBlobs>;
 }
+
+/// The durable publish step of a backend (see
+/// [`Backend::durable_publish`]).
+#[derive(Debug)]
+pub struct Durable(Box<dyn writer::Publish>);
 
 /// What a verification pass found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -204,6 +215,8 @@ pub struct Store {
     blobs: Arc<dyn Backend>,
     records: Arc<dyn Records>,
     private: Arc<PrivateMarks>,
+    /// The bucket's lease objects, with the S3 backend.
+    leases: Option<s3::Leases>,
 }
 
 impl Store {
@@ -245,8 +258,10 @@ impl Store {
             source: Box::new(e),
         })?;
         let blobs = s3::S3Blobs::new(bucket.clone(), tier, c);
-        let records = Arc::new(s3::S3Records::new(bucket));
-        Self::from_parts(Arc::new(blobs), records, None).await
+        let records = Arc::new(s3::S3Records::new(bucket.clone()));
+        let mut store = Self::from_parts(Arc::new(blobs), records, None).await?;
+        store.leases = Some(s3::Leases::new(bucket));
+        Ok(store)
     }
 
     /// The local store at `root` for a tool that may run beside a server
@@ -275,7 +290,23 @@ impl Store {
             blobs,
             records,
             private,
+            leases: None,
         })
+    }
+
+    /// The lease objects of the shared bucket, for replicas that coordinate
+    /// their fills (`None` without S3).
+    pub fn leases(&self) -> Option<&s3::Leases> {
+        self.leases.as_ref()
+    }
+
+    /// Makes a write that was started for the read tier only durable (for
+    /// a replica that took over another's fill): the backend uploads it at
+    /// the commit, from its first byte.
+    pub fn make_durable(&self, writer: &mut BlobWriter) {
+        if let Some(Durable(p)) = self.blobs.durable_publish(writer.digest()) {
+            writer.republish(p);
+        }
     }
 
     /// The blob backend.
@@ -400,9 +431,40 @@ impl Store {
         self.record(&keys::tag(key)).await
     }
 
-    /// Saves a tag record atomically.
-    pub async fn put_tag(&self, key: &TagKey, rec: &TagRecord) -> Result<(), Error> {
-        self.put_record(&keys::tag(key), rec).await
+    /// Saves a tag record atomically, unless the stored one was confirmed
+    /// more recently (by another replica on the same bucket, or by a write
+    /// that overtook this one): a tag never goes back to an older
+    /// confirmation. Returns the record that is stored now.
+    pub async fn put_tag(&self, key: &TagKey, rec: &TagRecord) -> Result<TagRecord, Error> {
+        let key = keys::tag(key);
+        let bytes = Bytes::from(serde_json::to_vec(rec).map_err(|e| Error::Io {
+            op: "serialize",
+            path: PathBuf::from(key.as_str()),
+            source: io::Error::other(e),
+        })?);
+        // A few rounds: each lost one means another writer just wrote.
+        for _ in 0..5 {
+            let current = self.records.get_versioned(&key).await?;
+            let version = match &current {
+                Some((v, b)) => {
+                    if let Ok(cur) = serde_json::from_slice::<TagRecord>(b)
+                        && cur.checked_at_ms > rec.checked_at_ms
+                    {
+                        return Ok(cur);
+                    }
+                    v.as_deref()
+                }
+                None => None,
+            };
+            if self.records.put_if(&key, bytes.clone(), version).await? {
+                return Ok(rec.clone());
+            }
+        }
+        Err(Error::Backend {
+            op: "write tag record",
+            at: key.to_string(),
+            source: "other writers kept replacing it".into(),
+        })
     }
 
     /// Forgets a tag (it was deleted upstream).

@@ -478,6 +478,66 @@ impl UpstreamClient {
         })
     }
 
+    /// [`get_blob`](Self::get_blob) from byte `from` on (`Range: bytes=<from>-`,
+    /// to resume a download another replica began): `size` is still the
+    /// whole blob's, and `body` starts at `from`. An upstream that ignores
+    /// the range and sends the whole blob has its first `from` bytes
+    /// skipped here.
+    pub async fn get_blob_from(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<BlobStream, Error> {
+        if from == 0 {
+            return self.get_blob(repo, digest).await;
+        }
+        let url = self.url(repo, &format!("blobs/{digest}"))?;
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-")) {
+            h.insert(http::header::RANGE, v);
+        }
+        let resp = self.send_ok(Method::GET, url, repo, h, Load::Bulk).await?;
+        if resp.status() == StatusCode::PARTIAL_CONTENT {
+            // `Content-Range: bytes <from>-<last>/<size>`
+            let total = header_str(resp.headers(), http::header::CONTENT_RANGE)
+                .and_then(|v| v.rsplit_once('/'))
+                .and_then(|(range, total)| {
+                    let first = range.trim().strip_prefix("bytes ")?.split_once('-')?.0;
+                    (first.trim().parse::<u64>().ok()? == from).then_some(())?;
+                    total.trim().parse().ok()
+                });
+            let Some(total) = total else {
+                return Err(Error::Protocol(
+                    "a ranged blob GET answered 206 without a Content-Range for the range asked"
+                        .into(),
+                ));
+            };
+            return Ok(BlobStream {
+                size: Some(total),
+                body: resp.into_stream(),
+            });
+        }
+        let size = header_len(resp.headers());
+        let mut skip = from;
+        let body = resp
+            .into_stream()
+            .filter_map(move |r| {
+                let out = match r {
+                    Ok(mut b) if skip > 0 => {
+                        let n = skip.min(b.len() as u64);
+                        skip -= n;
+                        let rest = b.split_off(n as usize);
+                        (!rest.is_empty()).then_some(Ok(rest))
+                    }
+                    other => Some(other),
+                };
+                std::future::ready(out)
+            })
+            .boxed();
+        Ok(BlobStream { size, body })
+    }
+
     /// `GET /v2/<repo>/tags/list` with the client's `n`/`last`.
     pub async fn get_tags(
         &self,

@@ -24,6 +24,7 @@ pub(crate) struct File {
     pub(crate) listeners: Vec<Listener>,
     #[serde(default, rename = "upstream")]
     pub(crate) upstreams: Vec<Upstream>,
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// `[storage]`
@@ -61,6 +62,17 @@ pub(crate) struct S3 {
     pub(crate) breaker_backoff: Option<String>,
 }
 
+/// `[cluster]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Cluster {
+    pub(crate) advertise: Option<String>,
+    pub(crate) listen: Option<String>,
+    pub(crate) secret: Option<Password>,
+    pub(crate) lease_ttl: Option<String>,
+    pub(crate) peer_connect_timeout: Option<String>,
+}
+
 /// `[cache]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +100,7 @@ pub(crate) struct Server {
     pub(crate) max_header_size: Option<String>,
     pub(crate) metrics: Option<bool>,
     pub(crate) fill_memory: Option<String>,
+    pub(crate) drain_delay: Option<String>,
 }
 
 /// `[tls]`

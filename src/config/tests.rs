@@ -166,7 +166,7 @@ fn example_s3_table_is_valid() {
     let mut inside = false;
     let mut out = String::new();
     for line in text.lines() {
-        if line == "#[storage.s3]" {
+        if line == "#[storage.s3]" || line == "#[cluster]" {
             inside = true;
         } else if line.is_empty() {
             inside = false;
@@ -179,7 +179,11 @@ fn example_s3_table_is_valid() {
     let out = out
         .replace("{ env = \"HUB_TOKEN\" }", "\"example\"")
         .replace("{ env = \"AWS_ACCESS_KEY_ID\" }", "\"id\"")
-        .replace("{ env = \"AWS_SECRET_ACCESS_KEY\" }", "\"key\"");
+        .replace("{ env = \"AWS_SECRET_ACCESS_KEY\" }", "\"key\"")
+        .replace(
+            "{ env = \"MIRRORGATE_CLUSTER_SECRET\" }",
+            "\"a-cluster-secret-of-32-bytes-long\"",
+        );
     let dir = tempfile::tempdir().unwrap();
     let pem = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/extra-roots.pem");
     std::fs::copy(&pem, dir.path().join("extra-roots.pem")).unwrap();
@@ -191,6 +195,65 @@ fn example_s3_table_is_valid() {
     assert_eq!(s3.redirect_ttl, Duration::from_secs(20 * 60));
     assert_eq!(s3.part_size, 8 << 20);
     assert!(s3.ca_pem.is_some() && s3.credentials.is_some() && s3.allow_http);
+    let cluster = c.cluster.expect("the cluster table is read");
+    assert_eq!(cluster.advertise.as_str(), "http://10.0.0.5:5480/");
+    assert_eq!(cluster.lease_ttl, Duration::from_secs(6));
+}
+
+#[test]
+fn cluster_table_mistakes_name_their_key() {
+    let s3 = "[storage.s3]\nbucket = \"b-1\"\n";
+    let ok = "listen = \"127.0.0.1:5480\"\nadvertise = \"http://127.0.0.1:5480\"\n\
+              secret = \"sixteen-bytes-or-more\"\n";
+    let cases = [
+        (
+            s3,
+            "listen = \"127.0.0.1:5480\"\nsecret = \"sixteen-bytes-or-more\"\n",
+            "cluster.advertise",
+        ),
+        (
+            s3,
+            "advertise = \"http://127.0.0.1:5480\"\nsecret = \"sixteen-bytes-or-more\"\n",
+            "cluster.listen",
+        ),
+        (
+            s3,
+            "listen = \"127.0.0.1:5480\"\nadvertise = \"http://127.0.0.1:5480\"\n",
+            "cluster.secret",
+        ),
+        (
+            s3,
+            "listen = \"127.0.0.1:5480\"\nadvertise = \"http://127.0.0.1:5480\"\nsecret = \"short\"\n",
+            "cluster.secret",
+        ),
+        (
+            s3,
+            "listen = \"127.0.0.1:5480\"\nadvertise = \"https://h:1/x\"\nsecret = \"sixteen-bytes-or-more\"\n",
+            "cluster.advertise",
+        ),
+        (
+            s3,
+            "listen = \"127.0.0.1:5000\"\nadvertise = \"http://127.0.0.1:5000\"\nsecret = \"sixteen-bytes-or-more\"\n",
+            "cluster.listen",
+        ),
+        ("", ok, "storage.s3"),
+    ];
+    for (storage, cluster, key) in cases {
+        let text = format!(
+            "{storage}[[listener]]\naddr = \"127.0.0.1:5000\"\n[cluster]\n{cluster}\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\ndefault = true\n"
+        );
+        let e = Config::from_toml(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{cluster}: {e}");
+    }
+    let text = format!(
+        "{s3}[[listener]]\naddr = \"127.0.0.1:5000\"\n[cluster]\n{ok}lease_ttl = \"2s\"\n\
+         [[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\ndefault = true\n"
+    );
+    let c = Config::from_toml(&text, Path::new("/")).unwrap();
+    assert_eq!(c.cluster.unwrap().lease_ttl, Duration::from_secs(2));
 }
 
 #[test]

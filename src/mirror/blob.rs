@@ -19,8 +19,10 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
+use super::follow::{Follow, Role};
 use super::inflight::{Fill, FillWriter, Joined, Stored};
 use super::{CacheStatus, Error, Fetch, Grant, Mirror, Upstream};
+use crate::cluster::Cluster;
 use crate::config::UpstreamId;
 use crate::oci::{Digest, Digester, RepoName};
 use crate::store::{self, BlobReader, InUseGuard, Scope, Store};
@@ -135,6 +137,44 @@ impl Mirror {
         })
     }
 
+    /// A blob for another replica of the cluster (its internal endpoint):
+    /// the download of it running here, or the stored copy. Never starts a
+    /// download: the asking replica follows this one's lease. `repo` is the
+    /// upstream's name of the repository, and `grant` the one the asking
+    /// replica's client got: the private-content rules apply as they would
+    /// to that client, without fetching from upstream.
+    pub async fn peer_blob(
+        &self,
+        id: &UpstreamId,
+        repo: &RepoName,
+        digest: &Digest,
+        grant: Grant,
+    ) -> Result<BlobBody, Error> {
+        let up = self.upstream(id)?;
+        let grant = Grant {
+            fetch: Fetch::CacheOnly,
+            ..grant
+        };
+        self.guard_private(up, repo, digest, grant, false).await?;
+        if let Some(fill) = self.fills.get(digest) {
+            let guard = self.store.hold(digest);
+            let size = fill.ready().await?;
+            return Ok(BlobBody {
+                size,
+                status: CacheStatus::Coalesced,
+                source: Source::Fill(fill, guard),
+            });
+        }
+        match self.store.open(digest).await? {
+            Some(reader) => Ok(BlobBody {
+                size: Some(reader.len()),
+                status: CacheStatus::Hit,
+                source: Source::Stored(reader),
+            }),
+            None => Err(Error::NotCached),
+        }
+    }
+
     /// Opens a blob: from the store, or by starting or joining its download.
     /// Returns once the bytes can start flowing (or upstream refused).
     pub async fn blob(
@@ -194,6 +234,8 @@ impl Mirror {
                             store: self.store.clone(),
                             copying: stored_remotely,
                             from_store,
+                            cluster: self.cluster.clone().map(|c| (c, grant)),
+                            role: Arc::default(),
                         };
                         tokio::spawn(task.run());
                         let status = if stored_remotely {
@@ -229,6 +271,11 @@ struct FillTask {
     from_store: Option<BlobReader>,
     /// Whether the source is the store (set from `from_store` at the start).
     copying: bool,
+    /// The replicas this one shares the bucket with, and the grant of the
+    /// request that started the fill (sent along to a lease holder).
+    cluster: Option<(Cluster, Grant)>,
+    /// Whether this replica holds the fill's lease.
+    role: Arc<Role>,
 }
 
 impl FillTask {
@@ -236,6 +283,9 @@ impl FillTask {
         // If this task panics or is dropped mid-way, the writer's drop fails
         // the fill, so readers never hang.
         let result = self.download().await;
+        // The blob is in the bucket (or the fill failed): other replicas
+        // may go on without this one.
+        self.role.release().await;
         match &result {
             Ok(Stored::Cached(size)) => {
                 tracing::debug!(upstream = %self.up.config.id, digest = %self.digest, bytes = size, "blob cached");
@@ -270,6 +320,22 @@ impl FillTask {
     /// pool while the next one arrives.
     async fn download(&mut self) -> Result<Stored, Error> {
         let (size, mut body, scope) = match self.from_store.take() {
+            None if self.cluster.is_some() => {
+                let Some((cluster, grant)) = self.cluster.clone() else {
+                    return Err(Error::Interrupted);
+                };
+                Follow::new(
+                    cluster,
+                    self.up.clone(),
+                    self.repo.clone(),
+                    self.digest.clone(),
+                    self.store.clone(),
+                    grant,
+                    self.role.clone(),
+                )
+                .open()
+                .await?
+            }
             None => {
                 let resp = self
                     .up
@@ -332,22 +398,29 @@ impl FillTask {
             received += n as u64;
             self.writer.publish(&batch, received);
             sink = match self.settle(sink, &mut on_disk).await? {
-                Ready::Disk(mut w) => Sink::Writing(tokio::task::spawn_blocking(move || {
-                    for (i, c) in batch.iter().enumerate() {
-                        if let Err(e) = w.write(c) {
-                            return Written {
-                                writer: w,
-                                batch,
-                                failed: Some((i, e)),
-                            };
+                Ready::Disk(mut w) => {
+                    if self.role.take_promotion() {
+                        // This replica took the fill over: it uploads the
+                        // blob, from its first byte.
+                        self.store.make_durable(&mut w);
+                    }
+                    Sink::Writing(tokio::task::spawn_blocking(move || {
+                        for (i, c) in batch.iter().enumerate() {
+                            if let Err(e) = w.write(c) {
+                                return Written {
+                                    writer: w,
+                                    batch,
+                                    failed: Some((i, e)),
+                                };
+                            }
                         }
-                    }
-                    Written {
-                        writer: w,
-                        batch,
-                        failed: None,
-                    }
-                })),
+                        Written {
+                            writer: w,
+                            batch,
+                            failed: None,
+                        }
+                    }))
+                }
                 Ready::Memory(mut h) => {
                     batch.iter().for_each(|c| h.update(c));
                     Sink::Memory(h)
@@ -356,6 +429,9 @@ impl FillTask {
         }
         match self.settle(sink, &mut on_disk).await? {
             Ready::Disk(mut w) => {
+                if self.role.take_promotion() {
+                    self.store.make_durable(&mut w);
+                }
                 let n = match w.verify(size) {
                     Ok(n) => n,
                     Err(e) => {

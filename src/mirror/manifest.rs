@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{CacheStatus, Error, Fetch, Grant, Mirror, Upstream};
 use crate::cache::{Key, ManifestEntry, TagEntry, Value};
+use crate::cluster::{Claim, Held};
 use crate::config::UpstreamId;
 use crate::oci::{AcceptClass, Digest, MediaType, Reference, RepoName, Tag};
 use crate::tag::{TagKey, TagRecord, epoch_ms as tags_epoch_ms};
@@ -152,6 +153,15 @@ impl Mirror {
             if let Some((bytes, rec)) = self.store.manifest(digest).await? {
                 return Ok(manifest_value(bytes, MediaType::new(&rec.media_type)));
             }
+            // In a cluster, one replica fetches it; the others read it from
+            // the bucket once it is there.
+            let found = || async { self.store.manifest(digest).await.ok().flatten() };
+            let _turn = match self.coordinate(&format!("manifest\n{digest}"), found).await {
+                Coordinated::Found((bytes, rec)) => {
+                    return Ok(manifest_value(bytes, MediaType::new(&rec.media_type)));
+                }
+                Coordinated::Ours(held) => held,
+            };
             // Ask with every modern type: by digest there is only one answer.
             let m = up
                 .client
@@ -228,6 +238,29 @@ impl Mirror {
         {
             return Ok(entry(rec.clone(), false));
         }
+        // In a cluster, one replica asks upstream about a tag per TTL; the
+        // others take the record it writes to the bucket. The lease is
+        // released when this load ends (dropped: in the background).
+        let lease = format!(
+            "tag\n{}\n{}\n{}\n{}",
+            key.upstream,
+            key.repo,
+            key.tag.as_str(),
+            key.class.key()
+        );
+        let newer = |r: &TagRecord| {
+            disk.as_ref()
+                .is_none_or(|old| r.checked_at_ms > old.checked_at_ms)
+        };
+        let _turn = match self
+            .coordinate(&lease, || async {
+                self.store.tag(key).await.ok().flatten().filter(newer)
+            })
+            .await
+        {
+            Coordinated::Found(rec) => return Ok(entry(rec, false)),
+            Coordinated::Ours(held) => held,
+        };
         let reference = Reference::Tag(key.tag.clone());
         let Some(old) = disk else {
             // Never seen: a GET answers in one round trip.
@@ -313,7 +346,7 @@ impl Mirror {
         self.persist(digest.clone(), async move {
             store.put_manifest(&d, bytes, &mt).await?;
             store.mark_repo(&id, &key_owned.repo).await?;
-            let r = store.put_tag(&key_owned, &r).await;
+            let r = store.put_tag(&key_owned, &r).await.map(drop);
             pending.done();
             r
         })
@@ -325,13 +358,68 @@ impl Mirror {
     }
 }
 
+/// Who asks upstream for a piece of metadata, in a cluster.
+enum Coordinated<T> {
+    /// This replica, holding the lease (when there is a cluster to
+    /// coordinate with) until the work is done.
+    Ours(Option<Held>),
+    /// Another replica asked, and its answer is in the bucket.
+    Found(T),
+}
+
 impl Mirror {
+    /// Takes the lease named by `what` (its SHA-256 keys the lease object),
+    /// or, while another replica holds it, waits for that replica's answer
+    /// to show up in the bucket (`found`). A holder that does not deliver
+    /// within a lease's lifetime is taken over (or, if it renewed, asked
+    /// alongside).
+    async fn coordinate<T, F, Fut>(&self, what: &str, found: F) -> Coordinated<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let Some(cluster) = &self.cluster else {
+            return Coordinated::Ours(None);
+        };
+        let id = Digest::sha256_of(what.as_bytes());
+        let holder = match cluster.claim(&id).await {
+            Claim::Won(held) => {
+                // Another replica may have finished just before: its lease
+                // is gone, and its answer is in the bucket.
+                if let Some(v) = found().await {
+                    held.release().await;
+                    return Coordinated::Found(v);
+                }
+                return Coordinated::Ours(Some(held));
+            }
+            Claim::Taken(h) => h,
+            Claim::Alone(e) => {
+                tracing::debug!(error = %crate::error_chain(&e),
+                    "cannot coordinate with other replicas; asking upstream alone");
+                return Coordinated::Ours(None);
+            }
+        };
+        let deadline = tokio::time::Instant::now() + cluster.ttl();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            if let Some(v) = found().await {
+                return Coordinated::Found(v);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return match cluster.take_over(&id, &holder).await {
+                    Claim::Won(held) => Coordinated::Ours(Some(held)),
+                    _ => Coordinated::Ours(None),
+                };
+            }
+        }
+    }
+
     /// Writes a tag record behind the response.
     async fn persist_tag(&self, key: &TagKey, rec: &TagRecord) {
         let (store, key, rec) = (self.store.clone(), key.clone(), rec.clone());
         let pending = self.pend_tag(&key, &rec);
         self.persist(rec.digest.clone(), async move {
-            let r = store.put_tag(&key, &rec).await;
+            let r = store.put_tag(&key, &rec).await.map(drop);
             pending.done();
             r
         })

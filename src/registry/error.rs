@@ -305,6 +305,12 @@ pub fn from_mirror(e: &mirror::Error, subject: Subject) -> ApiError {
                 at.upstream
             ),
         ),
+        M::LeaseLost => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            Origin::Internal,
+            "another replica took this download over; retry",
+        ),
         M::Interrupted => up(
             StatusCode::BAD_GATEWAY,
             Code::Unavailable,

@@ -287,7 +287,16 @@ async fn records(store: &Store, c: &Content) {
         checked_at_ms: 43,
         ..rec
     };
-    store.put_tag(&key, &newer).await.unwrap();
+    assert_eq!(store.put_tag(&key, &newer).await.unwrap(), newer);
+    assert_eq!(store.tag(&key).await.unwrap(), Some(newer.clone()));
+    // A write of an older confirmation (one that was overtaken, or another
+    // replica's) leaves the newer record, and says which one is stored.
+    let older = TagRecord {
+        checked_at_ms: 41,
+        digest: wrong.clone(),
+        ..newer.clone()
+    };
+    assert_eq!(store.put_tag(&key, &older).await.unwrap(), newer);
     assert_eq!(store.tag(&key).await.unwrap(), Some(newer));
     store.mark_repo(&key.upstream, &key.repo).await.unwrap();
     store.mark_repo(&key.upstream, &key.repo).await.unwrap();

@@ -131,6 +131,43 @@ impl PrivateMarks {
         marks
     }
 
+    /// Reads the stored marks of `digest` again, for replicas that share
+    /// the records: another replica may have marked it since this one
+    /// loaded them. A failure leaves the marks as they were (and counts the
+    /// digest as private elsewhere, failing closed).
+    pub async fn refresh(&self, digest: &Digest) -> bool {
+        let Some(prefix) =
+            RecordKey::from_parts(["private", digest.algorithm().as_str(), digest.hex()])
+        else {
+            return false;
+        };
+        match self.records.list(&prefix).await {
+            Ok(keys) => {
+                let owners: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| {
+                        let parts: Vec<&str> = k.components().collect();
+                        (parts.len() >= 5).then(|| parts[3..].join("/"))
+                    })
+                    .collect();
+                if !owners.is_empty() {
+                    self.marks
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .entry(digest.clone())
+                        .or_default()
+                        .extend(owners);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = %crate::error_chain(&e),
+                    "cannot read the private marks of a digest; treating it as private elsewhere");
+                false
+            }
+        }
+    }
+
     /// `None` if `digest` is not private; else whether `owner` is one of the
     /// private repositories it was fetched for.
     pub fn owned_by(&self, digest: &Digest, owner: &str) -> Option<bool> {

@@ -63,6 +63,9 @@ impl std::fmt::Display for RecordKey {
     }
 }
 
+/// A record's version (`None`: the backend has none) and value.
+pub type Versioned = (Option<String>, Bytes);
+
 /// Where a backend keeps metadata records.
 pub trait Records: std::fmt::Debug + Send + Sync + 'static {
     /// The value under `key`, if any.
@@ -74,6 +77,30 @@ pub trait Records: std::fmt::Debug + Send + Sync + 'static {
     fn delete<'a>(&'a self, key: &'a RecordKey) -> BoxFuture<'a, Result<(), Error>>;
     /// Every key under `prefix` (at any depth), sorted.
     fn list<'a>(&'a self, prefix: &'a RecordKey) -> BoxFuture<'a, Result<Vec<RecordKey>, Error>>;
+
+    /// The value under `key` and its version, for a conditional
+    /// [`put_if`](Self::put_if). A backend written by one process only
+    /// (the local store) has no versions.
+    fn get_versioned<'a>(
+        &'a self,
+        key: &'a RecordKey,
+    ) -> BoxFuture<'a, Result<Option<Versioned>, Error>> {
+        Box::pin(async move { Ok(self.get(key).await?.map(|b| (None, b))) })
+    }
+
+    /// Stores `value` if the record is still at `version` (`None`: if it
+    /// is absent), as [`get_versioned`](Self::get_versioned) read it:
+    /// `false` when another writer got there first. Without versions, an
+    /// unconditional [`put`](Self::put).
+    fn put_if<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        value: Bytes,
+        version: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        let _ = version;
+        Box::pin(async move { self.put(key, value).await.map(|()| true) })
+    }
 }
 
 /// Records as files under the local store's root.

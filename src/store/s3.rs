@@ -5,6 +5,8 @@
 //! <bucket>/<prefix>
 //! ├── blobs/sha256/<hex>          verified content (never a body that fails its digest)
 //! ├── manifests/…, repos/…, private/…   records (see `records`)
+//! ├── leases/sha256/<hex>         a fill in progress on one replica (`[cluster]`:
+//! │                               conditional PUTs only, see `Leases`)
 //! ├── uploads/<id>                a multipart upload in progress (its key and id),
 //! │                               renewed while it runs; the sweeper aborts stale ones
 //! └── quarantine/<hex>.<ns>       objects that failed `verify`
@@ -40,8 +42,8 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
-    RetryConfig,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, RetryConfig, UpdateVersion,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -277,6 +279,61 @@ impl Bucket {
             .collect())
     }
 
+    /// A conditional PUT: `Ok(Some(etag))` when it took effect, `Ok(None)`
+    /// when its condition failed (the object exists, for a create; it
+    /// changed or is gone, for an update).
+    async fn put_if(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        mode: PutMode,
+    ) -> Result<Option<String>, S3Error> {
+        let path = self.path(key);
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        let put = self.0.calls.put_opts(&path, PutPayload::from(bytes), opts);
+        match self.call("PUT", &path, put).await {
+            Ok(r) => match r.e_tag {
+                Some(e) => Ok(Some(e)),
+                None => Err(S3Error::Call {
+                    op: "PUT",
+                    at: path.to_string(),
+                    source: object_store::Error::NotSupported {
+                        source: "S3 answered a PUT without an ETag: conditional writes need one"
+                            .into(),
+                    },
+                }),
+            },
+            Err(S3Error::Call {
+                source:
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An object's bytes and ETag (`None`: absent).
+    async fn get_versioned(&self, key: &str) -> Result<Option<(String, Bytes)>, S3Error> {
+        let path = self.path(key);
+        let got = self
+            .call("GET", &path, async {
+                let r = self.0.calls.get(&path).await?;
+                let etag = r.meta.e_tag.clone().unwrap_or_default();
+                Ok((etag, r.bytes().await?))
+            })
+            .await;
+        match got {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Streams `range` of an object (a read timeout, no overall timeout).
     fn stream(&self, key: &str, range: Range<u64>) -> BoxStream<'static, std::io::Result<Bytes>> {
         let (me, path) = (self.clone(), self.path(key));
@@ -292,6 +349,68 @@ impl Bucket {
             Ok::<_, std::io::Error>(r.into_stream().map_err(std::io::Error::other))
         };
         futures_util::stream::once(opened).try_flatten().boxed()
+    }
+}
+
+/// Lease objects: one small object per digest being fetched
+/// (`leases/<alg>/<hex>`), written only with conditional PUTs, so that of
+/// the replicas sharing the bucket exactly one creates it, and exactly one
+/// replaces a given version of it. The bucket is the only shared state:
+/// no member list, no lock server.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    bucket: Bucket,
+}
+
+/// One version of a lease object (its ETag): what a conditional
+/// replacement must name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseVersion(String);
+
+impl Leases {
+    /// The leases in `bucket`.
+    pub fn new(bucket: Bucket) -> Self {
+        Self { bucket }
+    }
+
+    fn key(d: &Digest) -> String {
+        format!("leases/{}/{}", d.algorithm().as_str(), d.hex())
+    }
+
+    /// Creates the lease of `digest` unless one exists: its version when
+    /// this call created it, `None` when another did.
+    pub async fn create(&self, d: &Digest, body: Bytes) -> Result<Option<LeaseVersion>, Error> {
+        let key = Self::key(d);
+        let put = self.bucket.put_if(&key, body, PutMode::Create);
+        Ok(put.await?.map(LeaseVersion))
+    }
+
+    /// Replaces version `v` of the lease of `digest` (renewal, takeover):
+    /// the new version, or `None` when `v` is no longer current.
+    pub async fn replace(
+        &self,
+        d: &Digest,
+        v: &LeaseVersion,
+        body: Bytes,
+    ) -> Result<Option<LeaseVersion>, Error> {
+        let mode = PutMode::Update(UpdateVersion {
+            e_tag: Some(v.0.clone()),
+            version: None,
+        });
+        let key = Self::key(d);
+        let put = self.bucket.put_if(&key, body, mode);
+        Ok(put.await?.map(LeaseVersion))
+    }
+
+    /// The current lease of `digest`: its version and body.
+    pub async fn read(&self, d: &Digest) -> Result<Option<(LeaseVersion, Bytes)>, Error> {
+        let got = self.bucket.get_versioned(&Self::key(d)).await?;
+        Ok(got.map(|(v, b)| (LeaseVersion(v), b)))
+    }
+
+    /// Removes the lease of `digest` (absent: nothing to do).
+    pub async fn remove(&self, d: &Digest) -> Result<(), Error> {
+        Ok(self.bucket.delete(&Self::key(d)).await?)
     }
 }
 
@@ -383,6 +502,15 @@ impl S3Blobs {
             abandoned_upload_age: c.abandoned_upload_age,
             known: moka::sync::Cache::new(100_000),
         }))
+    }
+
+    fn s3_publish(&self, digest: &Digest) -> Box<dyn Publish> {
+        Box::new(S3Publish {
+            blobs: self.clone(),
+            digest: digest.clone(),
+            stage: watch::Sender::new(Stage::Writing(0)),
+            uploader: None,
+        })
     }
 
     /// The size of `digest` in the bucket (`None`: absent). Errors are S3's.
@@ -582,15 +710,14 @@ impl Backend for S3Blobs {
         Box::pin(async move {
             let publish: Box<dyn Publish> = match scope {
                 Scope::ReadTier => self.0.tier.publisher(),
-                Scope::Durable => Box::new(S3Publish {
-                    blobs: self.clone(),
-                    digest: digest.clone(),
-                    stage: watch::Sender::new(Stage::Writing(0)),
-                    uploader: None,
-                }),
+                Scope::Durable => self.s3_publish(digest),
             };
             self.0.tier.writer_with(digest, publish).await
         })
+    }
+
+    fn durable_publish(&self, digest: &Digest) -> Option<super::Durable> {
+        Some(super::Durable(self.s3_publish(digest)))
     }
 
     fn delete<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<(), Error>> {
@@ -984,6 +1111,38 @@ impl Records for S3Records {
 
     fn delete<'a>(&'a self, key: &'a RecordKey) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move { Ok(self.bucket.delete(key.as_str()).await?) })
+    }
+
+    fn get_versioned<'a>(
+        &'a self,
+        key: &'a RecordKey,
+    ) -> BoxFuture<'a, Result<Option<super::records::Versioned>, Error>> {
+        Box::pin(async move {
+            let got = self.bucket.get_versioned(key.as_str()).await?;
+            Ok(got.map(|(v, b)| (Some(v), b)))
+        })
+    }
+
+    fn put_if<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        value: Bytes,
+        version: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let mode = match version {
+                None => PutMode::Create,
+                Some(v) => PutMode::Update(UpdateVersion {
+                    e_tag: Some(v.to_owned()),
+                    version: None,
+                }),
+            };
+            Ok(self
+                .bucket
+                .put_if(key.as_str(), value, mode)
+                .await?
+                .is_some())
+        })
     }
 
     fn list<'a>(&'a self, prefix: &'a RecordKey) -> BoxFuture<'a, Result<Vec<RecordKey>, Error>> {

@@ -133,6 +133,18 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Hands the blob to `publish` instead of the backend's first choice
+    /// (which is aborted): it starts from the spool's first byte.
+    pub(crate) fn republish(&mut self, mut publish: Box<dyn Publish>) {
+        publish.start(&self.spool);
+        if self.written > 0 {
+            publish.progress(self.written);
+        }
+        if let Some(old) = self.publish.replace(publish) {
+            spawn_abort(old);
+        }
+    }
+
     /// Checks size and digest, then makes the blob durable and visible:
     /// [`verify`](Self::verify) and [`commit`](Self::commit) in one.
     pub async fn finish(mut self, expected_size: Option<u64>) -> Result<u64, Error> {

@@ -10,57 +10,11 @@ use mirrorgate::config::Config;
 use mirrorgate::oci::Digest;
 use mirrorgate::store::Store;
 use mirrorgate::store::contract::{self, Fixture};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::support::image::{Image, docker_image};
-use crate::support::s3::{self, Weed};
+use crate::support::s3::{self, Weed, blob_key, keys_under, raw, stored};
 use crate::support::*;
-
-/// A raw client of the test bucket, for looking behind the mirror.
-fn raw(weed: &Weed) -> AmazonS3 {
-    AmazonS3Builder::new()
-        .with_endpoint(weed.endpoint())
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_bucket_name(s3::BUCKET)
-        .with_access_key_id(s3::ACCESS_KEY)
-        .with_secret_access_key(s3::SECRET_KEY)
-        .build()
-        .unwrap()
-}
-
-async fn keys_under(weed: &Weed, prefix: &str) -> Vec<String> {
-    use futures_util::TryStreamExt;
-    let p = ObjectPath::from(prefix);
-    let mut keys: Vec<String> = raw(weed)
-        .list(Some(&p))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
-    keys.sort();
-    keys
-}
-
-fn blob_key(prefix: &str, digest: &str) -> ObjectPath {
-    ObjectPath::from(format!(
-        "{prefix}/blobs/sha256/{}",
-        digest.trim_start_matches("sha256:")
-    ))
-}
-
-/// The blob's object in the bucket, read past the mirror.
-async fn stored(weed: &Weed, prefix: &str, digest: &str) -> bytes::Bytes {
-    raw(weed)
-        .get(&blob_key(prefix, digest))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-}
 
 /// The contract's S3 fixture: every open is a new machine (an empty read
 /// tier) on the same prefix.

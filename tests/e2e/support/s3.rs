@@ -16,6 +16,10 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
 pub const ACCESS_KEY: &str = "mgtest";
 pub const SECRET_KEY: &str = "mgtestsecret";
 pub const BUCKET: &str = "mirrorgate";
@@ -191,4 +195,48 @@ pub fn unique_prefix(test: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("t/{test}-{}-{t}-{n}", std::process::id())
+}
+
+/// A raw client of the test bucket, for looking behind the mirror.
+pub fn raw(weed: &Weed) -> AmazonS3 {
+    AmazonS3Builder::new()
+        .with_endpoint(weed.endpoint())
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_bucket_name(BUCKET)
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .build()
+        .unwrap()
+}
+
+pub async fn keys_under(weed: &Weed, prefix: &str) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    let p = ObjectPath::from(prefix);
+    let mut keys: Vec<String> = raw(weed)
+        .list(Some(&p))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+pub fn blob_key(prefix: &str, digest: &str) -> ObjectPath {
+    ObjectPath::from(format!(
+        "{prefix}/blobs/sha256/{}",
+        digest.trim_start_matches("sha256:")
+    ))
+}
+
+/// The blob's object in the bucket, read past the mirror.
+pub async fn stored(weed: &Weed, prefix: &str, digest: &str) -> bytes::Bytes {
+    raw(weed)
+        .get(&blob_key(prefix, digest))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
 }
