@@ -486,9 +486,10 @@ def reset_peak(pids):
     return ok
 
 
-def fetch_all(port, paths, expect, timeout=600):
+def fetch_all(port, paths, expect, timeout=600, hosts=None):
     """GETs every path at once over plain HTTP, one connection and one thread
-    each (all released together), hashing every body. Returns (wall seconds,
+    each (all released together), hashing every body. `hosts`, when given, is
+    an (ip, port) per path instead of IP:`port`. Returns (wall seconds,
     number of bodies that were 200 with the right size and digest, first error)."""
     import http.client
     n = len(paths)
@@ -501,7 +502,8 @@ def fetch_all(port, paths, expect, timeout=600):
         buf = bytearray(256 * 1024)
         mv = memoryview(buf)
         try:
-            c = http.client.HTTPConnection(IP, port, timeout=timeout)
+            host, p = hosts[i] if hosts else (IP, port)
+            c = http.client.HTTPConnection(host, p, timeout=timeout)
             c.connect()
             start.wait()
             c.request("GET", paths[i])

@@ -13,12 +13,16 @@
 #      (tests/system/tls.sh; also installs podman and docker.io if it can)
 #   6. the TLS system test again, twice, on the S3 backend (a SeaweedFS on
 #      loopback): without and with presigned redirects (tests/system/s3.sh)
-#   7. the end-to-end benchmarks in their short mode (benches/e2e.sh --quick
-#      and benches/s3.py --quick, debug binary): checks that they run and
+#   7. cluster system test: three (then four) replicas on one SeaweedFS
+#      bucket, skopeo and ctr at once, scale-out, rolling restart
+#      (tests/system/cluster.sh)
+#   8. the end-to-end benchmarks in their short mode (benches/e2e.sh --quick,
+#      benches/s3.py --quick and benches/cluster.sh --mib 8, debug binary):
+#      checks that they run and
 #      print their tables; their figures are not judged here (speed is never
 #      asserted in a test)
-# Exits non-zero if anything fails. Set SKIP_SYSTEM=1 to skip steps 4 to 7,
-# SKIP_BENCH=1 to skip step 7.
+# Exits non-zero if anything fails. Set SKIP_SYSTEM=1 to skip steps 4 to 8,
+# SKIP_BENCH=1 to skip step 8.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,12 +73,18 @@ if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
   step "TLS system test on S3 (SeaweedFS): without and with redirects"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/s3.sh
 
+  step "cluster system test: replicas on one bucket, skopeo + ctr, scale-out, rolling restart"
+  MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/cluster.sh
+
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
     step "end-to-end benchmark, short mode (runs; figures not judged)"
     MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash benches/e2e.sh --quick
 
     step "S3 benchmark, short mode (runs; figures not judged)"
     python3 benches/s3.py --quick --bin "$PWD/target/debug/mirrorgate"
+
+    step "cluster benchmark, short mode (runs; figures not judged)"
+    MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash benches/cluster.sh --mib 8
   fi
 fi
 echo

@@ -12,6 +12,7 @@
 #   budget       cmd_timeout, over_budget, mirror_dead (MIRROR_PID, if set)
 #   checks       verify_dir, count_lines, sha256_of
 #   containerd   start_containerd, ctr_check (pulls with --hosts-dir "$HOSTS")
+#   S3           start_weed (SeaweedFS on loopback: S3_PORT, WEED_PID)
 
 LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$LIB_DIR/../.." && pwd)"
@@ -437,4 +438,31 @@ ctr_check() { # NAME REF IMAGE(summary key) CONFIG_DIGEST [MOUNT_FILE SIZE]
   # shellcheck disable=SC2034  # read by the caller
   if [ -z "$why" ]; then CTR_LAST_OK=1; ok "$name ($ref = ${want:0:19}…, unpacked via $SNAPSHOTTER)"
   else FAILED_LOGS+=("$log"); bad "$name" "$why"; fi
+}
+
+# ----------------------------------------------------------------- S3
+# SeaweedFS (`weed mini`, from scripts/install-seaweedfs.sh) on 127.0.0.1
+# only, telemetry off, data under DIR, bucket "mirrorgate"; killed by the
+# cleanup trap. Sets S3_PORT, WEED_PID and the AWS_* credentials it accepts.
+start_weed() { # DIR
+  local weed p
+  mkdir -p "$1"
+  weed=$(bash "$REPO/scripts/install-seaweedfs.sh") || setup_failed "install-seaweedfs.sh failed"
+  read -r -a p <<<"$(free_ports 10)"
+  S3_PORT=${p[6]}
+  export AWS_ACCESS_KEY_ID=mgsystem AWS_SECRET_ACCESS_KEY=mgsystemsecret
+  start_bg "$1.log" "$1.log" "$weed" mini -dir="$1" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -master.telemetry=false -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
+    -bucket=mirrorgate -master.port="${p[0]}" -master.port.grpc="${p[1]}" -volume.port="${p[2]}" \
+    -volume.port.grpc="${p[3]}" -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" \
+    -s3.port="$S3_PORT" -s3.port.grpc="${p[7]}" -admin.port="${p[8]}" -admin.port.grpc="${p[9]}" \
+    -master.volumeSizeLimitMB=64
+  WEED_PID=$LAST_PID
+  wait_until 60 "$WEED_PID" grep -q "All enabled components are running" "$1.log" \
+    || setup_failed "SeaweedFS did not start" "$1.log"
+  echo "SeaweedFS $("$weed" version 2>/dev/null | head -n 1) on 127.0.0.1:$S3_PORT (pid $WEED_PID)"
+}
+s3_table() { # PREFIX EXTRA -> a [storage.s3] table for the weed of start_weed
+  printf '[storage.s3]\nbucket = "mirrorgate"\nendpoint = "http://127.0.0.1:%s"\nprefix = "%s"\naccess_key_id = { env = "AWS_ACCESS_KEY_ID" }\nsecret_access_key = { env = "AWS_SECRET_ACCESS_KEY" }\nallow_http = true\n%s\n' \
+    "$S3_PORT" "$1" "$2"
 }
