@@ -24,16 +24,20 @@ fn replica_config(
     up: &FakeUpstream,
     up_extra: &str,
     ip: IpAddr,
+    cut_off: bool,
 ) -> PathBuf {
     let internal = std::net::TcpListener::bind((ip, 0)).unwrap();
     let port = internal.local_addr().unwrap().port();
     drop(internal);
+    // Cut off: it advertises an address where nothing listens, so the
+    // others cannot reach it, while it reaches the bucket and renews.
+    let advertised = if cut_off { 9 } else { port };
     let cfg = dir.join("mirrorgate.toml");
     std::fs::write(
         &cfg,
         format!(
             "[storage]\nroot = \"data\"\n{}[[listener]]\naddr = \"{ip}:0\"\n\
-             [cluster]\nlisten = \"{ip}:{port}\"\nadvertise = \"http://{ip}:{port}\"\n\
+             [cluster]\nlisten = \"{ip}:{port}\"\nadvertise = \"http://{ip}:{advertised}\"\n\
              secret = \"{SECRET}\"\nlease_ttl = \"2s\"\n{}",
             weed.storage_toml(prefix, "part_size = \"5MiB\""),
             upstream_toml(
@@ -53,13 +57,29 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(weed: &Weed, prefix: &str, up: &FakeUpstream, up_extra: &str, n: usize) -> Self {
+    /// `n` replicas; the first one cut off from the others if `cut_off`.
+    async fn start(
+        weed: &Weed,
+        prefix: &str,
+        up: &FakeUpstream,
+        up_extra: &str,
+        n: usize,
+        cut_off: bool,
+    ) -> Self {
         let mut procs = Vec::new();
         let mut dirs = Vec::new();
         for i in 0..n {
             let dir = tempfile::tempdir().unwrap();
             let ip: IpAddr = format!("127.0.0.{}", 11 + i).parse().unwrap();
-            let cfg = replica_config(dir.path(), weed, prefix, up, up_extra, ip);
+            let cfg = replica_config(
+                dir.path(),
+                weed,
+                prefix,
+                up,
+                up_extra,
+                ip,
+                cut_off && i == 0,
+            );
             let mut cmd = serve_command(&cfg);
             cmd.current_dir(dir.path());
             procs.push(Some(spawn_command(cmd).await));
@@ -162,6 +182,7 @@ impl Scene {
         size: usize,
         n: usize,
         up_extra: &str,
+        cut_off: bool,
         before: impl FnOnce(&FakeUpstream) -> T,
     ) -> (Self, T) {
         let weed = s3::shared();
@@ -171,7 +192,7 @@ impl Scene {
         up.add_image(&format!("library/{name}"), "1", &img);
         let layer = img.layers[0].clone();
         let t = before(&up);
-        let fleet = Fleet::start(weed, &prefix, &up, up_extra, n).await;
+        let fleet = Fleet::start(weed, &prefix, &up, up_extra, n, cut_off).await;
         let path = format!("/v2/library/{name}/blobs/{}", layer.digest);
         let scene = Self {
             weed,
@@ -189,7 +210,7 @@ impl Scene {
 async fn three_replicas_fetch_a_cold_blob_once_and_stream_it_as_it_arrives() {
     // Upstream sends 4 MiB, then waits: every replica's clients must be
     // streaming before the blob is whole anywhere.
-    let (sc, gate) = Scene::start("fleet", 70, 24 << 20, 3, "", |up| {
+    let (sc, gate) = Scene::start("fleet", 70, 24 << 20, 3, "", false, |up| {
         up.hold_blobs_after(4 << 20)
     })
     .await;
@@ -262,7 +283,7 @@ async fn fill_with_followers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holder_is_taken_over_with_a_ranged_get() {
-    let (sc, gate) = Scene::start("kill", 71, 20 << 20, 3, "", |up| {
+    let (sc, gate) = Scene::start("kill", 71, 20 << 20, 3, "", false, |up| {
         up.hold_blobs_after(4 << 20)
     })
     .await;
@@ -317,7 +338,7 @@ async fn a_killed_holder_is_taken_over_with_a_ranged_get() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_holder_is_taken_over_and_completes_nothing_when_it_wakes() {
-    let (sc, gate) = Scene::start("stop", 72, 20 << 20, 3, "", |up| {
+    let (sc, gate) = Scene::start("stop", 72, 20 << 20, 3, "", false, |up| {
         up.hold_blobs_after(4 << 20)
     })
     .await;
@@ -380,7 +401,7 @@ async fn a_frozen_holder_is_taken_over_and_completes_nothing_when_it_wakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_internal_endpoint_refuses_unsigned_and_forged_requests() {
-    let (sc, ()) = Scene::start("auth", 73, 100_000, 1, "", |_| ()).await;
+    let (sc, ()) = Scene::start("auth", 73, 100_000, 1, "", false, |_| ()).await;
     let Scene {
         up,
         layer,
@@ -450,7 +471,7 @@ fn manifest_requests(up: &FakeUpstream, method: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_is_resolved_and_revalidated_upstream_once_for_the_fleet() {
-    let (sc, gate) = Scene::start("tags", 74, 1000, 3, "tag_ttl = \"2s\"", |up| {
+    let (sc, gate) = Scene::start("tags", 74, 1000, 3, "tag_ttl = \"2s\"", false, |up| {
         up.hold_manifests()
     })
     .await;
@@ -493,4 +514,40 @@ async fn a_tag_is_resolved_and_revalidated_upstream_once_for_the_fleet() {
     }
     assert_eq!(manifest_requests(up, "HEAD"), 1, "one HEAD for the fleet");
     assert_eq!(manifest_requests(up, "GET"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_the_others_cannot_reach_is_given_up_after_the_lease_ttl() {
+    let (sc, gate) = Scene::start("cut", 75, 12 << 20, 2, "", true, |up| {
+        up.hold_blobs_after(4 << 20)
+    })
+    .await;
+    let Scene {
+        up,
+        layer,
+        fleet,
+        path,
+        ..
+    } = &sc;
+    // Replica 0 holds the lease and renews it, but replica 1 cannot reach
+    // it: after lease_ttl replica 1 fetches on its own.
+    let holder = get(fleet.url(0, path));
+    gate.wait_for_requests(1).await;
+    let cut = get(fleet.url(1, path));
+    gate.wait_for_requests(2).await;
+    gate.release();
+    for c in [holder, cut] {
+        let body = c
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("a whole body; logs:\n{}", fleet.logs()));
+        assert_eq!(image::sha256_digest(&body), layer.digest);
+    }
+    fleet
+        .replica(1)
+        .wait_for_log("fetching alone", |l| {
+            l.contains("cannot be reached; fetching alone")
+        })
+        .await;
+    assert_eq!(blob_gets(up, &layer.digest).len(), 2);
 }

@@ -12,6 +12,8 @@
 #   3. rolling restart: each replica in turn gets SIGTERM (/readyz turns 503
 #      first, for drain_delay) while a client pulls through another one, and
 #      comes back; then a pull through every replica needs no upstream blob GET;
+#   5. replica 1 cut off from the others (an iptables rule drops its
+#      internal endpoint) while all three pull: every pull completes;
 #   4. `mirrorgate verify --config` re-hashes every object in the bucket.
 #
 # Environment: MIRRORGATE_BIN (default target/debug/mirrorgate), KEEP_WORKDIR=1.
@@ -91,9 +93,10 @@ blob_gets_of() { # IMAGE MARK -> "digest=count ..." for every blob of the image
 }
 once_each() { [[ ! "$1" =~ =([02-9]|1[0-9]) ]]; }  # every count is exactly 1
 
-skopeo_from() { # N IMAGE REPO:TAG OUT -> 0 when the copy is whole and verified
-  local n="$1" image="$2" ref="$3" out="$4" log="$LOGS/skopeo-$(basename "$4").log"
-  if ! timeout "$(cmd_timeout)" "${SKOPEO[@]}" copy --src-tls-verify=false \
+skopeo_from() { # N IMAGE REPO:TAG OUT [--all] -> 0 when the copy is whole and verified
+  local n="$1" image="$2" ref="$3" out="$4" log="$LOGS/skopeo-$(basename "$4").log" all=()
+  [ "${5:-}" = --all ] && all=(--all)
+  if ! timeout "$(cmd_timeout)" "${SKOPEO[@]}" copy "${all[@]}" --src-tls-verify=false \
        "docker://$(replica_ip "$n"):$PM/$ref" "dir:$out" >"$log" 2>&1; then
     FAILED_LOGS+=("$log"); echo "skopeo via replica $n failed: $(tail -n 2 "$log" | tr '\n' ' ')"; return 1
   fi
@@ -177,6 +180,26 @@ sleep 1
 n_get=$(tail -n +"$((mark + 1))" "$BLOB_LOG" | grep -cE '"GET /v2/[^ ]+/blobs/sha256:' || true)
 if [ "$all" = 1 ] && [ "$n_get" = 0 ]; then ok "3b after the restarts every replica serves library/small without an upstream blob GET"
 elif [ "$all" = 1 ]; then bad "3b no upstream blob GET after the restarts" "$n_get upstream blob GETs"; fi
+
+# ----------------------------------------------------------------- 5
+step "5. replica 1 cut off from the others (iptables drops its internal endpoint)"
+RULE=(INPUT -d "$(replica_ip 1)" -p tcp --dport "$PC" -j DROP)
+unrule() { iptables -D "${RULE[@]}" 2>/dev/null || true; }
+if iptables -I "${RULE[@]}" 2>"$LOGS/iptables.log"; then
+  CLEANUP_HOOKS+=(unrule)
+  pids=()
+  for n in 1 2 3; do
+    ( skopeo_from "$n" multi library/multi:latest "$W/out/c5-$n" --all ) >"$LOGS/c5-$n.result" 2>&1 &
+    pids+=($!)
+    [ "$n" = 1 ] && sleep 0.2   # replica 1 asks first, so it is likely to hold the leases
+  done
+  all=1
+  for n in 1 2 3; do wait "${pids[$((n - 1))]}" || { all=0; bad "5 pull through replica $n while replica 1 is cut off" "$(cat "$LOGS/c5-$n.result")"; }; done
+  [ "$all" = 1 ] && ok "5 every pull completed, verified, with replica 1 cut off from the others ($(count_lines 'cannot be reached; fetching alone' "$LOGS"/replica*.log) fills fetched alone)"
+  unrule
+else
+  skipped "5 partition" "iptables refused: $(head -c 200 "$LOGS/iptables.log")"
+fi
 
 # ----------------------------------------------------------------- 4
 step "4. mirrorgate verify --config (re-hashes the bucket)"
