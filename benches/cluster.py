@@ -103,7 +103,7 @@ def bench(a, w, procs):
                           "cluster-%d" % os.getpid())
     up = procs.start("upstream", ["docker-registry", "serve", up_yml])
     E.wait_url("http://127.0.0.1:%d/v2/" % up_port, up)
-    up_log = E.LogMark(w + "/logs/upstream.log")
+    up_log = E.LogMark(w + "/logs/upstream.out")  # the access log is on stdout
     # mirrorgate replicas
     mg = []
     for i, ip in enumerate(ips):
