@@ -2,10 +2,11 @@
 
 use clap::Parser;
 
-/// jemalloc rather than glibc's malloc: after a burst of cold fills it
-/// hands the freed pages back to the kernel (a background thread purges
-/// pages unused for a second, `.cargo/config.toml`), where glibc kept the
-/// burst's peak for good.
+/// jemalloc rather than glibc's malloc, with `--features jemalloc`: after a
+/// burst of cold fills it hands the freed pages back to the kernel (a
+/// background thread purges pages unused for a second, `.cargo/config.toml`),
+/// where glibc keeps the burst's peak.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
