@@ -551,3 +551,58 @@ async fn a_holder_the_others_cannot_reach_is_given_up_after_the_lease_ttl() {
         .await;
     assert_eq!(blob_gets(up, &layer.digest).len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stopped_with_sigterm_hands_its_fill_over() {
+    let (sc, gate) = Scene::start("term", 76, 12 << 20, 2, "", false, |up| {
+        up.hold_blobs_after(4 << 20)
+    })
+    .await;
+    let Scene {
+        weed,
+        prefix,
+        up,
+        layer,
+        fleet,
+        path,
+    } = &sc;
+    let holder = get(fleet.url(0, path));
+    gate.wait_for_requests(1).await;
+    let follower = get(fleet.url(1, path));
+    fleet
+        .replica(1)
+        .wait_for_log("following the holder", |l| {
+            l.contains("streaming a blob from the replica that fetches it")
+        })
+        .await;
+    // SIGTERM while upstream holds the fill: the holder stops taking
+    // clients, waits out its grace period, then releases the lease, and the
+    // follower takes the fill over at once (no lease_ttl to wait for).
+    fleet.signal(0, "-TERM");
+    fleet
+        .replica(0)
+        .wait_for_log("the hand-over", |l| {
+            l.contains("released the leases of unfinished fills")
+        })
+        .await;
+    gate.wait_for_requests(2).await;
+    gate.release();
+    let body = follower.await.unwrap().unwrap_or_else(|| {
+        panic!(
+            "the follower's client gets the whole blob; logs:\n{}",
+            fleet.logs()
+        )
+    });
+    assert_eq!(image::sha256_digest(&body), layer.digest);
+    if let Some(b) = holder.await.unwrap() {
+        assert!(b.len() < layer.bytes.len() || b == layer.bytes);
+    }
+    let gets = blob_gets(up, &layer.digest);
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert!(
+        gets[1].is_some(),
+        "the hand-over resumes with a ranged GET: {gets:?}"
+    );
+    no_leases(weed, prefix).await;
+    assert!(s3::stored(weed, prefix, &layer.digest).await == layer.bytes);
+}
