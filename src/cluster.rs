@@ -360,6 +360,9 @@ pub enum PeerError {
     /// The replica refused.
     #[error("replica answered {0}")]
     Status(StatusCode),
+    /// No answer in time (a frozen replica still accepts connections).
+    #[error("replica did not answer within {0:?}")]
+    Timeout(Duration),
     /// The body broke off.
     #[error("replica's body broke off")]
     Body(#[source] hyper::Error),

@@ -28,7 +28,7 @@ use futures_util::stream::BoxStream;
 use tokio::time::Instant;
 
 use super::{Error, Grant, Upstream};
-use crate::cluster::{Claim, Cluster, Held, Holder};
+use crate::cluster::{Claim, Cluster, Held, Holder, PeerError};
 use crate::oci::{Digest, RepoName};
 use crate::store::{Scope, Store};
 
@@ -208,7 +208,14 @@ impl Follow {
                     }
                 },
             };
-            match self.cluster.fetch(&holder, &self.path, self.pos).await {
+            // A frozen holder's kernel still accepts the connection: wait for
+            // its answer no longer than a lease lives, then ask the lease.
+            let ttl = self.cluster.ttl();
+            let fetched =
+                tokio::time::timeout(ttl, self.cluster.fetch(&holder, &self.path, self.pos))
+                    .await
+                    .unwrap_or_else(|_| Err(PeerError::Timeout(ttl)));
+            match fetched {
                 Ok(Some(body)) => {
                     self.check_size(body.size)?;
                     tracing::info!(digest = %self.digest, holder = %holder.addr, from = self.pos,

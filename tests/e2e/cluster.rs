@@ -606,3 +606,33 @@ async fn a_holder_stopped_with_sigterm_hands_its_fill_over() {
     no_leases(weed, prefix).await;
     assert!(s3::stored(weed, prefix, &layer.digest).await == layer.bytes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_arriving_after_the_holder_froze_is_served_by_a_takeover() {
+    let (sc, gate) = Scene::start("late", 77, 12 << 20, 2, "", false, |up| {
+        up.hold_blobs_after(4 << 20)
+    })
+    .await;
+    let Scene {
+        up,
+        layer,
+        fleet,
+        path,
+        ..
+    } = &sc;
+    let _holder = get(fleet.url(0, path));
+    gate.wait_for_requests(1).await;
+    // Frozen before anyone follows it: the kernel still accepts a
+    // follower's connection, and nothing answers on it.
+    fleet.signal(0, "-STOP");
+    let late = get(fleet.url(1, path));
+    gate.wait_for_requests(2).await;
+    gate.release();
+    let body = late
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("a whole body; logs:\n{}", fleet.logs()));
+    assert_eq!(image::sha256_digest(&body), layer.digest);
+    assert_eq!(blob_gets(up, &layer.digest).len(), 2);
+    fleet.signal(0, "-CONT");
+}
