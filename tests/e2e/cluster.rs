@@ -110,6 +110,17 @@ impl Fleet {
             .join("\n")
     }
 
+    /// The body client `c` got: whole and hashing to `digest` (else a
+    /// failure with every replica's log).
+    async fn whole(&self, c: tokio::task::JoinHandle<Option<Bytes>>, digest: &str) -> Bytes {
+        let body = c
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("a whole body; logs:\n{}", self.logs()));
+        assert_eq!(image::sha256_digest(&body), digest);
+        body
+    }
+
     /// SIGKILL.
     fn kill(&mut self, i: usize) {
         self.procs[i] = None;
@@ -239,11 +250,7 @@ async fn three_replicas_fetch_a_cold_blob_once_and_stream_it_as_it_arrives() {
     }
     gate.release();
     for c in clients {
-        let body = c
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("a whole body; logs:\n{}", fleet.logs()));
-        assert_eq!(image::sha256_digest(&body), layer.digest);
+        fleet.whole(c, &layer.digest).await;
     }
     assert_eq!(
         blob_gets(up, &layer.digest),
@@ -302,11 +309,7 @@ async fn a_killed_holder_is_taken_over_with_a_ranged_get() {
     gate.release();
     let on_killed = clients.remove(0);
     for c in clients {
-        let body = c
-            .await
-            .unwrap()
-            .expect("a follower's client gets the whole blob");
-        assert_eq!(image::sha256_digest(&body), layer.digest);
+        fleet.whole(c, &layer.digest).await;
     }
     let took = killed_at.elapsed();
     // The killed replica's client broke off; like a client behind a load
@@ -359,11 +362,7 @@ async fn a_frozen_holder_is_taken_over_and_completes_nothing_when_it_wakes() {
     gate.release();
     let on_frozen = clients.remove(0);
     for c in clients {
-        let body = c
-            .await
-            .unwrap()
-            .expect("a follower's client gets the whole blob");
-        assert_eq!(image::sha256_digest(&body), layer.digest);
+        fleet.whole(c, &layer.digest).await;
     }
     no_leases(weed, &prefix).await;
     assert!(s3::stored(weed, &prefix, &layer.digest).await == layer.bytes);
@@ -537,11 +536,7 @@ async fn a_holder_the_others_cannot_reach_is_given_up_after_the_lease_ttl() {
     gate.wait_for_requests(2).await;
     gate.release();
     for c in [holder, cut] {
-        let body = c
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("a whole body; logs:\n{}", fleet.logs()));
-        assert_eq!(image::sha256_digest(&body), layer.digest);
+        fleet.whole(c, &layer.digest).await;
     }
     fleet
         .replica(1)
@@ -587,13 +582,7 @@ async fn a_holder_stopped_with_sigterm_hands_its_fill_over() {
         .await;
     gate.wait_for_requests(2).await;
     gate.release();
-    let body = follower.await.unwrap().unwrap_or_else(|| {
-        panic!(
-            "the follower's client gets the whole blob; logs:\n{}",
-            fleet.logs()
-        )
-    });
-    assert_eq!(image::sha256_digest(&body), layer.digest);
+    fleet.whole(follower, &layer.digest).await;
     if let Some(b) = holder.await.unwrap() {
         assert!(b.len() < layer.bytes.len() || b == layer.bytes);
     }
@@ -628,11 +617,7 @@ async fn a_client_arriving_after_the_holder_froze_is_served_by_a_takeover() {
     let late = get(fleet.url(1, path));
     gate.wait_for_requests(2).await;
     gate.release();
-    let body = late
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("a whole body; logs:\n{}", fleet.logs()));
-    assert_eq!(image::sha256_digest(&body), layer.digest);
+    fleet.whole(late, &layer.digest).await;
     assert_eq!(blob_gets(up, &layer.digest).len(), 2);
     fleet.signal(0, "-CONT");
 }
