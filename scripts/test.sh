@@ -14,8 +14,9 @@
 #   6. the TLS system test again, twice, on the S3 backend (a SeaweedFS on
 #      loopback): without and with presigned redirects (tests/system/s3.sh)
 #   7. cluster system test: three (then four) replicas on one SeaweedFS
-#      bucket, skopeo and ctr at once, scale-out, rolling restart
-#      (tests/system/cluster.sh)
+#      bucket, skopeo and ctr at once, scale-out, rolling restart, a
+#      partitioned holder, the holder killed (SIGKILL) and frozen (SIGSTOP)
+#      in the middle of a throttled 48 MiB layer (tests/system/cluster.sh)
 #   8. the end-to-end benchmarks in their short mode (benches/e2e.sh --quick,
 #      benches/s3.py --quick and benches/cluster.sh --mib 8, debug binary):
 #      checks that they run and
@@ -73,7 +74,7 @@ if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
   step "TLS system test on S3 (SeaweedFS): without and with redirects"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/s3.sh
 
-  step "cluster system test: replicas on one bucket, skopeo + ctr, scale-out, rolling restart"
+  step "cluster system test: replicas on one bucket, skopeo + ctr, scale-out, rolling restart, partition, SIGKILL/SIGSTOP mid-pull"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/cluster.sh
 
   if [ "${SKIP_BENCH:-0}" != 1 ]; then

@@ -13,7 +13,15 @@
 #      first, for drain_delay) while a client pulls through another one, and
 #      comes back; then a pull through every replica needs no upstream blob GET;
 #   5. replica 1 cut off from the others (an iptables rule drops its
-#      internal endpoint) while all three pull: every pull completes;
+#      internal endpoint) while it holds the fill of a 48 MiB layer that
+#      the two others then ask for: they fetch alone, every pull completes;
+#   6. SIGKILL mid-pull: three skopeo clients pull a 48 MiB layer through
+#      the three replicas from a throttled upstream; the replica holding the
+#      fill's lease is killed once 8 MiB have passed; every client, retrying
+#      on another replica as behind a load balancer, gets a verified copy,
+#      and the upstream sends the layer once plus one ranged resume;
+#   7. SIGSTOP mid-pull: the same with the holder frozen, then woken after
+#      the others finished: it completes nothing, its client retries;
 #   4. `mirrorgate verify --config` re-hashes every object in the bucket.
 #
 # Environment: MIRRORGATE_BIN (default target/debug/mirrorgate), KEEP_WORKDIR=1.
@@ -28,14 +36,32 @@ step "dependencies"
 bash "$HERE/install-deps.sh" || setup_failed "install-deps.sh failed"
 make_workdir mirrorgate-cluster
 echo "work dir: $W"
-read -r HUB_PORT GHCR_PORT QUAY_PORT PM PC <<<"$(free_ports 5)"
+read -r HUB_PORT GHCR_PORT QUAY_PORT PM PC THR <<<"$(free_ports 6)"
+BIG_MIB=48
 
 step "PKI, images, upstreams, seeding"
 make_pki
-make_images
+make_images --big "$BIG_MIB"
 start_upstreams
 setup_skopeo
 seed_upstreams
+seed quay big1 lab-org/big1:latest
+seed quay big2 lab-org/big2:latest
+seed quay big3 lab-org/big3:latest
+# The quay stand-in, seen by the replicas through a proxy that sends at most
+# RATE_FILE's bytes per second per connection (16 MiB/s: a 48 MiB layer
+# takes 3 s, long enough to kill a replica in the middle of it). It prints
+# "conn N: M MiB, total T MiB" as bytes pass.
+THR_LOG="$LOGS/throttle.log"; RATE_FILE="$CONF/throttle.rate"
+rate_line() { tail -n +"$(($1 + 1))" "$THR_LOG" | grep -qx "rate $2"; }   # MARK BYTES_PER_S
+set_rate() { # MIB/s, applied once the proxy printed it
+  local m; m=$(wc -l <"$THR_LOG")
+  echo $(($1 << 20)) >"$RATE_FILE.tmp"; mv "$RATE_FILE.tmp" "$RATE_FILE"
+  wait_until 10 - rate_line "$m" $(($1 << 20)) || bad "throttle rate $1 MiB/s applied" "$(tail -n 2 "$THR_LOG")"
+}
+echo $((16 << 20)) >"$RATE_FILE"
+start_bg "$THR_LOG" "$THR_LOG" python3 "$HERE/throttle.py" --listen "$THR" --to "$IP:$QUAY_PORT" --rate-file "$RATE_FILE"
+wait_until 10 "$LAST_PID" grep -q listening "$THR_LOG" || setup_failed "throttle.py did not start" "$THR_LOG"
 
 step "SeaweedFS"
 start_weed "$W/weed"
@@ -71,6 +97,10 @@ default = true
 ca_file = "$CA_CRT"
 username = "$HUB_USER"
 password = { env = "HUB_PASSWORD" }
+
+[[upstream]]
+name = "quay.io"
+url = "http://$IP:$THR"
 EOT
   start_bg "$LOGS/replica$n.log" "$LOGS/replica$n.log" env HUB_PASSWORD="$HUB_PASS" \
     CLUSTER_SECRET="$SECRET" RUST_LOG=info NO_COLOR=1 "$BIN" serve --config "$CONF/replica$n.toml"
@@ -181,24 +211,140 @@ n_get=$(tail -n +"$((mark + 1))" "$BLOB_LOG" | grep -cE '"GET /v2/[^ ]+/blobs/sh
 if [ "$all" = 1 ] && [ "$n_get" = 0 ]; then ok "3b after the restarts every replica serves library/small without an upstream blob GET"
 elif [ "$all" = 1 ]; then bad "3b no upstream blob GET after the restarts" "$n_get upstream blob GETs"; fi
 
+# ----------------------------------------------------------------- helpers for 5-7
+# A client behind a load balancer: through replica FIRST, and when that pull
+# fails, through the next replica the balancer still sends to (not marked
+# down by a "$W/down-N" file, as a failed health check would).
+pull_lb() { # FIRST IMAGE REF OUT
+  local first="$1" k n
+  for k in 0 1 2; do
+    n=$(( (first - 1 + k) % 3 + 1 ))
+    [ -e "$W/down-$n" ] && continue
+    rm -rf "$4"
+    if skopeo_from "$n" "$2" "$3" "$4"; then echo "verified, through replica $n"; return 0; fi
+  done
+  return 1
+}
+# The replica (1-3) whose internal address the lease of DIGEST names.
+lease_holder() { # DIGEST
+  local body addr n
+  body=$(curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" -u "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+    "http://127.0.0.1:$S3_PORT/mirrorgate/system-cluster/leases/sha256/${1#sha256:}") || return 1
+  addr=$(jq -r .addr <<<"$body" 2>/dev/null) || return 1
+  for n in 1 2 3; do
+    [ "${addr%/}" = "http://$(replica_ip "$n"):$PC" ] && { echo "$n"; return 0; }
+  done
+  return 1
+}
+passed_mib() { # MARK MIB: MIB MiB more passed through the throttle than up to line MARK
+  awk -v mark="$1" -v m="$2" '/, total / { if (NR <= mark) t0 = $(NF - 1); else t1 = $(NF - 1) }
+    END { exit !(t1 - t0 >= m) }' "$THR_LOG"
+}
+QUAY_LOG="$LOGS/quay.access.log"
+layer_gets() { # IMAGE MARK -> "<200s> <206s>": upstream GETs of the image's layer since MARK
+  local d; d=$(img ".\"$1\".layers[0]")
+  tail -n +"$(($2 + 1))" "$QUAY_LOG" | awk -v d="$d" '
+    index($0, "/blobs/" d " HTTP/") && index($0, "\"GET ") { if ($0 ~ /" 200 /) a++; else if ($0 ~ /" 206 /) b++ }
+    END { print a + 0, b + 0 }'
+}
+# Three clients pull IMAGE through the three replicas at once; once 8 MiB of
+# its layer passed, SIGNAL goes to the lease's holder. Sets HOLDER.
+pull_and_signal() { # STEP IMAGE SIGNAL
+  local step="$1" image="$2" sig="$3" layer n
+  layer=$(img ".\"$image\".layers[0]")
+  MARK_Q=$(wc -l <"$QUAY_LOG"); mark_t=$(wc -l <"$THR_LOG")
+  TAKEN0=$(count_lines 'took over a fill' "$LOGS"/replica*.log)
+  LB_PIDS=()
+  for n in 1 2 3; do
+    ( pull_lb "$n" "$image" "quay.io/lab-org/$image:latest" "$W/out/c$step-$n" ) >"$LOGS/c$step-$n.result" 2>&1 &
+    LB_PIDS+=($!)
+  done
+  HOLDER=""
+  if wait_until 30 - passed_mib "$mark_t" 8 && HOLDER=$(lease_holder "$layer"); then
+    kill "-$sig" "${RPID[$HOLDER]}"; touch "$W/down-$HOLDER"
+    info "$step: sent SIG$sig to replica $HOLDER, the holder of $image's layer's lease, at $(tail -n 1 "$THR_LOG")"
+  else
+    bad "$step holder found mid-pull" "no lease for $layer with 8 MiB passed (throttle: $(tail -n 1 "$THR_LOG"))"
+  fi
+}
+# Waits for the three clients; checks every copy and the upstream's GETs.
+check_pulls() { # STEP IMAGE WHAT
+  local step="$1" image="$2" what="$3" n all=1 gets taken
+  for n in 1 2 3; do
+    if wait "${LB_PIDS[$((n - 1))]}"; then info "$step client $n: $(tail -n 1 "$LOGS/c$step-$n.result")"
+    else all=0; bad "$step client starting at replica $n ($what)" "$(cat "$LOGS/c$step-$n.result")"; fi
+  done
+  [ "$all" = 1 ] && ok "$step three clients pulled $image ($BIG_MIB MiB layer) while $what: every copy verified"
+  sleep 1   # late access-log lines
+  read -r g200 g206 <<<"$(layer_gets "$image" "$MARK_Q")"
+  taken=$(( $(count_lines 'took over a fill' "$LOGS"/replica*.log) - TAKEN0 ))
+  if [ "$g200" = 1 ] && [ "$g206" -le 1 ] && [ "$taken" -ge 1 ]; then
+    ok "$step the upstream sent the layer once and resumed it $g206 time(s) with a ranged GET (206); $taken takeover(s) logged"
+  else
+    bad "$step one upstream GET plus at most one ranged resume, after a takeover" "$g200 full GETs (200), $g206 ranged (206), $taken takeovers logged"
+  fi
+}
+
 # ----------------------------------------------------------------- 5
 step "5. replica 1 cut off from the others (iptables drops its internal endpoint)"
 RULE=(INPUT -d "$(replica_ip 1)" -p tcp --dport "$PC" -j DROP)
 unrule() { iptables -D "${RULE[@]}" 2>/dev/null || true; }
 if iptables -I "${RULE[@]}" 2>"$LOGS/iptables.log"; then
   CLEANUP_HOOKS+=(unrule)
-  pids=()
-  for n in 1 2 3; do
-    ( skopeo_from "$n" multi library/multi:latest "$W/out/c5-$n" --all ) >"$LOGS/c5-$n.result" 2>&1 &
+  # 4 MiB/s: the 12 s download outlasts the followers' lease_ttl (3 s) of
+  # trying to reach the holder.
+  set_rate 4
+  mark_t=$(wc -l <"$THR_LOG"); alone0=$(count_lines 'cannot be reached; fetching alone' "$LOGS"/replica*.log)
+  layer=$(img '.big3.layers[0]')
+  ( skopeo_from 1 big3 quay.io/lab-org/big3:latest "$W/out/c5-1" ) >"$LOGS/c5-1.result" 2>&1 &
+  pids=($!)
+  holder=""
+  wait_until 30 - passed_mib "$mark_t" 4 && holder=$(lease_holder "$layer")
+  [ "$holder" = 1 ] || bad "5 replica 1 holds the fill it started" "lease holder: '${holder:-none}'"
+  for n in 2 3; do
+    ( skopeo_from "$n" big3 quay.io/lab-org/big3:latest "$W/out/c5-$n" ) >"$LOGS/c5-$n.result" 2>&1 &
     pids+=($!)
-    [ "$n" = 1 ] && sleep 0.2   # replica 1 asks first, so it is likely to hold the leases
   done
   all=1
   for n in 1 2 3; do wait "${pids[$((n - 1))]}" || { all=0; bad "5 pull through replica $n while replica 1 is cut off" "$(cat "$LOGS/c5-$n.result")"; }; done
-  [ "$all" = 1 ] && ok "5 every pull completed, verified, with replica 1 cut off from the others ($(count_lines 'cannot be reached; fetching alone' "$LOGS"/replica*.log) fills fetched alone)"
+  alone=$(( $(count_lines 'cannot be reached; fetching alone' "$LOGS"/replica*.log) - alone0 ))
+  [ "$all" = 1 ] && ok "5 every pull of big3 completed, verified, with replica 1 (the holder) cut off from the others"
+  if [ "$alone" -ge 1 ]; then ok "5 the replicas that could not reach the holder fetched alone ($alone fills)"
+  else bad "5 the cut-off holder's followers fetch alone" "no 'fetching alone' line"; fi
   unrule
+  set_rate 16
 else
   skipped "5 partition" "iptables refused: $(head -c 200 "$LOGS/iptables.log")"
+fi
+
+step "6. SIGKILL the holder of a fill in the middle of three pulls"
+if [ -n "${RPID[4]:-}" ]; then kill -TERM "${RPID[4]}"; wait "${RPID[4]}" 2>/dev/null || true; fi  # back to three
+pull_and_signal 6 big1 KILL
+check_pulls 6 big1 "the holder was killed"
+if [ -n "$HOLDER" ]; then
+  wait "${RPID[$HOLDER]}" 2>/dev/null || true
+  start_replica "$HOLDER"; rm -f "$W/down-$HOLDER"
+fi
+
+step "7. SIGSTOP the holder of a fill in the middle of three pulls, SIGCONT after"
+pull_and_signal 7 big2 STOP
+# The clients through the two others finish while the holder is frozen
+# (their takeover needs lease_ttl, 3 s); then the holder wakes, finds its
+# lease gone, fails its fill, and its client retries elsewhere.
+if [ -n "$HOLDER" ]; then
+  for n in 1 2 3; do
+    [ "$n" = "$HOLDER" ] || wait_until 60 - grep -q verified "$LOGS/c7-$n.result" \
+      || bad "7 client $n finished while replica $HOLDER was frozen" "$(cat "$LOGS/c7-$n.result")"
+  done
+  kill -CONT "${RPID[$HOLDER]}"; rm -f "$W/down-$HOLDER"
+fi
+check_pulls 7 big2 "the holder was frozen"
+if [ -n "$HOLDER" ]; then
+  if wait_until 20 - grep -qiE 'lease was taken over by another replica' "$LOGS/replica$HOLDER.log"; then
+    ok "7 the woken holder (replica $HOLDER) found its lease lost: $(grep -iE 'lease was taken over by another replica' "$LOGS/replica$HOLDER.log" | head -n 1 | cut -c1-160)"
+  else
+    bad "7 the woken holder gives up its fill" "no lease-lost line in replica $HOLDER's log"
+  fi
 fi
 
 # ----------------------------------------------------------------- 4

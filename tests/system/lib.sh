@@ -157,8 +157,8 @@ make_pki() {
 }
 
 # mkimages.py's images in W/images; IMAGES is its summary, img() queries it.
-make_images() {
-  python3 "$LIB_DIR/mkimages.py" --out "$W/images" >"$LOGS/mkimages.json" 2>"$LOGS/mkimages.err" \
+make_images() { # [MKIMAGES_ARGS...]
+  python3 "$LIB_DIR/mkimages.py" --out "$W/images" "$@" >"$LOGS/mkimages.json" 2>"$LOGS/mkimages.err" \
     || setup_failed "mkimages.py failed" "$LOGS/mkimages.err"
   IMAGES="$W/images/images.json"
   jq -c 'map_values(.digest)' "$IMAGES"

@@ -19,6 +19,8 @@ Images:
     multi      Docker manifest list: linux/amd64 + linux/arm64/v8 (Docker manifests)
     multi-oci  OCI image index:      linux/amd64 + linux/arm64/v8 (OCI manifests)
     alpine     a one-layer Docker v2s2 image (stand-in for library/alpine)
+    big1-3     only with --big MIB: one-layer Docker v2s2 images whose layer
+               holds MIB MiB (for killing a mirror in the middle of a pull)
 
 Layers are valid gzip'd tars of random bytes (containerd unpacks them); each
 config's rootfs.diff_ids are the sha256 of the uncompressed tars. Output is a
@@ -28,7 +30,7 @@ same on every run with the same zlib.
 Prints a JSON summary {image: {"digest", "mediaType", "dir", ...}} on stdout
 and writes it to OUT/images.json as well.
 
-usage: mkimages.py --out DIR [--seed N]
+usage: mkimages.py --out DIR [--seed N] [--big MIB]
 """
 
 import argparse
@@ -93,10 +95,10 @@ def make_tar(files) -> bytes:
     return buf.getvalue()
 
 
-def gzip_bytes(data: bytes) -> bytes:
+def gzip_bytes(data: bytes, level=6) -> bytes:
     buf = io.BytesIO()
     # filename="" and mtime=0: no timestamp or name in the gzip header.
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=6) as gz:
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=level) as gz:
         gz.write(data)
     return buf.getvalue()
 
@@ -132,7 +134,7 @@ class Platform:
 class ImageContent:
     """Config + layers of one single-platform image (shared by Docker/OCI flavours)."""
 
-    def __init__(self, rng, name, platform, layer_sizes):
+    def __init__(self, rng, name, platform, layer_sizes, level=6):
         self.name = name
         self.platform = platform
         self.layers = []  # gzip'd tar blobs
@@ -145,7 +147,7 @@ class ImageContent:
                 files.insert(0, ("lab/%s/platform" % name, (platform.label() + "\n").encode()))
             tar = make_tar(files)
             diff_ids.append("sha256:" + sha256_hex(tar))
-            self.layers.append(Blob(gzip_bytes(tar), MT_DOCKER_LAYER))
+            self.layers.append(Blob(gzip_bytes(tar, level), MT_DOCKER_LAYER))
             history.append({"created": CREATED,
                             "created_by": "mkimages.py %s layer %d (%d bytes)" % (name, i, size)})
         cfg = {
@@ -260,6 +262,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output directory (one sub-directory per image)")
     ap.add_argument("--seed", type=int, default=20240601)
+    ap.add_argument("--big", type=int, default=0, metavar="MIB",
+                    help="also write big1, big2 and big3, one layer of MIB MiB each")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -283,6 +287,9 @@ def main():
         "multi-oci": multi(os.path.join(out, "multi-oci"), [multi_amd, multi_arm], oci=True),
         "alpine": single(os.path.join(out, "alpine"), alpine, oci=False),
     }
+    for name in ("big1", "big2", "big3") if args.big else ():
+        big = ImageContent(rng(name), name, amd64, [args.big * 1024 * KiB], level=1)
+        summary[name] = single(os.path.join(out, name), big, oci=False)
     text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
     write_file(os.path.join(out, "images.json"), text.encode())
     print(text, end="")
