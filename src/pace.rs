@@ -10,11 +10,19 @@
 //! as the number of paced bodies grows: memory for bodies stays near
 //! `AHEAD x SHARED` however many clients there are, while a few clients
 //! still get large reads.
+//!
+//! The buffers of those chunks are reused ([`ChunkBuf`]): a chunk's buffer
+//! goes back to a small pool when hyper drops the chunk, and the next read
+//! takes it from there. At wire speed that is thousands of chunks a second,
+//! and a fresh buffer for each costs an allocation, zeroing it, and (with an
+//! allocator that gives pages back to the kernel) page faults. The pool is
+//! bounded ([`POOL_BYTES`] per size class), so it keeps little after a
+//! burst.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -31,22 +39,127 @@ pub const SHARED: usize = 8 * 1024 * 1024;
 /// Chunks a body may have read but not yet written to its socket.
 pub const AHEAD: usize = 2;
 
+/// Buffer bytes each size class of the chunk pool keeps for reuse.
+pub const POOL_BYTES: usize = 1024 * 1024;
+
 /// Paced bodies streaming now, process-wide.
 static STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 /// The chunk size for the next read of a body: [`CHUNK`] while few bodies
-/// stream, then [`SHARED`] split among them, at least [`MIN_CHUNK`].
+/// stream, then [`SHARED`] split among them (rounded down to a power of
+/// two), at least [`MIN_CHUNK`].
 pub fn chunk_size() -> usize {
     chunk_for(STREAMS.load(Ordering::Relaxed))
 }
 
 fn chunk_for(streams: usize) -> usize {
-    (SHARED / streams.max(1)).clamp(MIN_CHUNK, CHUNK) & !4095
+    // A power of two: exactly one of the pool's size classes.
+    let c = (SHARED / streams.max(1)).clamp(MIN_CHUNK, CHUNK);
+    1 << c.ilog2()
 }
 
 /// Paced bodies streaming now.
 pub fn streams() -> usize {
     STREAMS.load(Ordering::Relaxed)
+}
+
+/// Size classes of the pool: powers of two from [`MIN_CHUNK`] to [`CHUNK`].
+const CLASSES: usize = (CHUNK / MIN_CHUNK).trailing_zeros() as usize + 1;
+
+/// Free chunk buffers by size class (`MIN_CHUNK << class` bytes each).
+struct Pool([Mutex<Vec<Vec<u8>>>; CLASSES]);
+
+/// The process's chunk pool.
+static POOL: Pool = Pool::new();
+
+impl Pool {
+    const fn new() -> Self {
+        Self([const { Mutex::new(Vec::new()) }; CLASSES])
+    }
+
+    fn take(&'static self, len: usize) -> ChunkBuf {
+        let buf = match class_of(len) {
+            Some(c) => self.0[c]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()
+                .unwrap_or_else(|| vec![0; MIN_CHUNK << c]),
+            None => vec![0; len],
+        };
+        ChunkBuf {
+            buf,
+            len,
+            pool: self,
+        }
+    }
+
+    fn give_back(&self, buf: &mut Vec<u8>) {
+        let Some(c) = class_of(buf.len()).filter(|&c| buf.len() == MIN_CHUNK << c) else {
+            return;
+        };
+        let mut free = self.0[c].lock().unwrap_or_else(PoisonError::into_inner);
+        if (free.len() + 1) * buf.len() <= POOL_BYTES.max(buf.len()) {
+            free.push(std::mem::take(buf));
+        }
+    }
+}
+
+/// The class of a buffer that holds `len` bytes; `None` when larger than
+/// [`CHUNK`] (not pooled).
+fn class_of(len: usize) -> Option<usize> {
+    let cap = len.max(MIN_CHUNK).next_power_of_two();
+    (cap <= CHUNK).then(|| (cap / MIN_CHUNK).trailing_zeros() as usize)
+}
+
+/// A buffer for one body chunk, from the pool when it has one: fill it
+/// (`as_mut`), then [`ChunkBuf::freeze`] the bytes read. The buffer goes
+/// back to the pool when the last [`Bytes`] of it is dropped (or the
+/// `ChunkBuf`, unfrozen).
+pub struct ChunkBuf {
+    buf: Vec<u8>,
+    len: usize,
+    pool: &'static Pool,
+}
+
+impl std::fmt::Debug for ChunkBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkBuf")
+            .field("len", &self.len)
+            .field("capacity", &self.buf.len())
+            .finish()
+    }
+}
+
+impl ChunkBuf {
+    /// A buffer of `len` bytes. Its contents are unspecified (a reused
+    /// buffer holds an earlier chunk): only what is filled may be frozen.
+    pub fn new(len: usize) -> Self {
+        POOL.take(len)
+    }
+
+    /// The first `n` bytes (at most the buffer's length) as [`Bytes`].
+    pub fn freeze(mut self, n: usize) -> Bytes {
+        self.len = n.min(self.len);
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for ChunkBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl AsMut<[u8]> for ChunkBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl Drop for ChunkBuf {
+    fn drop(&mut self) {
+        self.pool.give_back(&mut self.buf);
+    }
 }
 
 /// What a body's chunks report back when hyper drops them.
@@ -132,14 +245,56 @@ mod tests {
     use futures_util::StreamExt;
 
     #[test]
+    fn chunk_buffers_are_reused_within_the_pool_bound() {
+        // A pool of the test's own: other tests read files meanwhile.
+        let pool: &'static Pool = Box::leak(Box::new(Pool::new()));
+        let len = 40 * 1024;
+        let c = class_of(len).unwrap();
+        assert_eq!(MIN_CHUNK << c, 64 * 1024);
+        assert_eq!(class_of(1), Some(0));
+        assert_eq!(class_of(CHUNK), Some(CLASSES - 1));
+        assert_eq!(class_of(CHUNK + 1), None);
+        let mut b = pool.take(len);
+        b.as_mut().fill(7);
+        let bytes = b.freeze(1000);
+        assert_eq!(bytes.len(), 1000);
+        assert!(bytes.iter().all(|&x| x == 7));
+        let ptr = bytes.as_ptr();
+        let half = bytes.slice(10..20);
+        drop(bytes);
+        // Still referenced by `half`: not back in the pool yet.
+        let other = pool.take(len);
+        assert_ne!(other.as_ref().as_ptr(), ptr);
+        drop(half);
+        let again = pool.take(len);
+        assert_eq!(again.as_ref().as_ptr(), ptr, "the freed buffer is reused");
+        assert_eq!(again.as_ref().len(), len);
+        drop((other, again));
+        // The pool keeps at most POOL_BYTES of a class.
+        let many: Vec<_> = (0..2 * POOL_BYTES / (64 * 1024)).map(|_| pool.take(len)).collect();
+        drop(many);
+        let kept = pool.0[c].lock().unwrap().len();
+        assert_eq!(kept, POOL_BYTES / (64 * 1024));
+        // Larger than CHUNK: a buffer of its own, never pooled.
+        let big = pool.take(CHUNK + 1).freeze(CHUNK + 1);
+        assert_eq!(big.len(), CHUNK + 1);
+        drop(big);
+        let pooled: usize = pool.0.iter().map(|c| c.lock().unwrap().len()).sum();
+        assert_eq!(pooled, kept, "the larger-than-CHUNK buffer was not pooled");
+    }
+
+    #[test]
     fn chunks_shrink_as_bodies_grow() {
         assert_eq!(chunk_for(0), CHUNK);
         assert_eq!(chunk_for(32), CHUNK);
         assert_eq!(chunk_for(64), 128 * 1024);
+        assert_eq!(chunk_for(100), 64 * 1024);
         assert_eq!(chunk_for(500), MIN_CHUNK);
         assert_eq!(chunk_for(100_000), MIN_CHUNK);
         for n in 1..2000 {
-            assert_eq!(chunk_for(n) % 4096, 0);
+            let c = chunk_for(n);
+            assert!(c.is_power_of_two() && c * n.min(SHARED / MIN_CHUNK) <= SHARED, "{n}: {c}");
+            assert_eq!(class_of(c).map(|k| MIN_CHUNK << k), Some(c));
         }
     }
 

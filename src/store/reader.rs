@@ -197,21 +197,19 @@ impl Spool {
 /// Reads up to `len` bytes of `file` at `pos`. A short result is not an
 /// error (the caller reads on); an empty one means end of file.
 pub(crate) async fn read_at(file: &Arc<std::fs::File>, pos: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len);
-    if let Some(n) = read_cached(file, pos, &mut buf)? {
-        buf.truncate(n);
-        return Ok(buf.freeze());
+    let mut buf = crate::pace::ChunkBuf::new(len);
+    if let Some(n) = read_cached(file, pos, buf.as_mut())? {
+        return Ok(buf.freeze(n));
     }
     let file = file.clone();
     tokio::task::spawn_blocking(move || {
         let n = loop {
-            match file.read_at(&mut buf, pos) {
+            match file.read_at(buf.as_mut(), pos) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => break r?,
             }
         };
-        buf.truncate(n);
-        Ok(buf.freeze())
+        Ok(buf.freeze(n))
     })
     .await
     .unwrap_or_else(|e| Err(io::Error::other(e)))
