@@ -1,5 +1,7 @@
 //! The command line: `serve` and `check-config`.
 
+mod warm;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -51,6 +53,10 @@ pub enum Command {
     /// Manage the local certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Fill the cache ahead of need through the mirror's pull-through path:
+    /// every platform of each image (or `--platform`), skipping what is
+    /// cached. Exits 1 when any image could not be warmed.
+    Warm(warm::WarmArgs),
     /// Write a client's configuration for pulling every configured upstream
     /// through the mirror's TLS port, trusting the mirror's CA.
     ClientConfig {
@@ -171,6 +177,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ca(cmd) => run_ca(cmd),
+        Command::Warm(args) => warm::run(args),
         Command::ClientConfig {
             kind,
             mirror,

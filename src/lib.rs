@@ -35,6 +35,8 @@
 //! - [`server`]: accept loops and HTTP connections.
 //! - [`clientconfig`]: client configuration files for the mirror.
 //! - [`app`]: the composition root.
+//! - [`warm`]: `mirrorgate warm`, an HTTP client of a mirror (running, or
+//!   started in-process by the CLI) that fills its cache ahead of need.
 //! - [`cli`], [`telemetry`]: the binary's front.
 //!
 //! # One request
@@ -72,6 +74,7 @@ pub mod tag;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod warm;
 
 /// Formats an error with its chain of sources (`a: b: c`), for log lines:
 /// each error's `Display` describes only its own level.

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-/// jemalloc rather than glibc's malloc, with `--features jemalloc`: after a
+/// jemalloc rather than glibc's malloc (the default feature `jemalloc`): after a
 /// burst of cold fills it hands the freed pages back to the kernel (a
 /// background thread purges pages unused for a second, `.cargo/config.toml`),
 /// where glibc keeps the burst's peak.

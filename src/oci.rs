@@ -8,6 +8,7 @@
 //! store. This module does no I/O.
 
 pub mod digest;
+pub mod manifest;
 pub mod media_type;
 pub mod reference;
 

@@ -271,7 +271,9 @@ mod tests {
         assert_eq!(again.as_ref().len(), len);
         drop((other, again));
         // The pool keeps at most POOL_BYTES of a class.
-        let many: Vec<_> = (0..2 * POOL_BYTES / (64 * 1024)).map(|_| pool.take(len)).collect();
+        let many: Vec<_> = (0..2 * POOL_BYTES / (64 * 1024))
+            .map(|_| pool.take(len))
+            .collect();
         drop(many);
         let kept = pool.0[c].lock().unwrap().len();
         assert_eq!(kept, POOL_BYTES / (64 * 1024));
@@ -293,7 +295,10 @@ mod tests {
         assert_eq!(chunk_for(100_000), MIN_CHUNK);
         for n in 1..2000 {
             let c = chunk_for(n);
-            assert!(c.is_power_of_two() && c * n.min(SHARED / MIN_CHUNK) <= SHARED, "{n}: {c}");
+            assert!(
+                c.is_power_of_two() && c * n.min(SHARED / MIN_CHUNK) <= SHARED,
+                "{n}: {c}"
+            );
             assert_eq!(class_of(c).map(|k| MIN_CHUNK << k), Some(c));
         }
     }

@@ -322,6 +322,14 @@ impl Registry {
         };
         resp.headers_mut()
             .insert(API_VERSION, http::HeaderValue::from_static("registry/2.0"));
+        if let Some(c) = log.cache
+            && resp.status().as_u16() < 400
+        {
+            resp.headers_mut().insert(
+                CACHE_STATUS,
+                http::HeaderValue::from_static(cache_status(c)),
+            );
+        }
         log.status = resp.status().as_u16();
         let content_length = (!head)
             .then(|| {
@@ -741,6 +749,22 @@ pub fn rewrite_link(link: &str, client_path: &str, ns: Option<&str>) -> Option<S
     let q = ser.finish();
     let sep = if q.is_empty() { "" } else { "?" };
     Some(format!("<{client_path}{sep}{q}>{rest}"))
+}
+
+/// `Cache-Status` (RFC 9211): how the mirror answered. `mirrorgate warm`
+/// reads it to tell a cached blob from one it must fetch.
+pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
+/// The `Cache-Status` value of an outcome.
+pub fn cache_status(c: CacheStatus) -> &'static str {
+    match c {
+        CacheStatus::Hit => "mirrorgate; hit",
+        CacheStatus::Miss => "mirrorgate; fwd=miss",
+        CacheStatus::Coalesced => "mirrorgate; fwd=miss; collapsed",
+        CacheStatus::Stale => "mirrorgate; hit; detail=stale",
+        CacheStatus::Pass => "mirrorgate; fwd=bypass",
+        CacheStatus::Redirect => "mirrorgate; hit; detail=redirect",
+    }
 }
 
 #[cfg(test)]

@@ -21,3 +21,4 @@ mod s3;
 mod spec_errors;
 mod tags;
 mod tls;
+mod warm;
