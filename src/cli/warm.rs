@@ -239,9 +239,12 @@ fn size(n: u64) -> String {
     bytesize::ByteSize(n).display().iec().to_string()
 }
 
+/// An image in flight and its bar.
+type Bar = (ImageRef, ProgressBar);
+
 /// Progress on a terminal (a bar per image in flight), or a line per image.
 struct Display {
-    bars: Option<(MultiProgress, Mutex<Vec<(ImageRef, ProgressBar)>>)>,
+    bars: Option<(MultiProgress, Mutex<Vec<Bar>>)>,
 }
 
 impl Display {

@@ -4,13 +4,13 @@
 
 use std::process::Command;
 
-use mirrorgate::warm::{ImageRef, Options, Quiet, Warmer};
+use mirrorgate::warm::{ImageRef, Options as WarmOptions, Quiet, Warmer};
 
 use crate::support::image::{docker_image, oci_image, oci_index};
 use crate::support::*;
 
 fn warmer(url: &str, platforms: &[&str]) -> Warmer {
-    Warmer::new(Options {
+    Warmer::new(WarmOptions {
         mirror: url.parse().unwrap(),
         ca_pem: None,
         basic: None,
@@ -86,6 +86,7 @@ async fn warm_fills_every_platform_and_a_second_run_fetches_nothing() {
     up.set_down(false);
 
     // A second run: nothing fetched, every blob answered from the cache.
+    let heads = up.count("HEAD", "/blobs/");
     let again = w.warm_all(&images, &Quiet).await;
     assert_eq!((again.ok, again.failed), (2, 0), "{again:#?}");
     assert_eq!(again.bytes_fetched, 0);
@@ -97,7 +98,7 @@ async fn warm_fills_every_platform_and_a_second_run_fetches_nothing() {
     );
     assert_eq!(
         up.count("HEAD", "/blobs/"),
-        0,
+        heads,
         "cached blobs cost nothing upstream"
     );
     gw.stop().await;
@@ -140,7 +141,7 @@ async fn platforms_asked_for_are_the_only_ones_fetched_and_failures_stay_per_ima
     }
     let missing = &report.images[1];
     assert!(
-        missing.errors[0].contains("MANIFEST_UNKNOWN"),
+        missing.errors[0].contains("404 Not Found"),
         "{:?}",
         missing.errors
     );
@@ -165,7 +166,7 @@ fn warm_cmd(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_warms_a_running_mirror_and_a_data_directory_and_reports_in_json() {
     let up = FakeUpstream::start(Options::default()).await;
     let img = docker_image(31, &[6000, 7000]);
@@ -207,11 +208,12 @@ async fn the_command_warms_a_running_mirror_and_a_data_directory_and_reports_in_
     assert!(stdout.contains("warmed 2 of 2 images"), "{stdout}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["images"][0]["digest"], img.manifest.digest.as_str());
-    assert_eq!(r["images"][0]["blobs_fetched"], 3);
-    assert_eq!(
-        r["images"][1]["blobs_fetched"], 0,
-        "the second line is the same image: cached by then"
-    );
+    // The two lines name one image, warmed at once: between them each
+    // blob crosses the upstream link once.
+    for k in 0..2 {
+        assert_eq!(r["images"][k]["blobs"], 3);
+        assert_eq!(r["images"][k]["errors"].as_array().unwrap().len(), 0);
+    }
     assert_eq!(up.count("GET", "/blobs/"), 3);
     assert_store_verified(&dir.path().join("data"));
 
