@@ -10,6 +10,7 @@
 //! ├── writer       BlobWriter: spool, hash, verify; Publish: the backend's commit
 //! ├── records      Records trait (get/put/delete/list by key); FsRecords
 //! ├── private      PrivateMarks over Records
+//! ├── inventory    what is stored: references, closures, pins; rm and gc
 //! ├── local        LocalBlobs: files under a directory, LRU-bounded (gc, verify)
 //! └── contract     the suite every backend passes
 //! ```
@@ -30,6 +31,7 @@
 //! on tokio's blocking pool.
 
 pub mod contract;
+pub mod inventory;
 pub mod local;
 mod private;
 pub mod reader;
@@ -151,6 +153,11 @@ pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// Every stored blob: digest, size and when it was last written (or,
+    /// for a local blob, last read: reads refresh it to the minute). Files
+    /// or objects not named by a digest are left out.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<StoredBlob>, Error>>;
+
     /// Deletes a stored blob (absent: nothing to do).
     fn delete<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<(), Error>>;
 
@@ -177,6 +184,20 @@ pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
     /// The local directory of blobs that eviction bounds (the whole store,
     /// or the read tier in front of a remote one).
     fn local(&self) -> Option<&LocalBlobs>;
+}
+
+/// How long eviction trusts the pins it read.
+pub const PINS_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One stored blob, as [`Backend::list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlob {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written or (locally) read.
+    pub modified: std::time::SystemTime,
 }
 
 /// The durable publish step of a backend (see
@@ -340,11 +361,44 @@ impl Store {
     /// Starts the store's background tasks: eviction (when the local
     /// blobs are bounded) and the backend's janitor. Abort them to stop.
     pub fn spawn_maintenance(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let evictor = self.blobs.local().and_then(LocalBlobs::spawn_evictor);
+        let evictor = self
+            .blobs
+            .local()
+            .and_then(|l| l.spawn_evictor_keeping(Some(self.keep_pinned())));
         evictor
             .into_iter()
             .chain(self.blobs.spawn_janitor())
             .collect()
+    }
+
+    /// What eviction keeps: the pinned images' digests, read again when
+    /// older than [`PINS_FRESH`] (a pin made by another process counts
+    /// from the next read).
+    fn keep_pinned(&self) -> local::Keep {
+        type Cached = Option<(tokio::time::Instant, Arc<std::collections::HashSet<Digest>>)>;
+        let cache: Arc<tokio::sync::Mutex<Cached>> = Arc::default();
+        let store = self.clone();
+        Arc::new(move || {
+            let (store, cache) = (store.clone(), cache.clone());
+            Box::pin(async move {
+                let mut c = cache.lock().await;
+                if let Some((at, set)) = &*c
+                    && at.elapsed() < PINS_FRESH
+                {
+                    return set.clone();
+                }
+                let set = match store.pinned_digests().await {
+                    Ok(s) => Arc::new(s),
+                    Err(e) => {
+                        // Keep the last known pins rather than none.
+                        tracing::warn!(error = %crate::error_chain(&e), "cannot read the pins; keeping the last known ones");
+                        return c.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+                    }
+                };
+                *c = Some((tokio::time::Instant::now(), set.clone()));
+                set
+            })
+        })
     }
 
     /// The size of a stored blob, or `None` when absent.
@@ -467,6 +521,31 @@ impl Store {
         })
     }
 
+    /// The records of the same tag under other accept classes than
+    /// `key`'s (what other clients resolved it to).
+    pub async fn tag_siblings(&self, key: &TagKey) -> Result<Vec<TagRecord>, Error> {
+        let own = keys::tag(key);
+        let dir = keys::tags_dir(&key.upstream, &key.repo);
+        let prefix = format!("{}.", key.tag.as_str());
+        let mut out = Vec::new();
+        for k in self.records.list(&dir).await? {
+            let Some(file) = k.components().last() else {
+                continue;
+            };
+            // <tag>.<class>, the class without dots
+            let same_tag = file
+                .strip_prefix(&prefix)
+                .is_some_and(|class| !class.is_empty() && !class.contains('.'));
+            if k != own
+                && same_tag
+                && let Some(r) = self.record::<TagRecord>(&k).await?
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
     /// Forgets a tag (it was deleted upstream).
     pub async fn remove_tag(&self, key: &TagKey) -> Result<(), Error> {
         self.records.delete(&keys::tag(key)).await
@@ -557,6 +636,10 @@ mod keys {
 
     pub(super) fn repo_mark(upstream: &UpstreamId, repo: &RepoName) -> RecordKey {
         key(["repos", upstream.as_str(), repo.as_str(), TAGS_DIR, ".repo"])
+    }
+
+    pub(super) fn tags_dir(upstream: &UpstreamId, repo: &RepoName) -> RecordKey {
+        key(["repos", upstream.as_str(), repo.as_str(), TAGS_DIR])
     }
 
     pub(super) fn tag(k: &TagKey) -> RecordKey {

@@ -185,7 +185,8 @@ impl Mirror {
             let (id, repo) = (up.config.id.clone(), repo.clone());
             self.persist(digest.clone(), async move {
                 store.put_manifest(&d, bytes, &mt).await?;
-                store.mark_repo(&id, &repo).await
+                store.mark_repo(&id, &repo).await?;
+                store.note_digest_ref(&id, &repo, &d).await
             })
             .await;
             Ok(manifest_value(m.bytes, m.media_type))
@@ -232,7 +233,14 @@ impl Mirror {
     async fn load_tag(&self, up: &Arc<Upstream>, key: &TagKey) -> Result<Arc<TagEntry>, Error> {
         let ttl = up.config.tag_ttl;
         let entry = |record, stale| Arc::new(TagEntry { record, ttl, stale });
-        let disk = self.stored_tag(key).await?;
+        // A tag first asked with this `Accept` starts from what it resolved
+        // to for another one the client also accepts (warmed with every
+        // type, say): a HEAD confirms it (Docker Hub does not count HEADs),
+        // and with upstream down it is served, as the last known digest.
+        let disk = match self.stored_tag(key).await? {
+            Some(r) => Some(r),
+            None => self.sibling_tag(key).await?,
+        };
         if let Some(rec) = &disk
             && rec.age(self.clock.now()) < ttl
         {
@@ -424,6 +432,18 @@ impl Mirror {
             r
         })
         .await;
+    }
+
+    /// The most recently confirmed record of the tag under another accept
+    /// class whose media type `key`'s class accepts.
+    async fn sibling_tag(&self, key: &TagKey) -> Result<Option<TagRecord>, Error> {
+        Ok(self
+            .store
+            .tag_siblings(key)
+            .await?
+            .into_iter()
+            .filter(|r| key.class.accepts(&r.media_type))
+            .max_by_key(|r| r.checked_at_ms))
     }
 
     /// The tag record the store holds, or will once a write under way

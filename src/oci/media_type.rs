@@ -98,6 +98,16 @@ impl AcceptClass {
         (!v.is_empty()).then(|| v.join(", "))
     }
 
+    /// Whether a client of this class accepts a manifest of media type
+    /// `mt` (an unknown type: never).
+    pub fn accepts(self, mt: &str) -> bool {
+        let base = mt.split(';').next().unwrap_or_default().trim();
+        KNOWN
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(base))
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+
     /// A short stable name used in on-disk tag records, e.g. `a15`.
     pub fn key(self) -> String {
         format!("a{}", self.0)
@@ -119,6 +129,8 @@ mod tests {
             c.to_accept().unwrap(),
             format!("{DOCKER_MANIFEST_V2}, {OCI_INDEX}")
         );
+        assert!(c.accepts(OCI_INDEX) && c.accepts(&format!("{DOCKER_MANIFEST_V2}; x=y")));
+        assert!(!c.accepts(OCI_MANIFEST) && !c.accepts("text/plain"));
         assert_eq!(AcceptClass::from_accept(["*/*"]), AcceptClass::all_modern());
         assert_eq!(AcceptClass::from_accept([]), AcceptClass::all_modern());
         assert_eq!(MediaType::new("a/b; charset=utf-8").as_str(), "a/b");

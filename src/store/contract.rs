@@ -245,9 +245,21 @@ async fn delete(store: &Store, c: &Content) {
     let data = c.bytes("deleted", 1234);
     let d = Digest::sha256_of(&data);
     write_all(store, &data, 100).await.unwrap();
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(300);
+    let listed = store.blobs().list().await.unwrap();
+    let row = listed.iter().find(|b| b.digest == d);
+    assert!(
+        row.is_some_and(|b| b.size == 1234 && b.modified > before),
+        "list reports the stored blob with its size and a recent time: {row:?}"
+    );
     store.blobs().delete(&d).await.unwrap();
     assert_eq!(store.stat(&d).await.unwrap(), None);
     assert!(store.open(&d).await.unwrap().is_none());
+    let listed = store.blobs().list().await.unwrap();
+    assert!(
+        listed.iter().all(|b| b.digest != d),
+        "a deleted blob is not listed"
+    );
     store.blobs().delete(&d).await.unwrap();
 }
 

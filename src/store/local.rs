@@ -48,6 +48,10 @@ pub enum IndexUse {
     IfFree,
 }
 
+/// What eviction must keep besides the blobs in use (the pinned images'
+/// digests), asked for by each pass that evicts.
+pub type Keep = Arc<dyn Fn() -> BoxFuture<'static, Arc<std::collections::HashSet<Digest>>> + Send + Sync>;
+
 /// Refresh a served blob's last-access time at most this often.
 const ACCESS_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -172,6 +176,11 @@ impl LocalBlobs {
         self.0.in_use.hold(digest)
     }
 
+    /// Whether `digest` is being served or written by this process.
+    pub fn in_use(&self, digest: &Digest) -> bool {
+        self.0.in_use.contains(digest)
+    }
+
     /// Approximate bytes of stored blobs.
     pub fn stored_bytes(&self) -> u64 {
         self.0.approx_bytes.load(Ordering::Relaxed)
@@ -227,6 +236,12 @@ impl LocalBlobs {
     /// recently used (not in use) down to 90% of it. Reads the index only as
     /// far as it evicts.
     pub async fn evict_once(&self) -> Result<GcReport, Error> {
+        self.evict_keeping(None).await
+    }
+
+    /// [`Self::evict_once`], never deleting what `keep` answers (asked only
+    /// when the pass must evict).
+    pub async fn evict_keeping(&self, keep: Option<&Keep>) -> Result<GcReport, Error> {
         let Some(max) = self.0.max_size else {
             return Ok(GcReport::default());
         };
@@ -245,12 +260,17 @@ impl LocalBlobs {
         }
         let me = self.clone();
         let want = before - max / 10 * 9;
+        let pinned = match keep {
+            Some(k) => k().await,
+            None => Arc::default(),
+        };
         let evicted = blocking(move || {
             let inner = &me.0;
             let Some(index) = &inner.index else {
                 return Ok(0);
             };
-            let victims = index.oldest(want, |d| inner.in_use.contains(d))?;
+            let victims =
+                index.oldest(want, |d| inner.in_use.contains(d) || pinned.contains(d))?;
             for (d, _) in &victims {
                 let path = inner.layout.blob(d);
                 match std::fs::remove_file(&path) {
@@ -279,6 +299,11 @@ impl LocalBlobs {
     /// Runs eviction whenever a commit crosses the budget (and every minute
     /// as a backstop) until the task is aborted.
     pub fn spawn_evictor(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.spawn_evictor_keeping(None)
+    }
+
+    /// [`Self::spawn_evictor`], never evicting what `keep` answers.
+    pub fn spawn_evictor_keeping(&self, keep: Option<Keep>) -> Option<tokio::task::JoinHandle<()>> {
         self.0.max_size?;
         let me = self.clone();
         Some(tokio::spawn(async move {
@@ -286,7 +311,7 @@ impl LocalBlobs {
                 // Read before the pass: a commit during the pass asks again
                 // (and leaves a wake-up), so it gets a pass of its own.
                 let asked = me.0.eviction.asked.load(Ordering::SeqCst);
-                if let Err(e) = me.evict_once().await {
+                if let Err(e) = me.evict_keeping(keep.as_ref()).await {
                     tracing::error!(error = %crate::error_chain(&e), "eviction failed");
                 }
                 me.0.eviction.done.send_replace(asked);
@@ -373,6 +398,24 @@ impl Backend for LocalBlobs {
         _scope: Scope,
     ) -> BoxFuture<'a, Result<BlobWriter, Error>> {
         Box::pin(self.writer_with(digest, self.publisher()))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<super::StoredBlob>, Error>> {
+        let me = self.clone();
+        Box::pin(blocking(move || {
+            let mut out = Vec::new();
+            layout::walk_files(&me.0.layout.root().join("blobs"), |path, meta| {
+                if let Some(digest) = gc::digest_of(&path) {
+                    out.push(super::StoredBlob {
+                        digest,
+                        size: meta.len(),
+                        modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                    });
+                }
+                Ok(())
+            })?;
+            Ok(out)
+        }))
     }
 
     fn delete<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<(), Error>> {

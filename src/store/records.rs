@@ -7,6 +7,8 @@
 //! repos/<upstream>/<repo…>/_tags/<tag>.<class> tag record: digest, media type, checked-at (JSON)
 //! repos/<upstream>/<repo…>/_tags/.repo        the repository has cached content (empty)
 //! private/sha256/<hex>/<upstream>/<repo…>     the digest was fetched for that private repository
+//! repos/<upstream>/<repo…>/_tags/@<digest>    the repository's manifest was pulled by digest (empty)
+//! pins/<upstream>/<repo…>/_pins/<tag|@digest> a pin: eviction keeps the image (JSON; see `inventory`)
 //! ```
 //!
 //! Keys are only built from validated types (`Digest`, `UpstreamId`,

@@ -265,6 +265,16 @@ impl Bucket {
 
     /// Every key under `prefix` (relative to the bucket prefix).
     async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
+        Ok(self
+            .list_meta(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, size, _)| (k, size))
+            .collect())
+    }
+
+    /// Every key under `prefix` with its size and last modification.
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<(String, u64, SystemTime)>, S3Error> {
         let path = self.path(prefix);
         let all: Vec<object_store::ObjectMeta> = self
             .call("LIST", &path, self.0.calls.list(Some(&path)).try_collect())
@@ -274,7 +284,8 @@ impl Bucket {
             .into_iter()
             .filter_map(|m| {
                 let k = m.location.as_ref();
-                k.get(strip..).map(|k| (k.to_owned(), m.size))
+                k.get(strip..)
+                    .map(|k| (k.to_owned(), m.size, SystemTime::from(m.last_modified)))
             })
             .collect())
     }
@@ -718,6 +729,23 @@ impl Backend for S3Blobs {
 
     fn durable_publish(&self, digest: &Digest) -> Option<super::Durable> {
         Some(super::Durable(self.s3_publish(digest)))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<super::StoredBlob>, Error>> {
+        Box::pin(async move {
+            let all = self.0.bucket.list_meta("blobs/").await?;
+            Ok(all
+                .into_iter()
+                .filter_map(|(key, size, modified)| {
+                    let name = key.strip_prefix("blobs/")?.replacen('/', ":", 1);
+                    Some(super::StoredBlob {
+                        digest: name.parse().ok()?,
+                        size,
+                        modified,
+                    })
+                })
+                .collect())
+        })
     }
 
     fn delete<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<(), Error>> {

@@ -228,7 +228,7 @@ EOF
 start_registry() { # NAME PORT URL
   local name="$1" port="$2" url="$3"
   # stdout: one combined-format access-log line per request; stderr: app log
-  start_bg "$LOGS/$name.access.log" "$LOGS/$name.log" docker-registry serve "$CONF/$name.yml"
+  start_bg "$LOGS/$name.access.log" "$LOGS/$name.log" env -u REGISTRY_AUTH_FILE docker-registry serve "$CONF/$name.yml"
   wait_until 30 "$LAST_PID" \
     curl -s -o /dev/null --cacert "$CA_CRT" -u "$HUB_USER:$HUB_PASS" -f "$url/v2/" \
     || setup_failed "$name registry did not answer $url/v2/"

@@ -86,7 +86,7 @@ warm() { # LOG ARGS...
   timeout "$(cmd_timeout)" "$BIN" warm --mirror "$MIRROR" "$@" >"$log" 2>&1
 }
 # Distinct blobs (configs and layers) of summary images.
-blobs_of() { local i; for i in "$@"; do img ".\"$i\" | (.config, .layers[]?), (.instances[]? | .config, .layers[])"; done | sort -u; }
+blobs_of() { local i; for i in "$@"; do img ".\"$i\" | (.config // empty), (.layers[]?), (.instances[]? | .config, .layers[])"; done | sort -u; }
 
 # ----------------------------------------------------------------- 1
 step "1. warm a list file"
@@ -241,7 +241,7 @@ step "4. upstreams back, tag_ttl passed: a second warm run"
 for name in hub ghcr quay; do
   case $name in hub) port=$HUB_PORT;; ghcr) port=$GHCR_PORT;; quay) port=$QUAY_PORT;; esac
   # start_registry truncates nothing: its access log grows on
-  start_bg "$LOGS/$name.access.log.2" "$LOGS/$name.log.2" docker-registry serve "$CONF/$name.yml"
+  start_bg "$LOGS/$name.access.log.2" "$LOGS/$name.log.2" env -u REGISTRY_AUTH_FILE docker-registry serve "$CONF/$name.yml"
   wait_until 30 "$LAST_PID" curl -s -o /dev/null --cacert "$CA_CRT" -f -u "$HUB_USER:$HUB_PASS" "${UP_URL[$name]}/v2/" \
     || setup_failed "$name did not come back"
 done
@@ -250,7 +250,11 @@ sleep 2.5   # tag_ttl = 2s: every tag is due for revalidation (paused time is no
 m=$(marks)
 if warm "$LOGS/warm-4.log" "$CONF/images.txt" "$CONF/pods.json" --report "$W/report-4.json"; then
   fetched=$(jq -r '.bytes_fetched' "$W/report-4.json")
-  sleep 1
+  # one HEAD per distinct tag of both inputs; the upstreams log a request
+  # after answering it
+  tags=$(jq -r '.images[].image' "$W/report-4.json" | sort -u | wc -l)
+  heads_are() { [ "$(since "$m" '"HEAD /v2/[^ ]+/manifests/')" -ge "$1" ]; }
+  wait_until 10 - heads_are "$tags" || true
   gets=$(since "$m" "$BLOB_GET")
   mgets=$(since "$m" '"GET /v2/[^ ]+/manifests/')
   heads=$(since "$m" '"HEAD /v2/[^ ]+/manifests/')
