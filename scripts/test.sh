@@ -17,6 +17,9 @@
 #      bucket, skopeo and ctr at once, scale-out, rolling restart, a
 #      partitioned holder, the holder killed (SIGKILL) and frozen (SIGSTOP)
 #      in the middle of a throttled 48 MiB layer (tests/system/cluster.sh)
+#   7b. warm system test: `mirrorgate warm` of a list and a kubectl
+#      fixture through real registries; with the upstreams stopped, skopeo,
+#      ctr and podman pull every warmed image (tests/system/warm.sh)
 #   8. the end-to-end benchmarks in their short mode (benches/e2e.sh --quick,
 #      benches/s3.py --quick and benches/cluster.sh --mib 8, debug binary):
 #      checks that they run and
@@ -73,6 +76,9 @@ if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
 
   step "TLS system test on S3 (SeaweedFS): without and with redirects"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/s3.sh
+
+  step "warm system test: warm a list and a kubectl fixture, upstreams down, skopeo/ctr/podman pull; a second run costs only HEADs"
+  MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/warm.sh
 
   step "cluster system test: replicas on one bucket, skopeo + ctr, scale-out, rolling restart, partition, SIGKILL/SIGSTOP mid-pull"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/cluster.sh

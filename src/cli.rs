@@ -1,5 +1,8 @@
-//! The command line: `serve` and `check-config`.
+//! The command line: `serve`, `check-config`, `warm`, the cache commands
+//! (`ls`, `du`, `inspect`, `rm`, `pin`, `unpin`, `gc`), `verify`, `ca`,
+//! `client-config`.
 
+mod cache;
 mod warm;
 
 use std::path::PathBuf;
@@ -57,6 +60,9 @@ pub enum Command {
     /// every platform of each image (or `--platform`), skipping what is
     /// cached. Exits 1 when any image could not be warmed.
     Warm(warm::WarmArgs),
+    /// What the cache holds, and managing it.
+    #[command(flatten)]
+    Cache(cache::CacheCommand),
     /// Write a client's configuration for pulling every configured upstream
     /// through the mirror's TLS port, trusting the mirror's CA.
     ClientConfig {
@@ -178,6 +184,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ca(cmd) => run_ca(cmd),
         Command::Warm(args) => warm::run(args),
+        Command::Cache(cmd) => cache::run(cmd),
         Command::ClientConfig {
             kind,
             mirror,
@@ -229,23 +236,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify { config, data_dir } => {
             // With a config: its store, the bucket of [storage.s3] included
             // (whose keys it then needs). `--data-dir` names a local store.
-            let mut c = match &config {
-                Some(p) => {
-                    let c = Config::load_without_secrets(p)
-                        .with_context(|| format!("invalid config {}", p.display()))?;
-                    if c.s3.is_some() {
-                        Config::load(p)
-                            .with_context(|| format!("invalid config {}", p.display()))?
-                    } else {
-                        c
-                    }
-                }
-                None => Config::embedded_default()?,
-            };
-            if let Some(d) = data_dir {
-                c.storage_root = d;
-                c.s3 = None;
-            }
+            let c = cache::store_config(config.as_ref(), data_dir)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

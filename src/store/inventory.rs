@@ -411,6 +411,22 @@ impl Store {
         self.closure_memo(root, &mut Memo::default()).await
     }
 
+    /// [`Store::closure`] of each root, reading shared manifests once.
+    pub async fn closures(
+        &self,
+        roots: impl IntoIterator<Item = Digest>,
+    ) -> Result<HashMap<Digest, Closure>, Error> {
+        let mut memo = Memo::default();
+        let mut out = HashMap::new();
+        for r in roots {
+            if let std::collections::hash_map::Entry::Vacant(e) = out.entry(r) {
+                let c = self.closure_memo(e.key(), &mut memo).await?;
+                e.insert(c);
+            }
+        }
+        Ok(out)
+    }
+
     async fn closure_memo(&self, root: &Digest, memo: &mut Memo) -> Result<Closure, Error> {
         let mut c = Closure::default();
         let mut todo = vec![(root.clone(), None)];
@@ -483,7 +499,9 @@ impl Store {
         // younger than the grace.
         let (referenced, manifests) = self.referenced(&mut Memo::default()).await?;
         let blobs = self.blobs.list().await?;
-        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut out = GcOutcome {
             blobs: blobs.len() as u64,
             manifests,
@@ -578,7 +596,9 @@ impl Store {
             if keep.contains(&m.digest) || !removed.insert(m.digest.clone()) {
                 continue;
             }
-            self.records.delete(&super::keys::manifest(&m.digest)).await?;
+            self.records
+                .delete(&super::keys::manifest(&m.digest))
+                .await?;
             out.manifests.push(m.digest.to_string());
         }
         let candidates: BTreeSet<&Digest> = removed

@@ -50,7 +50,8 @@ pub enum IndexUse {
 
 /// What eviction must keep besides the blobs in use (the pinned images'
 /// digests), asked for by each pass that evicts.
-pub type Keep = Arc<dyn Fn() -> BoxFuture<'static, Arc<std::collections::HashSet<Digest>>> + Send + Sync>;
+pub type Keep =
+    Arc<dyn Fn() -> BoxFuture<'static, Arc<std::collections::HashSet<Digest>>> + Send + Sync>;
 
 /// Refresh a served blob's last-access time at most this often.
 const ACCESS_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -269,8 +270,7 @@ impl LocalBlobs {
             let Some(index) = &inner.index else {
                 return Ok(0);
             };
-            let victims =
-                index.oldest(want, |d| inner.in_use.contains(d) || pinned.contains(d))?;
+            let victims = index.oldest(want, |d| inner.in_use.contains(d) || pinned.contains(d))?;
             for (d, _) in &victims {
                 let path = inner.layout.blob(d);
                 match std::fs::remove_file(&path) {
