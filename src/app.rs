@@ -45,6 +45,11 @@ pub struct App {
 }
 
 impl App {
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Opens the store (sweeping stale temporary files) and builds the
     /// mirror and the registry API, on the system clock.
     pub async fn build(config: Config) -> Result<Self, Error> {

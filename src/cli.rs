@@ -1,7 +1,8 @@
 //! The command line: `serve`, `check-config`, `warm`, the cache commands
 //! (`ls`, `du`, `inspect`, `rm`, `pin`, `unpin`, `gc`), `verify`, `ca`,
-//! `client-config`.
+//! `client-config`, `export`, `import`.
 
+mod bundle;
 mod cache;
 mod warm;
 
@@ -60,6 +61,14 @@ pub enum Command {
     /// every platform of each image (or `--platform`), skipping what is
     /// cached. Exits 1 when any image could not be warmed.
     Warm(warm::WarmArgs),
+    /// Write images (every platform) into one OCI image layout, a `.tar`
+    /// or a directory, through a mirror: for an air gap, or another
+    /// mirrorgate's `import`. Exits 1 when an image is left out.
+    Export(bundle::ExportArgs),
+    /// Fill the store from bundles (`export`, or any OCI layout whose images
+    /// are named by annotation): every blob verified; an image is served
+    /// only once all it needs is stored. Resumable, idempotent.
+    Import(bundle::ImportArgs),
     /// What the cache holds, and managing it.
     #[command(flatten)]
     Cache(cache::CacheCommand),
@@ -185,6 +194,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(cmd) => run_ca(cmd),
         Command::Warm(args) => warm::run(args),
         Command::Cache(cmd) => cache::run(cmd),
+        Command::Export(args) => bundle::export(args),
+        Command::Import(args) => bundle::import(args),
         Command::ClientConfig {
             kind,
             mirror,

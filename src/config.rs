@@ -353,6 +353,15 @@ impl Config {
     pub fn upstream(&self, id: &UpstreamId) -> Option<&UpstreamConfig> {
         self.upstreams.iter().find(|u| &u.id == id)
     }
+
+    /// The upstream a registry name (as in an image reference, or `?ns=`)
+    /// names: by its name or one of its aliases, ignoring case.
+    pub fn upstream_named(&self, registry: &str) -> Option<&UpstreamConfig> {
+        let reg = registry.to_ascii_lowercase();
+        self.upstreams
+            .iter()
+            .find(|u| u.id.as_str() == reg || u.aliases.contains(&reg))
+    }
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {

@@ -37,6 +37,8 @@
 //! - [`app`]: the composition root.
 //! - [`warm`]: `mirrorgate warm`, an HTTP client of a mirror (running, or
 //!   started in-process by the CLI) that fills its cache ahead of need.
+//! - [`bundle`]: air-gap bundles (OCI image layouts): `export` through a
+//!   mirror (like `warm`), `import` into a store.
 //! - [`cli`], [`telemetry`]: the binary's front.
 //!
 //! # One request
@@ -57,6 +59,7 @@
 pub mod access;
 pub mod app;
 pub mod breaker;
+pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod clientconfig;

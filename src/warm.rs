@@ -169,9 +169,14 @@ impl std::fmt::Debug for Warmer {
 }
 
 /// A manifest as the mirror answered it.
-struct Fetched {
-    bytes: Bytes,
-    digest: Digest,
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Its bytes, verified against `digest`.
+    pub bytes: Bytes,
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type (`Content-Type`).
+    pub media_type: String,
 }
 
 impl Warmer {
@@ -387,8 +392,9 @@ impl Warmer {
             .map_err(|e| format!("cannot reach the mirror: {}", crate::error_chain(&e)))
     }
 
-    /// GETs a manifest and checks its digest.
-    async fn manifest(&self, image: &ImageRef, reference: &str) -> Result<Fetched, String> {
+    /// GETs a manifest (by tag or digest) through the mirror and checks its
+    /// digest.
+    pub async fn manifest(&self, image: &ImageRef, reference: &str) -> Result<Fetched, String> {
         let url = self.url(image, &format!("manifests/{reference}"));
         let resp = self.send(Method::GET, &url, Some(ACCEPT)).await?;
         let status = resp.status();
@@ -407,9 +413,15 @@ impl Warmer {
         if !digest.verify(&body) {
             return Err(format!("the mirror's answer does not match {digest}"));
         }
+        let media_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned())
+            .unwrap_or_default();
         Ok(Fetched {
             bytes: body,
             digest,
+            media_type,
         })
     }
 
@@ -422,6 +434,21 @@ impl Warmer {
             let n = content_length(head.headers()).unwrap_or(d.size);
             return Ok((false, n));
         }
+        self.get_blob(image, d, &mut |_| Ok(())).await
+    }
+
+    /// GETs a blob through the mirror (one of `concurrency` downloads at
+    /// once), handing its bytes to `sink` as they arrive; checks the size
+    /// (the sink checks the digest, if it keeps the bytes). Returns
+    /// `(fetched upstream now, bytes)`.
+    pub async fn get_blob(
+        &self,
+        image: &ImageRef,
+        d: &Descriptor,
+        sink: &mut (dyn FnMut(&Bytes) -> Result<(), String> + Send),
+    ) -> Result<(bool, u64), String> {
+        let url = self.url(image, &format!("blobs/{}", d.digest));
+        let what = |e: String| format!("blob {}: {e}", d.digest);
         let _slot = self
             .downloads
             .acquire()
@@ -448,6 +475,7 @@ impl Warmer {
             })?;
             if let Some(data) = frame.data_ref() {
                 n += data.len() as u64;
+                sink(data).map_err(what)?;
             }
         }
         let expect = want.unwrap_or(d.size);

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::config::{Config, UpstreamId};
+use crate::config::Config;
 use crate::oci::Digest;
 use crate::oci::manifest::Refs;
 use crate::store::inventory::{Closure, ImageKey, Named, RefRow};
@@ -175,7 +175,15 @@ struct Cache {
 /// A reference as the user wrote it, in the store's terms.
 fn image_key(config: &Config, s: &str) -> anyhow::Result<(ImageKey, String)> {
     let r: ImageRef = s.parse()?;
-    let up = upstream_of(config, &r.registry).with_context(|| {
+    let key = store_key(config, &r)?;
+    Ok((key, r.to_string()))
+}
+
+/// An image reference in the store's terms: its upstream (by name or
+/// alias) and repository as sent upstream.
+pub(super) fn store_key(config: &Config, r: &ImageRef) -> anyhow::Result<ImageKey> {
+    let s = r.to_string();
+    let up = config.upstream_named(&r.registry).with_context(|| {
         format!(
             "{s}: no upstream is configured for {} (configured: {})",
             r.registry,
@@ -192,17 +200,12 @@ fn image_key(config: &Config, s: &str) -> anyhow::Result<(ImageKey, String)> {
         (None, Some(t)) => Named::Tag(t.clone()),
         (None, None) => Named::Tag("latest".parse().expect("a valid tag")),
     };
-    let key = ImageKey::new(&up, r.repo.clone(), named);
-    Ok((key, r.to_string()))
-}
-
-fn upstream_of(config: &Config, registry: &str) -> Option<UpstreamId> {
-    let reg = registry.to_ascii_lowercase();
-    config
-        .upstreams
-        .iter()
-        .find(|u| u.id.as_str() == reg || u.aliases.contains(&reg))
-        .map(|u| u.id.clone())
+    let repo = if up.implicit_library {
+        r.repo.with_library_prefix()
+    } else {
+        r.repo.clone()
+    };
+    Ok(ImageKey::new(&up.id, repo, named))
 }
 
 fn ms_to_time(ms: u64) -> SystemTime {

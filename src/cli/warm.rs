@@ -13,18 +13,23 @@ use crate::config::Config;
 use crate::oci::manifest::Platform;
 use crate::warm::{ImageRef, ImageReport, Options, Progress, Report, Warmer};
 
-/// The command's arguments.
+/// Which images: input files and `--image`.
 #[derive(Debug, clap::Args)]
-pub struct WarmArgs {
+pub struct InputArgs {
     /// Input files: a list (one reference a line, `#` comments), the output
     /// of `kubectl get pods -A -o json` (`.json`), or a `skopeo sync` YAML
     /// file (`.yaml`, `.yml`).
     pub files: Vec<PathBuf>,
-    /// A reference to warm, besides the files (repeatable), e.g.
+    /// A reference, besides the files (repeatable), e.g.
     /// `docker.io/library/alpine:3.20` or `ghcr.io/org/app@sha256:...`.
     #[arg(long = "image", short = 'i')]
     pub images: Vec<String>,
-    /// A running mirror to warm: its base URL (`http://mirror:5000`,
+}
+
+/// Which mirror: a running one, or one run here over a data directory.
+#[derive(Debug, clap::Args)]
+pub struct MirrorArgs {
+    /// A running mirror: its base URL (`http://mirror:5000`,
     /// `https://mirror.internal:5443`). Without it, the mirror of
     /// `--config` runs in this process over its data directory.
     #[arg(long)]
@@ -44,6 +49,15 @@ pub struct WarmArgs {
     /// environment variable `MIRRORGATE_PASSWORD`.
     #[arg(long)]
     pub user: Option<String>,
+}
+
+/// The command's arguments.
+#[derive(Debug, clap::Args)]
+pub struct WarmArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
     /// Platforms of a multi-platform image to warm, e.g.
     /// `linux/amd64,linux/arm64/v8`. Default: every entry of the index.
     #[arg(long, value_delimiter = ',')]
@@ -55,10 +69,17 @@ pub struct WarmArgs {
     /// and already cached, errors) to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Pin every warmed image, so that eviction never removes it (needs the
+    /// data directory: `--config`/`--data-dir`, not `--mirror`).
+    #[arg(long)]
+    pub pin: bool,
 }
 
-/// Runs `mirrorgate warm`: exit status 0 when every image is warm.
-pub(super) fn run(a: WarmArgs) -> anyhow::Result<()> {
+/// The references of the input files and `--image`, and the `skopeo
+/// sync` listings still to expand; fails on any input error.
+pub(super) fn read_inputs(
+    a: &InputArgs,
+) -> anyhow::Result<(Vec<ImageRef>, Vec<crate::warm::Listing>)> {
     let mut images: Vec<ImageRef> = Vec::new();
     let mut listings = Vec::new();
     let mut bad = Vec::new();
@@ -81,63 +102,104 @@ pub(super) fn run(a: WarmArgs) -> anyhow::Result<()> {
     }
     if !bad.is_empty() {
         anyhow::bail!(
-            "the inputs have errors; nothing was warmed:\n  {}",
+            "the inputs have errors; nothing was done:\n  {}",
             bad.join("\n  ")
         );
     }
     if images.is_empty() && listings.is_empty() {
-        anyhow::bail!("nothing to warm: give input files or --image");
+        anyhow::bail!("no images: give input files or --image");
     }
-    let ca_pem = match &a.cacert {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
-        None => None,
-    };
-    let basic = match &a.user {
-        Some(u) => Some((
-            u.clone(),
-            std::env::var("MIRRORGATE_PASSWORD")
-                .context("--user needs the password in MIRRORGATE_PASSWORD")?,
-        )),
-        None => None,
-    };
-    let target = match (&a.mirror, &a.config) {
-        (Some(_), Some(_)) => {
-            anyhow::bail!("give --mirror (a running mirror) or --config (run one here), not both")
-        }
-        (Some(url), None) => Target::Remote(url.clone()),
-        (None, c) => {
-            let mut config = match c {
-                Some(p) => {
-                    Config::load(p).with_context(|| format!("invalid config {}", p.display()))?
-                }
-                None => Config::embedded_default().context("invalid embedded config")?,
-            };
-            if let Some(d) = &a.data_dir {
-                config.storage_root = d.clone();
+    Ok((images, listings))
+}
+
+/// Where the mirror is, read from the arguments (no I/O on the network).
+pub(super) struct MirrorPlan {
+    target: Target,
+    ca_pem: Option<Vec<u8>>,
+    basic: Option<(String, String)>,
+}
+
+impl MirrorPlan {
+    pub(super) fn new(a: &MirrorArgs) -> anyhow::Result<Self> {
+        let ca_pem = match &a.cacert {
+            Some(p) => {
+                Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
             }
-            Target::Local(Box::new(config))
-        }
-    };
+            None => None,
+        };
+        let basic = match &a.user {
+            Some(u) => Some((
+                u.clone(),
+                std::env::var("MIRRORGATE_PASSWORD")
+                    .context("--user needs the password in MIRRORGATE_PASSWORD")?,
+            )),
+            None => None,
+        };
+        let target = match (&a.mirror, &a.config) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!(
+                    "give --mirror (a running mirror) or --config (run one here), not both"
+                )
+            }
+            (Some(url), None) => Target::Remote(url.clone()),
+            (None, c) => {
+                let mut config = match c {
+                    Some(p) => Config::load(p)
+                        .with_context(|| format!("invalid config {}", p.display()))?,
+                    None => Config::embedded_default().context("invalid embedded config")?,
+                };
+                if let Some(d) = &a.data_dir {
+                    config.storage_root = d.clone();
+                }
+                Target::Local(Box::new(config))
+            }
+        };
+        Ok(Self {
+            target,
+            ca_pem,
+            basic,
+        })
+    }
+
+    /// Starts the in-process mirror if there is one; a warmer for it.
+    pub(super) async fn connect(
+        self,
+        platforms: Vec<Platform>,
+        concurrency: usize,
+    ) -> anyhow::Result<(Warmer, Option<Local>)> {
+        let (mirror, local) = match self.target {
+            Target::Remote(url) => (url, None),
+            Target::Local(config) => {
+                let (url, local) = start_local(*config).await?;
+                (url, Some(local))
+            }
+        };
+        let warmer = Warmer::new(Options {
+            mirror,
+            ca_pem: self.ca_pem,
+            basic: self.basic,
+            platforms,
+            concurrency,
+        })?;
+        Ok((warmer, local))
+    }
+}
+
+/// Runs `mirrorgate warm`: exit status 0 when every image is warm.
+pub(super) fn run(a: WarmArgs) -> anyhow::Result<()> {
+    let (mut images, listings) = read_inputs(&a.input)?;
+    if a.pin && a.mirror.mirror.is_some() {
+        anyhow::bail!("--pin writes to the data directory: use --config/--data-dir, not --mirror");
+    }
+    let plan = MirrorPlan::new(&a.mirror)?;
     let (platforms, concurrency) = (a.platform.clone(), usize::from(a.concurrency));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let pin = a.pin;
     let report = rt.block_on(async move {
-        let (mirror, stop) = match target {
-            Target::Remote(url) => (url, None),
-            Target::Local(config) => {
-                let (url, stop) = start_local(*config).await?;
-                (url, Some(stop))
-            }
-        };
-        let warmer = Warmer::new(Options {
-            mirror,
-            ca_pem,
-            basic,
-            platforms,
-            concurrency,
-        })?;
+        let (warmer, stop) = plan.connect(platforms, concurrency).await?;
         let display = Display::new(std::io::stderr().is_terminal());
         let mut listing_errors = Vec::new();
         for l in &listings {
@@ -157,6 +219,9 @@ pub(super) fn run(a: WarmArgs) -> anyhow::Result<()> {
             });
         }
         if let Some(stop) = stop {
+            if pin {
+                stop.pin(&report).await?;
+            }
             stop.finish().await;
         }
         Ok::<Report, anyhow::Error>(report)
@@ -188,15 +253,31 @@ enum Target {
 }
 
 /// The in-process mirror: serves on a loopback port until [`Local::finish`].
-struct Local {
+pub(super) struct Local {
     app: Arc<crate::app::App>,
     stop: tokio::sync::oneshot::Sender<()>,
     serving: tokio::task::JoinHandle<()>,
 }
 
 impl Local {
+    /// Pins the images of `report` that were warmed.
+    async fn pin(&self, report: &Report) -> anyhow::Result<()> {
+        let store = self.app.mirror().store();
+        for i in report.images.iter().filter(|i| i.ok()) {
+            let Ok(r) = i.image.parse::<ImageRef>() else {
+                continue;
+            };
+            let key = super::cache::store_key(self.app.config(), &r)?;
+            store
+                .pin(&key, &i.image)
+                .await
+                .with_context(|| format!("cannot pin {}", i.image))?;
+        }
+        Ok(())
+    }
+
     /// Stops serving and waits for the downloads' commits.
-    async fn finish(self) {
+    pub(super) async fn finish(self) {
         let _ = self.stop.send(());
         let _ = self.serving.await;
         self.app.settle().await;
