@@ -650,18 +650,17 @@ fn blob_pass(handle: &tokio::runtime::Handle, store: &Store, path: &Path) -> Res
                     pass.bytes += size;
                 }
                 Ok(false) => pass.present += 1,
-                Err(crate::store::Error::Io {
-                    op,
-                    path: p,
-                    source,
-                }) if op == "read bundle" => {
+                // The bundle cannot be read on: stop (a re-run resumes).
+                Err(BlobError::Read(source)) => {
                     return Err(Error::Io {
                         op: "read",
-                        path: p,
+                        path: path.join(name),
                         source,
                     });
                 }
-                Err(e) => pass.refused.push((d.to_string(), crate::error_chain(&e))),
+                Err(BlobError::Store(e)) => {
+                    pass.refused.push((d.to_string(), crate::error_chain(&e)));
+                }
             }
         }
         Ok(())
@@ -715,6 +714,20 @@ fn blob_pass(handle: &tokio::runtime::Handle, store: &Store, path: &Path) -> Res
     Ok(pass)
 }
 
+/// Why a blob of the bundle was not stored.
+enum BlobError {
+    /// The bundle could not be read.
+    Read(std::io::Error),
+    /// The store refused it (digest or size mismatch) or failed.
+    Store(crate::store::Error),
+}
+
+impl From<crate::store::Error> for BlobError {
+    fn from(e: crate::store::Error) -> Self {
+        Self::Store(e)
+    }
+}
+
 /// Stores one blob of the bundle, verified: `Ok(false)` when it is stored
 /// already. Blocking.
 fn import_blob(
@@ -723,18 +736,14 @@ fn import_blob(
     d: &Digest,
     size: u64,
     r: &mut dyn Read,
-) -> Result<bool, crate::store::Error> {
+) -> Result<bool, BlobError> {
     if handle.block_on(store.stat(d))? == Some(size) {
         return Ok(false);
     }
     let mut w = handle.block_on(store.writer(d, Scope::Durable))?;
     let mut buf = vec![0u8; 256 << 10];
     loop {
-        let n = r.read(&mut buf).map_err(|source| crate::store::Error::Io {
-            op: "read bundle",
-            path: PathBuf::from(d.to_string()),
-            source,
-        })?;
+        let n = r.read(&mut buf).map_err(BlobError::Read)?;
         if n == 0 {
             break;
         }
@@ -797,7 +806,7 @@ async fn import_one(
         // The manifest's own word first: index.json names Docker types by
         // their OCI twins (see `index_json_type`).
         let mt = own_media_type(&bytes)
-            .or(mt.filter(|m| !m.is_empty()))
+            .or_else(|| mt.filter(|m| !m.is_empty()))
             .unwrap_or_else(|| match refs {
                 Refs::Index(_) => OCI_INDEX.into(),
                 Refs::Image { .. } => "application/vnd.oci.image.manifest.v1+json".into(),

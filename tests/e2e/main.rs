@@ -6,6 +6,7 @@
 mod support;
 
 mod access;
+mod bundle;
 mod cache;
 mod cluster;
 mod coalesce;
