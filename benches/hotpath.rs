@@ -300,6 +300,7 @@ fn handle(c: &mut Criterion) {
         sni: None,
         allow: Default::default(),
         internal: false,
+        trusted: false,
     };
     let by_tag = "/v2/library/alpine/manifests/3.19".to_owned();
     let by_digest = format!("/v2/library/alpine/manifests/{}", s.digest);

@@ -322,7 +322,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, pinned, scheme, "listening");
     }
     tracing::info!(root = %root.display(), "mirrorgate ready");
+    let warming = crate::warm::schedule::spawn(app.registry(), app.mirror().store(), app.config());
     app.run(listeners, shutdown_signal()).await;
+    for t in warming {
+        t.abort();
+    }
     Ok(())
 }
 

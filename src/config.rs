@@ -75,7 +75,31 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[cluster]`: replicas sharing one bucket, when configured.
     pub cluster: Option<ClusterConfig>,
+    /// `[[warm]]`: image lists the server keeps warm, in file order.
+    pub warm: Vec<WarmConfig>,
 }
+
+/// `[[warm]]`: a list of images the server warms on a schedule (the list
+/// file is read again at every run, so a GitOps job can keep it current).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmConfig {
+    /// A list file (references, kubectl JSON or skopeo sync YAML, as for
+    /// `mirrorgate warm`), relative to the config file.
+    pub file: Option<PathBuf>,
+    /// References, besides the file.
+    pub images: Vec<String>,
+    /// Time between runs (the first starts with the server).
+    pub interval: Duration,
+    /// Pin what is warmed (and unpin what leaves the list).
+    pub pin: bool,
+    /// Platforms to warm of an index; empty: all.
+    pub platforms: Vec<crate::oci::manifest::Platform>,
+    /// Images and blob downloads at once.
+    pub concurrency: usize,
+}
+
+/// Default `[[warm]] interval`.
+pub const DEFAULT_WARM_INTERVAL: Duration = Duration::from_secs(300);
 
 /// `[cluster]`: this replica's part in a fleet of replicas that share one
 /// S3 bucket and fetch each cold object upstream once for all of them.
@@ -855,6 +879,7 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
         None => None,
         Some(raw) => Some(validate_s3(raw, base, secrets)?),
     };
+    let warm = validate_warm(raw.warm, base)?;
     let cluster = match raw.cluster {
         None => None,
         Some(_) if s3.is_none() => {
@@ -885,7 +910,46 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
         listeners,
         upstreams,
         cluster,
+        warm,
     })
+}
+
+fn validate_warm(raw: Vec<file::Warm>, base: &Path) -> Result<Vec<WarmConfig>, Error> {
+    let mut out = Vec::new();
+    for (i, w) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("warm[{i}].{k}");
+        if w.file.is_none() && w.images.is_empty() {
+            return Err(invalid(format!("warm[{i}]"), "needs file or images"));
+        }
+        if let Some(bad) = w.images.iter().find(|s| s.trim().is_empty()) {
+            return Err(invalid(key("images"), format!("{bad:?} is not an image")));
+        }
+        let platforms = w
+            .platforms
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| invalid(key("platforms"), format!("{e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let concurrency = w.concurrency.unwrap_or(2);
+        if !(1..=64).contains(&concurrency) {
+            return Err(invalid(key("concurrency"), "must be 1 to 64"));
+        }
+        out.push(WarmConfig {
+            file: w.file.map(|f| resolve(base, &f)),
+            images: w.images,
+            interval: duration(
+                &key("interval"),
+                w.interval.as_deref(),
+                DEFAULT_WARM_INTERVAL,
+            )?,
+            pin: w.pin,
+            platforms,
+            concurrency,
+        });
+    }
+    Ok(out)
 }
 
 fn validate_cluster(

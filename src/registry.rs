@@ -38,6 +38,10 @@ use crate::oci::{AcceptClass, Digest, Reference, RepoName};
 /// The response body type of the registry API.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, io::Error>;
 
+/// The user name of in-process requests (`ConnInfo::trusted`) in the
+/// access log.
+pub const TRUSTED_USER: &str = "(warm)";
+
 /// Facts about the connection a request arrived on.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -56,6 +60,9 @@ pub struct ConnInfo {
     /// The cluster's internal endpoint (`[cluster] listen`), not a client
     /// listener.
     pub internal: bool,
+    /// The server's own scheduled warming, called in-process (never a
+    /// socket): it needs no credentials; access rules still apply.
+    pub trusted: bool,
 }
 
 impl ConnInfo {
@@ -411,7 +418,11 @@ impl Registry {
             r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
             return Ok(r);
         }
-        let user = self.identify(req).await?;
+        let user = if conn.trusted {
+            Some(TRUSTED_USER.to_owned())
+        } else {
+            self.identify(req).await?
+        };
         log.user.clone_from(&user);
         let ParsedPath { prefix, endpoint } = path::parse(req.uri().path())?;
         if endpoint == Endpoint::Upload {

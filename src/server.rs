@@ -171,6 +171,7 @@ async fn accept_loop(
             sni: None,
             allow: l.allow.clone(),
             internal: l.internal,
+            trusted: false,
         };
         let (registry, builder, graceful) = (registry.clone(), builder.clone(), graceful.clone());
         match l.tls.clone() {

@@ -5,6 +5,7 @@
 //! ```text
 //! warm
 //! ├── input    references, and the list / kubectl JSON / skopeo sync YAML they come from
+//! ├── schedule `[[warm]]`: the server warms (and pins) lists on a schedule, in-process
 //! └── (here)   Warmer: manifests (every platform of an index, or those asked for), then
 //!              each blob: HEAD first (`Cache-Status: mirrorgate; hit` means cached: nothing
 //!              is fetched), else one GET whose body is counted and dropped
@@ -17,6 +18,7 @@
 //! blobs cost nothing upstream.
 
 pub mod input;
+pub mod schedule;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -151,10 +153,24 @@ impl Progress for Quiet {
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// A response body from either transport.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type RespBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// How the warmer reaches its mirror.
+#[derive(Clone)]
+enum Transport {
+    /// Over HTTP(S).
+    Http(Box<Client<Https, Empty<Bytes>>>),
+    /// The registry API of this process, called directly (the server's
+    /// scheduled warming).
+    Local(Arc<crate::registry::Registry>),
+}
+
 /// Warms images through one mirror. Cheap to clone.
 #[derive(Clone)]
 pub struct Warmer {
-    client: Client<Https, Empty<Bytes>>,
+    client: Transport,
     opts: Arc<Options>,
     auth: Option<HeaderValue>,
     downloads: Arc<Semaphore>,
@@ -220,19 +236,46 @@ impl Warmer {
         });
         let downloads = Arc::new(Semaphore::new(opts.concurrency.max(1)));
         Ok(Self {
-            client,
+            client: Transport::Http(Box::new(client)),
             opts: Arc::new(opts),
             auth,
             downloads,
         })
     }
 
+    /// A warmer of this process's own registry API (no socket, no
+    /// credentials: the server's `[[warm]]` schedule). `opts.mirror` only
+    /// names it in messages.
+    pub fn in_process(registry: Arc<crate::registry::Registry>, opts: Options) -> Self {
+        let downloads = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+        Self {
+            client: Transport::Local(registry),
+            opts: Arc::new(opts),
+            auth: None,
+            downloads,
+        }
+    }
+
     /// Warms every image, `concurrency` at a time; one image's failure
     /// never stops the others.
-    pub async fn warm_all(&self, images: &[ImageRef], progress: &dyn Progress) -> Report {
+    ///
+    /// Boxed: its type names no closure, so a caller's future that awaits
+    /// it stays provably `Send` (the `[[warm]]` schedule spawns one).
+    pub fn warm_all<'a>(
+        &'a self,
+        images: &'a [ImageRef],
+        progress: &'a dyn Progress,
+    ) -> futures_util::future::BoxFuture<'a, Report> {
+        Box::pin(self.warm_all_inner(images, progress))
+    }
+
+    async fn warm_all_inner(&self, images: &[ImageRef], progress: &dyn Progress) -> Report {
         let start = Instant::now();
-        let mut reports: Vec<(usize, ImageReport)> = stream::iter(images.iter().enumerate())
-            .map(|(i, r)| async move { (i, self.warm(r, progress).await) })
+        // By index: a closure over borrowed items would be generic over
+        // their lifetime, which defeats the compiler's `Send` proof for
+        // spawned callers (the `[[warm]]` schedule).
+        let mut reports: Vec<(usize, ImageReport)> = stream::iter(0..images.len())
+            .map(|i| async move { (i, self.warm(&images[i], progress).await) })
             .buffer_unordered(self.opts.concurrency.max(1))
             .collect()
             .await;
@@ -265,9 +308,10 @@ impl Warmer {
         };
         rep.blobs = blobs.len();
         progress.sized(image, blobs.iter().map(|d| d.size).sum(), blobs.len());
-        let results: Vec<Result<(bool, u64), String>> = stream::iter(blobs.iter())
-            .map(|d| async move {
-                let r = self.blob(image, d).await;
+        let blobs = &blobs;
+        let results: Vec<Result<(bool, u64), String>> = stream::iter(0..blobs.len())
+            .map(|i| async move {
+                let r = self.blob(image, &blobs[i]).await;
                 if let Ok((_, n)) = &r {
                     progress.advanced(image, *n);
                 }
@@ -373,7 +417,7 @@ impl Warmer {
         method: Method,
         url: &str,
         accept: Option<&str>,
-    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+    ) -> Result<http::Response<RespBody>, String> {
         let mut req = Request::builder().method(method).uri(url);
         if let Some(a) = accept {
             req = req.header(header::ACCEPT, a);
@@ -386,10 +430,28 @@ impl Warmer {
             concat!("mirrorgate-warm/", env!("CARGO_PKG_VERSION")),
         );
         let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-        self.client
-            .request(req)
-            .await
-            .map_err(|e| format!("cannot reach the mirror: {}", crate::error_chain(&e)))
+        match &self.client {
+            Transport::Http(c) => c
+                .request(req)
+                .await
+                .map(|r| r.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
+                .map_err(|e| format!("cannot reach the mirror: {}", crate::error_chain(&e))),
+            Transport::Local(registry) => {
+                let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                let conn = crate::registry::ConnInfo {
+                    peer: loopback,
+                    local: loopback,
+                    pinned: None,
+                    tls: false,
+                    sni: None,
+                    allow: Arc::default(),
+                    internal: false,
+                    trusted: true,
+                };
+                let resp = registry.handle(req, &conn).await;
+                Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
+            }
+        }
     }
 
     /// GETs a manifest (by tag or digest) through the mirror and checks its
@@ -470,7 +532,7 @@ impl Warmer {
             let frame = frame.map_err(|e| {
                 what(format!(
                     "the download broke off after {n} bytes: {}",
-                    crate::error_chain(&e)
+                    crate::error_chain(&*e)
                 ))
             })?;
             if let Some(data) = frame.data_ref() {
@@ -616,13 +678,18 @@ fn oci_error(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
-async fn read_limited(body: hyper::body::Incoming, max: usize) -> Result<Bytes, String> {
-    let limited = http_body_util::Limited::new(body, max);
-    limited
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| format!("cannot read the answer: {e}"))
+async fn read_limited(mut body: RespBody, max: usize) -> Result<Bytes, String> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("cannot read the answer: {e}"))?;
+        if let Some(d) = frame.data_ref() {
+            if out.len() + d.len() > max {
+                return Err(format!("cannot read the answer: longer than {max} bytes"));
+            }
+            out.extend_from_slice(d);
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// Reads the references of one input file, by its kind: a `kubectl get

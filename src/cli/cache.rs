@@ -179,33 +179,9 @@ fn image_key(config: &Config, s: &str) -> anyhow::Result<(ImageKey, String)> {
     Ok((key, r.to_string()))
 }
 
-/// An image reference in the store's terms: its upstream (by name or
-/// alias) and repository as sent upstream.
+/// An image reference in the store's terms (see [`ImageRef::store_key`]).
 pub(super) fn store_key(config: &Config, r: &ImageRef) -> anyhow::Result<ImageKey> {
-    let s = r.to_string();
-    let up = config.upstream_named(&r.registry).with_context(|| {
-        format!(
-            "{s}: no upstream is configured for {} (configured: {})",
-            r.registry,
-            config
-                .upstreams
-                .iter()
-                .map(|u| u.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })?;
-    let named = match (&r.digest, &r.tag) {
-        (Some(d), _) => Named::Digest(d.clone()),
-        (None, Some(t)) => Named::Tag(t.clone()),
-        (None, None) => Named::Tag("latest".parse().expect("a valid tag")),
-    };
-    let repo = if up.implicit_library {
-        r.repo.with_library_prefix()
-    } else {
-        r.repo.clone()
-    };
-    Ok(ImageKey::new(&up.id, repo, named))
+    r.store_key(config).map_err(anyhow::Error::msg)
 }
 
 fn ms_to_time(ms: u64) -> SystemTime {
@@ -714,7 +690,7 @@ impl Cache {
             let (key, label) = image_key(&self.config, s)?;
             let changed = if pin {
                 let was = self.store.pins().await?.iter().any(|(k, _)| *k == key);
-                self.store.pin(&key, &label).await?;
+                self.store.pin(&key, &label, None).await?;
                 !was
             } else {
                 self.store.unpin(&key).await?

@@ -269,7 +269,7 @@ impl Local {
             };
             let key = super::cache::store_key(self.app.config(), &r)?;
             store
-                .pin(&key, &i.image)
+                .pin(&key, &i.image, None)
                 .await
                 .with_context(|| format!("cannot pin {}", i.image))?;
         }

@@ -25,6 +25,23 @@ pub(crate) struct File {
     #[serde(default, rename = "upstream")]
     pub(crate) upstreams: Vec<Upstream>,
     pub(crate) cluster: Option<Cluster>,
+    #[serde(default, rename = "warm")]
+    pub(crate) warm: Vec<Warm>,
+}
+
+/// `[[warm]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Warm {
+    pub(crate) file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) images: Vec<String>,
+    pub(crate) interval: Option<String>,
+    #[serde(default)]
+    pub(crate) pin: bool,
+    #[serde(default)]
+    pub(crate) platforms: Vec<String>,
+    pub(crate) concurrency: Option<usize>,
 }
 
 /// `[storage]`

@@ -286,3 +286,43 @@ fn s3_table_mistakes_name_their_key() {
         assert!(e.contains(key), "{line}: {e}");
     }
 }
+
+#[test]
+fn warm_entries() {
+    let base = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\ndefault = true\n";
+    let c = Config::from_toml(
+        &format!("[[warm]]\nfile = \"lists/images.txt\"\npin = true\nplatforms = [\"linux/arm64/v8\"]\n{base}"),
+        Path::new("/etc/mirrorgate"),
+    )
+    .unwrap();
+    let w = &c.warm[0];
+    assert_eq!(
+        w.file.as_deref(),
+        Some(Path::new("/etc/mirrorgate/lists/images.txt"))
+    );
+    assert_eq!(w.interval, DEFAULT_WARM_INTERVAL);
+    assert!(w.pin);
+    assert_eq!(w.platforms[0].to_string(), "linux/arm64/v8");
+    assert_eq!(w.concurrency, 2);
+    for (bad, key) in [
+        ("[[warm]]\n", "warm[0]"),
+        (
+            "[[warm]]\nimages = [\"a\"]\ninterval = \"0s\"\n",
+            "warm[0].interval",
+        ),
+        (
+            "[[warm]]\nimages = [\"a\"]\nplatforms = [\"linux\"]\n",
+            "warm[0].platforms",
+        ),
+        (
+            "[[warm]]\nimages = [\"a\"]\nconcurrency = 0\n",
+            "warm[0].concurrency",
+        ),
+        ("[[warm]]\nimages = [\"a\"]\nevery = \"5m\"\n", "every"),
+    ] {
+        let e = Config::from_toml(&format!("{bad}{base}"), Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+}

@@ -133,6 +133,11 @@ pub struct PinRecord {
     pub image: String,
     /// When, in milliseconds since the Unix epoch.
     pub pinned_at_ms: u64,
+    /// Who pinned it: `None` for a person (`mirrorgate pin`), else the
+    /// `[[warm]]` entry that keeps it warm (and unpins it when it leaves
+    /// the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A stored manifest and what it refers to.
@@ -329,10 +334,16 @@ impl Store {
 
     /// Pins `image` (it need not be cached yet: what it resolves to when
     /// eviction runs is kept).
-    pub async fn pin(&self, image: &ImageKey, label: &str) -> Result<(), Error> {
+    pub async fn pin(
+        &self,
+        image: &ImageKey,
+        label: &str,
+        source: Option<&str>,
+    ) -> Result<(), Error> {
         let rec = PinRecord {
             image: label.to_owned(),
             pinned_at_ms: crate::tag::epoch_ms(SystemTime::now()),
+            source: source.map(str::to_owned),
         };
         self.put_record(&pin_key(image), &rec).await
     }

@@ -105,6 +105,41 @@ impl FromStr for ImageRef {
     }
 }
 
+impl ImageRef {
+    /// The image in the store's terms: the upstream of `config` its
+    /// registry names (by name or alias) and the repository as sent
+    /// upstream.
+    pub fn store_key(
+        &self,
+        config: &crate::config::Config,
+    ) -> Result<crate::store::inventory::ImageKey, String> {
+        use crate::store::inventory::{ImageKey, Named};
+        let up = config.upstream_named(&self.registry).ok_or_else(|| {
+            format!(
+                "{self}: no upstream is configured for {} (configured: {})",
+                self.registry,
+                config
+                    .upstreams
+                    .iter()
+                    .map(|u| u.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let named = match (&self.digest, &self.tag) {
+            (Some(d), _) => Named::Digest(d.clone()),
+            (None, Some(t)) => Named::Tag(t.clone()),
+            (None, None) => Named::Tag("latest".parse().expect("a valid tag")),
+        };
+        let repo = if up.implicit_library {
+            self.repo.with_library_prefix()
+        } else {
+            self.repo.clone()
+        };
+        Ok(ImageKey::new(&up.id, repo, named))
+    }
+}
+
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.registry, self.repo)?;

@@ -316,7 +316,7 @@ async fn eviction_never_removes_a_pinned_image() {
         "org/keep".parse().unwrap(),
         mirrorgate::store::inventory::Named::Tag("1".parse().unwrap()),
     );
-    store.pin(&key, "org/keep:1").await.unwrap();
+    store.pin(&key, "org/keep:1", None).await.unwrap();
     warm(&gw, &["org/keep:1"]).await;
     // The oldest blobs are the pinned image's: eviction would take them
     // first. Six more images push the store over its budget many times.

@@ -245,3 +245,100 @@ async fn the_command_warms_a_running_mirror_and_a_data_directory_and_reports_in_
     assert!(!out.status.success());
     assert!(stderr.contains("images.txt:2"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_server_keeps_a_list_warm_pins_it_and_follows_a_moving_tag() {
+    use mirrorgate::clock::ManualClock;
+    use std::time::Duration;
+
+    let up = FakeUpstream::start(Options::default()).await;
+    let v1 = docker_image(41, &[3000]);
+    let v2 = docker_image(42, &[3500]);
+    let other = docker_image(43, &[2000]);
+    up.add_image("library/app", "1", &v1);
+    up.add_image("org/other", "x", &other);
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, "docker.io/library/app:1\norg/other:x\n").unwrap();
+    // Anonymous clients may not bring anything in: the schedule needs no
+    // credentials.
+    let clock = ManualClock::new();
+    let cfg = format!(
+        "[auth]\nhtpasswd = {:?}\n[[warm]]\nfile = {:?}\ninterval = \"10m\"\npin = true\n\
+         [[listener]]\naddr = \"127.0.0.1:0\"\n{}",
+        crate::access::htpasswd(dir.path()),
+        list.display().to_string(),
+        upstream_toml(
+            "docker.io",
+            &up.url(),
+            "default = true\ntag_ttl = \"60s\"\nfetch_requires_auth = true"
+        )
+    );
+    let gw = Gateway::start_with_clock(&cfg, &dir.path().join("data"), clock.clone()).await;
+    let app = gw.app().clone();
+    let run = || {
+        mirrorgate::warm::schedule::run_once(
+            0,
+            app.config().warm[0].clone(),
+            app.registry().clone(),
+            app.mirror().store().clone(),
+            std::sync::Arc::new(app.config().clone()),
+        )
+    };
+    // Anonymous clients are served the cache only: a cold image is refused.
+    let anon = client()
+        .get(format!("{}/v2/library/app/manifests/1", gw.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+    let r = run().await;
+    assert_eq!(
+        (r.report.ok, r.report.failed, r.pinned),
+        (2, 0, 2),
+        "{r:#?}"
+    );
+    let anon = client()
+        .get(format!("{}/v2/library/app/manifests/1", gw.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 200, "warm, it is served from the cache");
+    assert_eq!(up.count("GET", "/blobs/"), 4, "two configs, two layers");
+    gw.settle().await;
+    let store = app.mirror().store();
+    let pins = store.pins().await.unwrap();
+    assert_eq!(pins.len(), 2);
+    assert!(
+        pins.iter()
+            .all(|(_, p)| p.source.as_deref() == Some("warm[0]"))
+    );
+
+    // The tag moves upstream and the list loses an image: past tag_ttl
+    // the next run fetches the new digest before anyone asks, and unpins
+    // what left the list.
+    up.add_image("library/app", "1", &v2);
+    std::fs::write(&list, "# only the app now\ndocker.io/library/app:1\n").unwrap();
+    clock.advance(Duration::from_secs(61));
+    let r = run().await;
+    assert_eq!((r.report.ok, r.unpinned, r.pinned), (1, 1, 0), "{r:#?}");
+    assert_eq!(
+        r.report.images[0].digest.as_deref(),
+        Some(v2.manifest.digest.as_str())
+    );
+    assert_eq!(
+        up.count("GET", &v2.layers[0].digest),
+        1,
+        "the new layer is warm"
+    );
+    gw.settle().await;
+    let pins = store.pins().await.unwrap();
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    assert_eq!(pins[0].0.repo.as_str(), "library/app");
+
+    // A list that cannot be read is reported; the run goes on.
+    std::fs::write(&list, "docker.io/library/app:1\nNot A Ref!\n").unwrap();
+    let r = run().await;
+    assert_eq!(r.input_errors.len(), 1, "{r:#?}");
+    gw.stop().await;
+}

@@ -11,7 +11,14 @@
 #   3. the upstreams are stopped: skopeo (--all), ctr (--all-platforms and
 #      an unpacked pull) and podman pull every warmed image from the mirror;
 #   4. the upstreams come back and tag_ttl passes: a second warm run fetches
-#      nothing: zero upstream blob GETs, and only HEADs for the tags.
+#      nothing: zero upstream blob GETs, and only HEADs for the tags;
+#   5. `mirrorgate export` through the running mirror writes one OCI
+#      archive that skopeo and podman (oci-archive:), ctr (images import)
+#      read, digests kept, and podman loads a one-image bundle;
+#   6. `mirrorgate import` fills a fresh mirror whose upstreams never
+#      answer; it serves skopeo and ctr;
+#   7. a bundle with a corrupted blob: the blob is refused with a clear
+#      error, the image needing it is not served, the other one is.
 #
 # Environment: MIRRORGATE_BIN (default target/debug/mirrorgate), KEEP_WORKDIR=1.
 set -euo pipefail
@@ -24,7 +31,7 @@ step "dependencies"
 bash "$HERE/install-deps.sh" --tls || setup_failed "install-deps.sh failed"
 make_workdir mirrorgate-warm
 echo "work dir: $W"
-read -r HUB_PORT GHCR_PORT QUAY_PORT P0 <<<"$(free_ports 4)"
+read -r HUB_PORT GHCR_PORT QUAY_PORT P0 P1 <<<"$(free_ports 5)"
 
 step "PKI, images, upstreams, seeding"
 make_pki
@@ -266,5 +273,160 @@ if warm "$LOGS/warm-4.log" "$CONF/images.txt" "$CONF/pods.json" --report "$W/rep
 else
   FAILED_LOGS+=("$LOGS/warm-4.log"); bad "4 second warm run" "$(tail -n 5 "$LOGS/warm-4.log" | tr '\n' ' ')"
 fi
+
+# ----------------------------------------------------------------- 5
+step "5. export a bundle through the running mirror; skopeo, ctr and podman read it"
+BUNDLE="$W/bundle.tar"
+log="$LOGS/export.log"
+if timeout "$(cmd_timeout)" "$BIN" export --mirror "$MIRROR" "$CONF/images.txt" --out "$BUNDLE" \
+     --report "$W/export.json" >"$log" 2>&1; then
+  ok "5a export: $(tail -n 1 "$log")"
+else
+  FAILED_LOGS+=("$log"); bad "5a export" "$(tail -n 3 "$log" | tr '\n' ' ')"
+fi
+names=$(tar -xOf "$BUNDLE" index.json 2>/dev/null | jq -r '[.manifests[].annotations["io.containerd.image.name"]] | join(" ")' || true)
+if [ "$names" = "docker.io/library/multi:latest ghcr.io/lab-org/multi:oci quay.io/lab-org/small:latest docker.io/library/alpine:3" ]; then
+  ok "5b index.json names the four images for containerd and OCI tools"
+else bad "5b index.json names" "'$names'"; fi
+dups=$(tar -tf "$BUNDLE" | sort | uniq -d | wc -l)
+nblobs=$(tar -tf "$BUNDLE" | grep -c '^blobs/sha256/' || true)
+if [ "$dups" = 0 ] && [ "$nblobs" = "$(jq -r '.blobs_written' "$W/export.json")" ]; then
+  ok "5c every blob once ($nblobs blobs)"
+else bad "5c deduplicated" "$dups duplicate entries, $nblobs blobs"; fi
+
+mkdir -p "$W/oci"
+oci_check() { # NAME REF IMAGE(summary key) [--all]
+  local name="$1" ref="$2" image="$3" all=() out log want got
+  [ "${4:-}" = --all ] && all=(--all)
+  out="$W/oci/$(echo "$ref" | tr '/:' '__')"; log="$LOGS/oci-$(basename "$out").log"
+  want=$(img ".\"$image\".digest")
+  if ! timeout "$(cmd_timeout)" "${SKOPEO[@]}" copy "${all[@]}" "oci-archive:$BUNDLE:$ref" "dir:$out" >"$log" 2>&1; then
+    FAILED_LOGS+=("$log"); bad "$name" "skopeo failed: $(tail -n 2 "$log" | tr '\n' ' ')"; return 0
+  fi
+  got="sha256:$(sha256_of "$out/manifest.json")"
+  if [ -n "${all[*]}" ] && [ "$got" != "$want" ]; then bad "$name" "manifest $got, want $want"; return 0; fi
+  if ! verify_dir "$out" >/dev/null; then bad "$name" "a blob fails its digest"; return 0; fi
+  ok "$name (${got:0:19}…)"
+}
+oci_check "5d skopeo copy --all oci-archive:…:ghcr.io/lab-org/multi:oci, digest kept" ghcr.io/lab-org/multi:oci multi-oci --all
+oci_check "5e skopeo copy oci-archive:…:quay.io/lab-org/small:latest, digest kept" quay.io/lab-org/small:latest small --all
+oci_check "5f skopeo copy oci-archive:…:docker.io/library/multi:latest (one platform of a Docker list)" docker.io/library/multi:latest multi
+
+if [ "$CTR_OK" = 1 ]; then
+  log="$LOGS/ctr-import.log"
+  CTRI=(ctr --address "$SOCK" --namespace bundle-import)
+  if timeout "$(cmd_timeout)" "${CTRI[@]}" images import --all-platforms "$BUNDLE" >"$log" 2>&1; then
+    got=$(timeout 30 "${CTRI[@]}" images ls 2>>"$log" | awk 'NR>1{print $1"="$3}' | sort | tr '\n' ' ')
+    want=$(printf '%s\n' "docker.io/library/alpine:3=$(img .alpine.digest)" "docker.io/library/multi:latest=$(img .multi.digest)" \
+             "ghcr.io/lab-org/multi:oci=$(img '."multi-oci".digest')" "quay.io/lab-org/small:latest=$(img .small.digest)" | sort | tr '\n' ' ')
+    if [ "$got" = "$want" ]; then ok "5g ctr images import: the four images with their digests"
+    else bad "5g ctr images import" "got '$got', want '$want'"; fi
+    chk=$(timeout 60 "${CTRI[@]}" images check 2>>"$log" | awk 'NR>1')
+    if [ -n "$chk" ] && ! grep -v -q complete <<<"$chk"; then ok "5h ctr images check: every imported image complete (all platforms)"
+    else bad "5h ctr images check" "$(tr '\n' ' ' <<<"$chk")"; fi
+  else
+    FAILED_LOGS+=("$log"); bad "5g ctr images import" "$(tail -n 3 "$log" | tr '\n' ' ')"
+  fi
+fi
+if [ -n "${PODMAN[*]:-}" ] && "${PODMAN[@]}" info >/dev/null 2>&1; then
+  # podman pull names one image of a bundle; podman load (4.x) takes
+  # archives of one image only. containers/image stores only OCI-typed
+  # images from an OCI layout (a Docker schema 2 image reads as an
+  # "artifact"): OCI images here.
+  log="$LOGS/podman-bundle.log"
+  if timeout "$(cmd_timeout)" "${PODMAN[@]}" pull --signature-policy "$CONF/policy.json" \
+       "oci-archive:$BUNDLE:ghcr.io/lab-org/multi:oci" >"$log" 2>&1; then
+    ok "5i podman pull oci-archive:…:ghcr.io/lab-org/multi:oci"
+  else
+    FAILED_LOGS+=("$log"); bad "5i podman pull oci-archive:" "$(tail -n 2 "$log" | tr '\n' ' ')"
+  fi
+  log="$LOGS/podman-load.log"
+  if timeout "$(cmd_timeout)" "$BIN" export --mirror "$MIRROR" --image docker.io/library/small:oci \
+       --out "$W/small-oci.tar" >"$LOGS/export-one.log" 2>&1 \
+     && timeout "$(cmd_timeout)" "${PODMAN[@]}" load --signature-policy "$CONF/policy.json" -i "$W/small-oci.tar" >"$log" 2>&1 \
+     && got=$("${PODMAN[@]}" image inspect --format '{{.Digest}}' docker.io/library/small:oci 2>>"$log") \
+     && [ "$got" = "$(img '."small-oci".digest')" ]; then
+    ok "5j podman load -i a one-image bundle: docker.io/library/small:oci = ${got:0:19}…"
+  else
+    FAILED_LOGS+=("$log" "$LOGS/export-one.log"); bad "5j podman load" "$(tail -n 2 "$log" | tr '\n' ' ')"
+  fi
+fi
+
+# ----------------------------------------------------------------- 6
+step "6. import into a fresh mirror with no upstream; it serves skopeo and ctr"
+cat >"$CONF/airgap.toml" <<EOF
+# generated by tests/system/warm.sh: upstreams that never answer
+[storage]
+root = "$W/airgap-data"
+
+[[listener]]
+addr = "$IP:$P1"
+
+[[upstream]]
+name = "docker.io"
+url = "http://$IP:9"
+default = true
+
+[[upstream]]
+name = "ghcr.io"
+url = "http://$IP:9"
+
+[[upstream]]
+name = "quay.io"
+url = "http://$IP:9"
+EOF
+log="$LOGS/import.log"
+if timeout "$(cmd_timeout)" "$BIN" import --config "$CONF/airgap.toml" "$BUNDLE" >"$log" 2>&1 \
+   && timeout "$(cmd_timeout)" "$BIN" import --config "$CONF/airgap.toml" "$BUNDLE" >"$log.2" 2>&1; then
+  ok "6a import, twice: $(grep '^imported' "$log" | head -1); again: $(grep '^imported' "$log.2" | head -1)"
+else
+  FAILED_LOGS+=("$log" "$log.2"); bad "6a import" "$(tail -n 3 "$log" | tr '\n' ' ')"
+fi
+start_bg "$LOGS/airgap.log" "$LOGS/airgap.log" env RUST_LOG=info NO_COLOR=1 "$BIN" serve --config "$CONF/airgap.toml"
+AIRGAP_PID=$LAST_PID
+wait_until 30 "$AIRGAP_PID" curl -sf -o /dev/null "http://$IP:$P1/v2/" \
+  || setup_failed "the air-gapped mirror did not answer" "$LOGS/airgap.log"
+SAVED_P0=$P0; P0=$P1
+skopeo_check "6b skopeo --all ghcr.io/lab-org/multi:oci from the air-gapped mirror" ghcr.io/lab-org/multi:oci multi-oci --all
+skopeo_check "6c skopeo --all docker.io/library/multi:latest from the air-gapped mirror" library/multi:latest multi --all
+skopeo_check "6d skopeo quay.io/lab-org/small:latest from the air-gapped mirror" quay.io/lab-org/small:latest small
+if [ "$CTR_OK" = 1 ]; then
+  for reg in docker.io ghcr.io; do
+    printf 'server = "http://%s:9"\n[host."http://%s:%s"]\n  capabilities = ["pull", "resolve"]\n' "$IP" "$IP" "$P1" >"$HOSTS/$reg/hosts.toml"
+  done
+  ctrq images rm docker.io/library/alpine:3 >/dev/null 2>&1 || true
+  ctrq content prune references >/dev/null 2>&1 || true
+  ctr_check "6e ctr docker.io/library/alpine:3 from the air-gapped mirror (unpacked)" docker.io/library/alpine:3 alpine "$(img .alpine.config)"
+fi
+P0=$SAVED_P0
+n_up=$(count_lines 'upstream error|cannot connect' "$LOGS/airgap.log")
+if [ "$n_up" = 0 ]; then ok "6f the air-gapped mirror never needed its upstreams"
+else bad "6f no upstream needed" "$n_up upstream errors in its log"; fi
+
+# ----------------------------------------------------------------- 7
+step "7. a corrupted bundle blob is refused on import; nothing that needs it is served"
+LAYOUT="$W/layout"
+timeout "$(cmd_timeout)" "$BIN" export --mirror "$MIRROR" --image quay.io/lab-org/small:latest \
+  --image docker.io/library/alpine:3 --out "$LAYOUT" >"$LOGS/export-dir.log" 2>&1 \
+  || setup_failed "export to a directory failed" "$LOGS/export-dir.log"
+victim=$(img '.small.layers[0]')
+vfile="$LAYOUT/blobs/sha256/${victim#sha256:}"
+printf 'X' | dd of="$vfile" bs=1 seek=200 conv=notrunc status=none
+sed "s|$W/airgap-data|$W/airgap-2|; s|$IP:$P1|$IP:0|" "$CONF/airgap.toml" >"$CONF/airgap-2.toml"
+log="$LOGS/import-bad.log"
+if timeout "$(cmd_timeout)" "$BIN" import --config "$CONF/airgap-2.toml" "$LAYOUT" >"$log" 2>&1; then
+  bad "7a a corrupted blob fails the import" "exit 0: $(tail -n 2 "$log" | tr '\n' ' ')"
+elif grep -q "REFUSED blob $victim: digest mismatch" "$log" && grep -q "^FAIL quay.io/lab-org/small:latest" "$log" \
+     && grep -q "^ok   docker.io/library/alpine:3" "$log"; then
+  ok "7a refused: $(grep -m1 REFUSED "$log" | cut -c1-110)…; the other image imported"
+else
+  FAILED_LOGS+=("$log"); bad "7a import of a corrupted bundle" "$(tr '\n' ' ' <"$log" | cut -c1-300)"
+fi
+if [ -e "$W/airgap-2/blobs/sha256/${victim:7:2}/${victim#sha256:}" ]; then
+  bad "7b the refused blob is not stored" "it is"
+else ok "7b the refused blob is not stored"; fi
+ls_out=$("$BIN" ls --config "$CONF/airgap-2.toml" --json 2>/dev/null | jq -r '[.images[] | .upstream + "/" + .repository + ":" + .tag] | join(" ")')
+if [ "$ls_out" = "docker.io/library/alpine:3" ]; then ok "7c mirrorgate ls: only the whole image is in the cache ($ls_out)"
+else bad "7c mirrorgate ls" "'$ls_out'"; fi
 
 summary "warm system test"
