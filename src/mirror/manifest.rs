@@ -239,7 +239,7 @@ impl Mirror {
         // and with upstream down it is served, as the last known digest.
         let disk = match self.stored_tag(key).await? {
             Some(r) => Some(r),
-            None => self.sibling_tag(key).await?,
+            None => self.sibling_tag(key).await,
         };
         if let Some(rec) = &disk
             && rec.age(self.clock.now()) < ttl
@@ -436,14 +436,19 @@ impl Mirror {
 
     /// The most recently confirmed record of the tag under another accept
     /// class whose media type `key`'s class accepts.
-    async fn sibling_tag(&self, key: &TagKey) -> Result<Option<TagRecord>, Error> {
-        Ok(self
-            .store
-            .tag_siblings(key)
-            .await?
-            .into_iter()
-            .filter(|r| key.class.accepts(&r.media_type))
-            .max_by_key(|r| r.checked_at_ms))
+    /// Best effort: a store that cannot list (S3 down) means none.
+    async fn sibling_tag(&self, key: &TagKey) -> Option<TagRecord> {
+        match self.store.tag_siblings(key).await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|r| key.class.accepts(&r.media_type))
+                .max_by_key(|r| r.checked_at_ms),
+            Err(e) => {
+                tracing::warn!(repo = %key.repo, tag = %key.tag, error = %crate::error_chain(&e),
+                    "cannot list the tag's other records; asking upstream");
+                None
+            }
+        }
     }
 
     /// The tag record the store holds, or will once a write under way

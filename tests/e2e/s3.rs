@@ -781,3 +781,52 @@ async fn a_blob_body_from_s3_is_not_cut_by_the_call_timeout() {
     );
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_commands_work_on_the_bucket() {
+    use mirrorgate::store::inventory::{ImageKey, Named};
+    let weed = s3::shared();
+    let prefix = s3::unique_prefix("inventory");
+    let up = FakeUpstream::start(Options::default()).await;
+    let base = docker_image(51, &[4000]);
+    let a = crate::support::image::docker_image_on(52, &base.layers, &[3000]);
+    let b = crate::support::image::docker_image_on(53, &base.layers, &[2000]);
+    up.add_image("org/a", "1", &a);
+    up.add_image("org/b", "1", &b);
+    let c = client();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = mirror_on(weed, &up, dir.path(), &prefix, "").await;
+    pull(&c, &gw, "org/a", "1", &a).await;
+    pull(&c, &gw, "org/b", "1", &b).await;
+    gw.settle().await;
+    let store = gw.app().mirror().store().clone();
+    let refs = store.references().await.unwrap();
+    let names: Vec<String> = refs.iter().map(|r| r.image.to_string()).collect();
+    assert_eq!(names, ["docker.io/org/a:1", "docker.io/org/b:1"]);
+    let up_id = mirrorgate::config::UpstreamId::parse("docker.io").unwrap();
+    let key = ImageKey::new(
+        &up_id,
+        "org/a".parse().unwrap(),
+        Named::Tag("1".parse().unwrap()),
+    );
+    let out = store.remove(&key, true).await.unwrap();
+    assert_eq!(
+        out.blobs.len(),
+        3,
+        "a's manifest, config and own layer: {out:?}"
+    );
+    assert!(
+        keys_under(weed, blob_key(&prefix, &a.layers[1].digest).as_ref())
+            .await
+            .is_empty(),
+        "a's own layer is gone from the bucket"
+    );
+    assert_eq!(
+        stored(weed, &prefix, &base.layers[0].digest).await,
+        base.layers[0].bytes
+    );
+    let gc = store.gc(std::time::Duration::ZERO, false).await.unwrap();
+    assert!(gc.deleted.is_empty(), "everything left is b's: {gc:?}");
+    assert_eq!(gc.referenced, 4, "b: manifest, config, two layers");
+    gw.stop().await;
+}
