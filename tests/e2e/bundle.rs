@@ -10,23 +10,12 @@ use std::path::Path;
 use mirrorgate::bundle::{CONTAINERD_NAME, REF_NAME};
 use mirrorgate::config::Config;
 use mirrorgate::store::Store;
-use mirrorgate::warm::{ImageRef, Options as WarmOptions, Warmer};
+use mirrorgate::warm::ImageRef;
 
 use crate::support::image::{
     Image, docker_image, docker_image_on, oci_image, oci_index, sha256_digest,
 };
 use crate::support::*;
-
-fn warmer(url: &str) -> Warmer {
-    Warmer::new(WarmOptions {
-        mirror: url.parse().unwrap(),
-        ca_pem: None,
-        basic: None,
-        platforms: Vec::new(),
-        concurrency: 4,
-    })
-    .unwrap()
-}
 
 fn refs(list: &[&str]) -> Vec<ImageRef> {
     list.iter().map(|s| s.parse().unwrap()).collect()
@@ -106,7 +95,7 @@ async fn an_exported_bundle_imported_into_a_mirror_without_upstream_serves_every
     let gw = single(&w.up, &dir.path().join("src"), "").await;
     let out = dir.path().join("bundle.tar");
     let images = refs(&["docker.io/library/app:1.0", "org/tool:v2"]);
-    let rep = mirrorgate::bundle::export(&warmer(&gw.url(0)), &images, &out, None)
+    let rep = mirrorgate::bundle::export(&warmer(&gw.url(0), &[]), &images, &out, None)
         .await
         .unwrap();
     assert_eq!((rep.ok, rep.failed), (2, 0), "{rep:#?}");
@@ -230,7 +219,7 @@ async fn a_corrupted_blob_is_refused_and_nothing_that_needs_it_is_served() {
     let gw = single(&w.up, &dir.path().join("src"), "").await;
     let out = dir.path().join("layout");
     let images = refs(&["docker.io/library/app:1.0", "org/tool:v2"]);
-    let rep = mirrorgate::bundle::export(&warmer(&gw.url(0)), &images, &out, None)
+    let rep = mirrorgate::bundle::export(&warmer(&gw.url(0), &[]), &images, &out, None)
         .await
         .unwrap();
     assert_eq!(rep.ok, 2);
@@ -318,7 +307,7 @@ async fn incremental_bundles_and_an_interrupted_import_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let gw = single(&w.up, &dir.path().join("src"), "").await;
     let first = dir.path().join("base.tar");
-    let wr = warmer(&gw.url(0));
+    let wr = warmer(&gw.url(0), &[]);
     let r = mirrorgate::bundle::export(&wr, &refs(&["docker.io/library/app:1.0"]), &first, None)
         .await
         .unwrap();

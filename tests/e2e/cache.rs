@@ -4,25 +4,14 @@
 
 use std::process::Command;
 
-use mirrorgate::warm::{ImageRef, Options as WarmOptions, Quiet, Warmer};
+use mirrorgate::warm::{ImageRef, Quiet};
 
 use crate::support::image::{Image, docker_image, docker_image_on, oci_image, oci_index};
 use crate::support::*;
 
-fn warmer(url: &str) -> Warmer {
-    Warmer::new(WarmOptions {
-        mirror: url.parse().unwrap(),
-        ca_pem: None,
-        basic: None,
-        platforms: Vec::new(),
-        concurrency: 4,
-    })
-    .unwrap()
-}
-
 async fn warm(gw: &Gateway, images: &[&str]) {
     let refs: Vec<ImageRef> = images.iter().map(|s| s.parse().unwrap()).collect();
-    let r = warmer(&gw.url(0)).warm_all(&refs, &Quiet).await;
+    let r = warmer(&gw.url(0), &[]).warm_all(&refs, &Quiet).await;
     assert_eq!(r.failed, 0, "{r:#?}");
     gw.settle().await;
 }

@@ -43,3 +43,16 @@ pub async fn error_code(resp: reqwest::Response) -> String {
     let v: serde_json::Value = resp.json().await.expect("error body is JSON");
     v["errors"][0]["code"].as_str().expect("code").to_owned()
 }
+
+/// A warmer (the library of `mirrorgate warm`, `export`) of the mirror at
+/// `url`, for `platforms` (empty: all).
+pub fn warmer(url: &str, platforms: &[&str]) -> mirrorgate::warm::Warmer {
+    mirrorgate::warm::Warmer::new(mirrorgate::warm::Options {
+        mirror: url.parse().unwrap(),
+        ca_pem: None,
+        basic: None,
+        platforms: platforms.iter().map(|p| p.parse().unwrap()).collect(),
+        concurrency: 4,
+    })
+    .unwrap()
+}

@@ -4,21 +4,10 @@
 
 use std::process::Command;
 
-use mirrorgate::warm::{ImageRef, Options as WarmOptions, Quiet, Warmer};
+use mirrorgate::warm::{ImageRef, Quiet};
 
 use crate::support::image::{docker_image, oci_image, oci_index};
 use crate::support::*;
-
-fn warmer(url: &str, platforms: &[&str]) -> Warmer {
-    Warmer::new(WarmOptions {
-        mirror: url.parse().unwrap(),
-        ca_pem: None,
-        basic: None,
-        platforms: platforms.iter().map(|p| p.parse().unwrap()).collect(),
-        concurrency: 4,
-    })
-    .unwrap()
-}
 
 fn refs(list: &[&str]) -> Vec<ImageRef> {
     list.iter().map(|s| s.parse().unwrap()).collect()
