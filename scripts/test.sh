@@ -20,6 +20,9 @@
 #   7b. warm system test: `mirrorgate warm` of a list and a kubectl
 #      fixture through real registries; with the upstreams stopped, skopeo,
 #      ctr and podman pull every warmed image (tests/system/warm.sh)
+#   7c. packaging: the systemd unit through `systemd-analyze verify`, the
+#      Kubernetes manifests through kubernetes-validate (PyPI)
+#      (tests/system/packaging.sh)
 #   8. the end-to-end benchmarks in their short mode (benches/e2e.sh --quick,
 #      benches/s3.py --quick and benches/cluster.sh --mib 8, debug binary):
 #      checks that they run and
@@ -79,6 +82,9 @@ if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
 
   step "warm system test: warm a list and a kubectl fixture, upstreams down, skopeo/ctr/podman pull; a second run costs only HEADs"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/warm.sh
+
+  step "packaging: systemd-analyze verify of the unit, Kubernetes manifests against the API schemas"
+  MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/packaging.sh
 
   step "cluster system test: replicas on one bucket, skopeo + ctr, scale-out, rolling restart, partition, SIGKILL/SIGSTOP mid-pull"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/cluster.sh

@@ -71,7 +71,8 @@ impl App {
                 ca_pem,
                 Policy::from_config(&config),
             )
-            .with_metrics_endpoint(config.server.metrics),
+            .with_metrics_endpoint(config.server.metrics)
+            .with_setup(Arc::new(config.clone())),
         );
         Ok(Self {
             config,

@@ -177,8 +177,11 @@ fn run_ca(cmd: CaCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Runs the CLI.
+/// Runs the CLI (and starts logging: `serve` in its config's format).
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Serve { .. }) {
+        crate::telemetry::init(crate::config::LogFormat::Text);
+    }
     match cli.command {
         Command::CheckConfig { file } => {
             let c = Config::load(&file)
@@ -290,6 +293,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(d) = data_dir {
                 c.storage_root = d;
             }
+            crate::telemetry::init(c.log_format);
             // Blocking threads run disk writes, fsyncs, reads that would
             // wait for the disk, and DNS lookups. tokio's default of 512
             // lets a burst of 500 cold downloads start ~330 of them (each
@@ -322,12 +326,44 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, pinned, scheme, "listening");
     }
     tracing::info!(root = %root.display(), "mirrorgate ready");
+    sd_notify("READY=1");
     let warming = crate::warm::schedule::spawn(app.registry(), app.mirror().store(), app.config());
-    app.run(listeners, shutdown_signal()).await;
+    app.run(listeners, async {
+        shutdown_signal().await;
+        sd_notify("STOPPING=1");
+    })
+    .await;
     for t in warming {
         t.abort();
     }
     Ok(())
+}
+
+/// Tells systemd (a `Type=notify` unit: `$NOTIFY_SOCKET`) how the service
+/// is doing. Nothing without the variable; a failure is only logged.
+fn sd_notify(state: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::SocketAddrExt as _;
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let sent = (|| {
+            let sock = std::os::unix::net::UnixDatagram::unbound()?;
+            let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+            let addr = match bytes.strip_prefix(b"@") {
+                // An abstract socket (systemd's usual one).
+                Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
+                None => std::os::unix::net::SocketAddr::from_pathname(&path)?,
+            };
+            sock.send_to_addr(state.as_bytes(), &addr).map(drop)
+        })();
+        if let Err(e) = sent {
+            tracing::warn!(state, error = %e, "cannot notify systemd");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = state;
 }
 
 async fn shutdown_signal() {

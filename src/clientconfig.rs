@@ -18,6 +18,8 @@
 //! | buildkit | `buildkitd.toml`, `mirrorgate-ca.crt` | `/etc/buildkit` |
 //! | podman | `registries.conf`, `certs.d/<mirror address>/ca.crt` (no `:443`) | `/etc/containers` |
 //! | k3s | `registries.yaml`, `mirrorgate-ca.crt` | `/etc/rancher/k3s` |
+//! | kind | `kind-config.yaml`, `certs.d/<registry>/hosts.toml` and CA (mounted at `/etc/containerd/certs.d` in each node) | any host directory: `kind create cluster --config <dir>/kind-config.yaml` |
+//! | talos | `machine-patch.yaml` (`machine.registries`), `registry-documents.yaml` (`RegistryMirrorConfig`, `RegistryTLSConfig`; Talos 1.12+) | applied with `talosctl patch mc --patch @FILE` or at `gen config` |
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,12 @@ pub enum ClientKind {
     Podman,
     /// k3s / RKE2 `registries.yaml`.
     K3s,
+    /// kind: a cluster config whose `containerdConfigPatches` point
+    /// containerd at `hosts.toml` files mounted into every node.
+    Kind,
+    /// Talos: a machine config patch (`machine.registries`, before v1.12)
+    /// and the `RegistryMirrorConfig` / `RegistryTLSConfig` documents.
+    Talos,
 }
 
 impl ClientKind {
@@ -49,6 +57,8 @@ impl ClientKind {
             Self::Buildkit => "/etc/buildkit",
             Self::Podman => "/etc/containers",
             Self::K3s => "/etc/rancher/k3s",
+            Self::Kind => "/etc/mirrorgate/kind",
+            Self::Talos => "/etc/mirrorgate/talos",
         }
     }
 }
@@ -270,8 +280,152 @@ pub fn generate(
             out.push(file("registries.yaml".into(), text));
             out.push(file("mirrorgate-ca.crt".into(), ca_pem.to_owned()));
         }
+        ClientKind::Kind => {
+            // containerd's hosts.toml tree, as it is inside a node.
+            let node_dir = Path::new("/etc/containerd/certs.d");
+            let inner = generate(ClientKind::Containerd, config, mirror, ca_pem, node_dir)?;
+            let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+            let text = format!(
+                "{}# kind create cluster --config {}\n\
+                 # containerd in every node reads hosts.toml files (with ?ns=<registry>)\n\
+                 # from /etc/containerd/certs.d, mounted from this directory.\n\
+                 kind: Cluster\n\
+                 apiVersion: kind.x-k8s.io/v1alpha4\n\
+                 containerdConfigPatches:\n  - |-\n    \
+                 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      \
+                 config_path = \"/etc/containerd/certs.d\"\n\
+                 nodes:\n  - role: control-plane\n    extraMounts:\n      \
+                 - hostPath: {}\n        containerPath: /etc/containerd/certs.d\n        \
+                 readOnly: true\n",
+                header(kind, mirror),
+                abs("kind-config.yaml"),
+                q(&abs("certs.d")),
+            );
+            out.push(file("kind-config.yaml".into(), text));
+            for f in inner {
+                out.push(GeneratedFile {
+                    path: Path::new("certs.d").join(&f.path),
+                    contents: f.contents,
+                });
+            }
+        }
+        ClientKind::Talos => {
+            use base64::Engine as _;
+            let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+            let endpoint = format!("https://{mirror}");
+            let indent = |s: &str, n: usize| {
+                s.lines()
+                    .map(|l| format!("{}{l}\n", " ".repeat(n)))
+                    .collect::<String>()
+            };
+            // Before Talos 1.12: one machine config patch; the CA base64.
+            let mut legacy = header(kind, mirror);
+            legacy.push_str(
+                "# talosctl patch mc --patch @machine-patch.yaml (Talos before 1.12).\n\
+                 # Talos renders containerd hosts.toml: requests carry ?ns=<registry>.\n\
+                 machine:\n  registries:\n    mirrors:\n",
+            );
+            for u in &upstreams {
+                legacy.push_str(&format!(
+                    "      {}:\n        endpoints:\n          - {}\n",
+                    q(u.id.as_str()),
+                    q(&endpoint)
+                ));
+            }
+            legacy.push_str(&format!(
+                "    config:\n      {}:\n        tls:\n          ca: {}\n",
+                q(&mirror.to_string()),
+                q(&base64::engine::general_purpose::STANDARD.encode(ca_pem))
+            ));
+            out.push(file("machine-patch.yaml".into(), legacy));
+            // Talos 1.12 and later: one document per mirror, and the TLS
+            // settings of the mirror endpoint (the CA as PEM).
+            let mut docs = header(kind, mirror);
+            docs.push_str(
+                "# talosctl patch mc --patch @registry-documents.yaml (Talos 1.12 and later).\n",
+            );
+            for u in &upstreams {
+                docs.push_str(&format!(
+                    "---\napiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: {}\n\
+                     endpoints:\n  - url: {}\n",
+                    q(u.id.as_str()),
+                    q(&endpoint)
+                ));
+            }
+            docs.push_str(&format!(
+                "---\napiVersion: v1alpha1\nkind: RegistryTLSConfig\nname: {}\nca: |-\n{}",
+                q(&mirror.to_string()),
+                indent(ca_pem.trim_end(), 2)
+            ));
+            out.push(file("registry-documents.yaml".into(), docs));
+        }
     }
     Ok(out)
+}
+
+/// A POSIX shell script that installs `files` under `install_dir` on the
+/// node it runs on (what `GET /setup/<client>` serves). `MIRRORGATE_ROOT`
+/// prefixes every path (a staging directory); an existing file that differs
+/// is kept as `<file>.mirrorgate-old`. It prints what the client still needs
+/// (a restart, containerd's `config_path`).
+pub fn setup_script(
+    kind: ClientKind,
+    mirror: &Mirror,
+    files: &[GeneratedFile],
+    install_dir: &Path,
+) -> String {
+    let name = format!("{kind:?}").to_ascii_lowercase();
+    let mut s = format!(
+        "#!/bin/sh\n\
+         # generated by mirrorgate: {name} pulls through the mirror at https://{mirror}\n\
+         # run as root on the node: curl -fsS --cacert ca.crt https://{mirror}/setup/{name} | sh\n\
+         set -eu\n\
+         umask 022\n\
+         root=\"${{MIRRORGATE_ROOT:-}}\"\n\
+         put() {{ # PATH: stdin into $root/PATH, keeping a different old file\n  \
+         f=\"$root$1\"; mkdir -p \"$(dirname \"$f\")\"\n  \
+         tmp=\"$f.mirrorgate-new\"; cat >\"$tmp\"\n  \
+         if [ -e \"$f\" ] && ! cmp -s \"$f\" \"$tmp\"; then\n    \
+         mv \"$f\" \"$f.mirrorgate-old\"; echo \"kept the old $1 as $1.mirrorgate-old\"\n  \
+         fi\n  \
+         mv \"$tmp\" \"$f\"; echo \"wrote $1\"\n\
+         }}\n"
+    );
+    for f in files {
+        let path = install_dir.join(&f.path);
+        // A quoted here-document: nothing in it is expanded. The marker
+        // cannot occur in the generated files (PEM, TOML, JSON, YAML).
+        s.push_str(&format!(
+            "put '{}' <<'MIRRORGATE_EOF'\n{}{}MIRRORGATE_EOF\n",
+            path.display(),
+            f.contents,
+            if f.contents.ends_with('\n') { "" } else { "\n" }
+        ));
+    }
+    let after = match kind {
+        ClientKind::Containerd => format!(
+            "containerd reads these with config_path = \"{}\" in the CRI registry\n\
+             section of /etc/containerd/config.toml (ctr: --hosts-dir {});\n\
+             no restart is needed once it is set.",
+            install_dir.display(),
+            install_dir.display()
+        ),
+        ClientKind::Docker => "restart dockerd: systemctl restart docker".to_owned(),
+        ClientKind::Podman => {
+            "podman, skopeo and buildah read these at their next start".to_owned()
+        }
+        ClientKind::Buildkit => "restart buildkitd".to_owned(),
+        ClientKind::K3s => "restart k3s (or rke2)".to_owned(),
+        ClientKind::Kind => {
+            "create the cluster: kind create cluster --config <the kind-config.yaml above>"
+                .to_owned()
+        }
+        ClientKind::Talos => "apply with talosctl patch mc --patch @<file above>".to_owned(),
+    };
+    s.push_str(&format!(
+        "cat <<'MIRRORGATE_EOF'\n{after}\nMIRRORGATE_EOF\n"
+    ));
+    s
 }
 
 /// Writes the files under `out` (CA files 0644, configs 0644).

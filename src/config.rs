@@ -77,6 +77,18 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `[[warm]]`: image lists the server keeps warm, in file order.
     pub warm: Vec<WarmConfig>,
+    /// `[log] format`.
+    pub log_format: LogFormat,
+}
+
+/// How log lines (events and the access log) are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per event, with the same fields.
+    Json,
 }
 
 /// `[[warm]]`: a list of images the server warms on a schedule (the list
@@ -911,6 +923,16 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
         upstreams,
         cluster,
         warm,
+        log_format: match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?}: want \"text\" or \"json\""),
+                ));
+            }
+        },
     })
 }
 

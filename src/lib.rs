@@ -18,6 +18,8 @@
 //!   by, the circuit breaker, PEM parsing, access rules, the pacing of
 //!   response bodies (how far reads run ahead of sockets).
 //! - [`config`]: the validated configuration.
+//! - [`clientconfig`]: client configuration files for the mirror, and the
+//!   `/setup/<client>` scripts that install them.
 //! - [`tag`]: the tag map's types (kept by the store, cached, decided on).
 //! - [`store`]: blobs and metadata records behind one interface, on local
 //!   disk or in an S3 bucket with a local read tier (no HTTP).
@@ -33,7 +35,6 @@
 //!   routing, responses, and the single error→response mapping.
 //! - [`tls`]: the CA, leaf certificates and the SNI resolver.
 //! - [`server`]: accept loops and HTTP connections.
-//! - [`clientconfig`]: client configuration files for the mirror.
 //! - [`app`]: the composition root.
 //! - [`warm`]: `mirrorgate warm`, an HTTP client of a mirror (running, or
 //!   started in-process by the CLI) that fills its cache ahead of need.

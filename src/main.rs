@@ -12,7 +12,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = mirrorgate::cli::Cli::parse();
-    mirrorgate::telemetry::init();
+    // Logging starts in `run`: `serve` reads its format from the config.
     match mirrorgate::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -121,6 +121,8 @@ pub struct Registry {
     /// Whether `GET /readyz` says this mirror takes new clients (off once
     /// shutdown begins, so that a load balancer drains it first).
     ready: std::sync::atomic::AtomicBool,
+    /// The config the `/setup/<client>` scripts are generated from.
+    setup: Option<Arc<Config>>,
 }
 
 /// The largest page size passed on (`i32::MAX`: every registry parses it).
@@ -209,7 +211,16 @@ impl Registry {
             metrics: Arc::default(),
             serve_metrics: true,
             ready: std::sync::atomic::AtomicBool::new(true),
+            setup: None,
         }
+    }
+
+    /// Serves `GET /setup/<client>` (with the local CA): scripts that
+    /// install `config`'s client configuration on a node.
+    #[must_use]
+    pub fn with_setup(mut self, config: Arc<Config>) -> Self {
+        self.setup = Some(config);
+        self
     }
 
     /// Turns `GET /readyz` off (shutdown has begun) or on.
@@ -222,6 +233,86 @@ impl Registry {
     pub fn with_metrics_endpoint(mut self, on: bool) -> Self {
         self.serve_metrics = on;
         self
+    }
+
+    /// `GET /setup/<client>`: the install script for a node, for the
+    /// mirror address the request came to (its `Host`).
+    fn setup_script<B>(
+        &self,
+        req: &Request<B>,
+        kind: &str,
+        head: bool,
+    ) -> Result<Response<Body>, ApiError> {
+        use crate::clientconfig::{ClientKind, Mirror};
+        let kind = match kind {
+            "containerd" => ClientKind::Containerd,
+            "docker" => ClientKind::Docker,
+            "podman" => ClientKind::Podman,
+            "buildkit" => ClientKind::Buildkit,
+            "k3s" => ClientKind::K3s,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    error::Code::Unsupported,
+                    error::Origin::Downstream,
+                    format!(
+                        "no setup script for {kind:?} (containerd, docker, podman, buildkit, k3s)"
+                    ),
+                ));
+            }
+        };
+        let (Some(config), Some(ca)) = (&self.setup, &self.ca_pem) else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                error::Code::Unsupported,
+                error::Origin::Downstream,
+                "setup scripts need the mirror's local CA ([tls] ca_dir)",
+            ));
+        };
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let mirror: Mirror = host.parse().map_err(|e: crate::clientconfig::Error| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                error::Code::Unsupported,
+                error::Origin::Downstream,
+                format!("cannot tell the mirror's address from Host: {e}"),
+            )
+        })?;
+        let install = std::path::Path::new(kind.default_install_dir());
+        let files =
+            crate::clientconfig::generate(kind, config, &mirror, ca, install).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    error::Code::Unknown,
+                    error::Origin::Internal,
+                    e.to_string(),
+                )
+            })?;
+        let text = crate::clientconfig::setup_script(kind, &mirror, &files, install);
+        let len = text.len();
+        let body = if head {
+            response::empty()
+        } else {
+            response::full(Bytes::from(text))
+        };
+        let mut r = response::with_body(StatusCode::OK, body);
+        set(
+            &mut r,
+            header::CONTENT_TYPE,
+            "text/x-shellscript; charset=utf-8",
+        );
+        r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+        Ok(r)
     }
 
     /// The request counters.
@@ -385,12 +476,23 @@ impl Registry {
             r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
             return Ok(r);
         }
-        if req.uri().path() == "/readyz" && (method == Method::GET || method == Method::HEAD) {
-            let ready = self.ready.load(std::sync::atomic::Ordering::SeqCst);
-            let (status, text) = if ready {
-                (StatusCode::OK, "ready\n")
-            } else {
+        let probe = req.uri().path();
+        if (probe == "/readyz" || probe == "/livez")
+            && (method == Method::GET || method == Method::HEAD)
+        {
+            // Liveness: the process answers. Readiness: not draining, and
+            // the store's local directory is there to serve from; an
+            // upstream being down never matters (serving the cache is the
+            // job then).
+            let (status, text) = if probe == "/livez" {
+                (StatusCode::OK, "alive\n")
+            } else if !self.ready.load(std::sync::atomic::Ordering::SeqCst) {
                 (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if let Err(e) = self.mirror.store().usable().await {
+                tracing::warn!(error = %crate::error_chain(&e), "not ready: the store is not usable");
+                (StatusCode::SERVICE_UNAVAILABLE, "store unusable\n")
+            } else {
+                (StatusCode::OK, "ready\n")
             };
             let body = if method == Method::HEAD {
                 response::empty()
@@ -417,6 +519,11 @@ impl Registry {
             set(&mut r, header::CONTENT_TYPE, "application/x-pem-file");
             r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
             return Ok(r);
+        }
+        if let Some(kind) = req.uri().path().strip_prefix("/setup/")
+            && (method == Method::GET || method == Method::HEAD)
+        {
+            return self.setup_script(req, kind, method == Method::HEAD);
         }
         let user = if conn.trusted {
             Some(TRUSTED_USER.to_owned())

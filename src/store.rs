@@ -345,6 +345,22 @@ impl Store {
         self.private.mark(digest, &owner).await
     }
 
+    /// Whether the store can serve: its local directory (the whole store,
+    /// or the read tier and spool of a remote one) and its temporary
+    /// directory exist. A remote backend being down does not count: the
+    /// read tier serves, and fills pass through.
+    pub async fn usable(&self) -> Result<(), Error> {
+        let Some(l) = self.blobs.local() else {
+            return Ok(());
+        };
+        let tmp = l.root().join("tmp");
+        match tokio::fs::metadata(&tmp).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(Error::io("stat", &tmp)(io::Error::other("not a directory"))),
+            Err(e) => Err(Error::io("stat", &tmp)(e)),
+        }
+    }
+
     /// Approximate bytes of locally stored blobs.
     pub fn stored_bytes(&self) -> u64 {
         self.blobs.local().map_or(0, LocalBlobs::stored_bytes)

@@ -61,6 +61,8 @@ fn goldens() {
         (ClientKind::Buildkit, "buildkit"),
         (ClientKind::Podman, "podman"),
         (ClientKind::K3s, "k3s"),
+        (ClientKind::Kind, "kind"),
+        (ClientKind::Talos, "talos"),
     ] {
         let text = render(&files(kind));
         let golden = root().join(format!("tests/fixtures/client-config/{name}.txt"));
@@ -183,4 +185,67 @@ fn cli_writes_files_and_refuses_bad_input() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--mirror"));
+}
+
+#[test]
+fn kind_and_talos_parse() {
+    let f = files(ClientKind::Kind);
+    let v: serde_json::Value = serde_norway::from_str(contents(&f, "kind-config.yaml")).unwrap();
+    assert_eq!(v["kind"], "Cluster");
+    assert_eq!(v["apiVersion"], "kind.x-k8s.io/v1alpha4");
+    let patch = v["containerdConfigPatches"][0].as_str().unwrap();
+    let t: toml::Value = toml::from_str(patch).unwrap();
+    assert_eq!(
+        t["plugins"]["io.containerd.grpc.v1.cri"]["registry"]["config_path"].as_str(),
+        Some("/etc/containerd/certs.d")
+    );
+    let mount = &v["nodes"][0]["extraMounts"][0];
+    assert_eq!(mount["hostPath"], "/etc/mirrorgate/kind/certs.d");
+    assert_eq!(mount["containerPath"], "/etc/containerd/certs.d");
+    // The hosts.toml files name the CA where the node sees it.
+    let h: toml::Value = toml::from_str(contents(&f, "certs.d/ghcr.io/hosts.toml")).unwrap();
+    assert_eq!(
+        h["host"]["https://mirror.internal:5443"]["ca"].as_str(),
+        Some("/etc/containerd/certs.d/ghcr.io/mirrorgate-ca.crt")
+    );
+    contents(&f, "certs.d/ghcr.io/mirrorgate-ca.crt");
+
+    let ca = std::fs::read_to_string(root().join("tests/fixtures/extra-roots.pem")).unwrap();
+    let f = files(ClientKind::Talos);
+    let v: serde_json::Value = serde_norway::from_str(contents(&f, "machine-patch.yaml")).unwrap();
+    let regs = &v["machine"]["registries"];
+    assert_eq!(
+        regs["mirrors"]["docker.io"]["endpoints"][0],
+        "https://mirror.internal:5443"
+    );
+    assert_eq!(regs["mirrors"].as_object().unwrap().len(), 4);
+    use base64::Engine as _;
+    let b64 = regs["config"]["mirror.internal:5443"]["tls"]["ca"]
+        .as_str()
+        .unwrap();
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    assert_eq!(
+        pem,
+        ca.as_bytes(),
+        "the legacy format takes the CA base64-encoded"
+    );
+    let docs: Vec<serde_json::Value> =
+        serde_norway::Deserializer::from_str(contents(&f, "registry-documents.yaml"))
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+    assert_eq!(docs.len(), 5, "four mirrors and the TLS document");
+    assert!(docs.iter().all(|d| d["apiVersion"] == "v1alpha1"));
+    let quay = docs.iter().find(|d| d["name"] == "quay.io").unwrap();
+    assert_eq!(quay["kind"], "RegistryMirrorConfig");
+    assert_eq!(quay["endpoints"][0]["url"], "https://mirror.internal:5443");
+    let tls = docs.last().unwrap();
+    assert_eq!(tls["kind"], "RegistryTLSConfig");
+    assert_eq!(tls["name"], "mirror.internal:5443");
+    assert_eq!(
+        tls["ca"].as_str().unwrap(),
+        ca.trim_end(),
+        "the new format takes PEM"
+    );
 }

@@ -27,6 +27,15 @@ pub(crate) struct File {
     pub(crate) cluster: Option<Cluster>,
     #[serde(default, rename = "warm")]
     pub(crate) warm: Vec<Warm>,
+    #[serde(default)]
+    pub(crate) log: Log,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Log {
+    pub(crate) format: Option<String>,
 }
 
 /// `[[warm]]`

@@ -17,6 +17,7 @@ mod faults;
 mod hostile;
 mod load;
 mod offline;
+mod ops;
 mod pull;
 mod routing;
 mod s3;

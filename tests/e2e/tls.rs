@@ -186,3 +186,118 @@ async fn stalled_handshakes_time_out_and_do_not_block_others() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_scripts_install_what_client_config_writes_and_probes_answer() {
+    use mirrorgate::clientconfig::{ClientKind, generate};
+    let hub = FakeUpstream::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let cfg = format!(
+        "[tls]\nca_dir = {:?}\nnames = [\"mirror.test\"]\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = true\n{}{}",
+        certs.display().to_string(),
+        upstream_toml("docker.io", &hub.url(), "default = true"),
+        upstream_toml("quay.io", &hub.url(), ""),
+    );
+    let gw = Gateway::start(&cfg, dir.path()).await;
+    let ca_pem = std::fs::read(certs.join("ca.crt")).unwrap();
+    let c = tls_client(&ca_pem, &[("mirror.test", gw.addrs[0])]);
+    let port = gw.addrs[0].port();
+    let base = format!("https://mirror.test:{port}");
+    for (probe, want) in [("livez", "alive\n"), ("readyz", "ready\n")] {
+        let r = c.get(format!("{base}/{probe}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{probe}");
+        assert_eq!(r.text().await.unwrap(), want);
+    }
+    // The upstream down changes neither: serving the cache is the job then.
+    hub.set_down(true);
+    let r = c.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "ready with the upstream down");
+    hub.set_down(false);
+
+    for (kind, name) in [
+        (ClientKind::Containerd, "containerd"),
+        (ClientKind::Docker, "docker"),
+        (ClientKind::Podman, "podman"),
+    ] {
+        let r = c.get(format!("{base}/setup/{name}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/x-shellscript")
+        );
+        let script = r.text().await.unwrap();
+        let stage = dir.path().join(format!("stage-{name}"));
+        for round in 0..2 {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .env("MIRRORGATE_ROOT", &stage)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name} round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // Exactly what `client-config` writes, for the address the script
+        // was fetched from; a second run changed nothing.
+        let config = gw.app().config().clone();
+        let mirror = format!("mirror.test:{port}").parse().unwrap();
+        let install = std::path::Path::new(kind.default_install_dir());
+        let want = generate(
+            kind,
+            &config,
+            &mirror,
+            std::str::from_utf8(&ca_pem).unwrap(),
+            install,
+        )
+        .unwrap();
+        for f in &want {
+            let p = stage.join(install.strip_prefix("/").unwrap()).join(&f.path);
+            assert_eq!(
+                std::fs::read_to_string(&p).unwrap(),
+                f.contents,
+                "{}",
+                p.display()
+            );
+        }
+        let old = files_under(&stage)
+            .into_iter()
+            .filter(|p| {
+                p.to_string_lossy().contains("mirrorgate-old")
+                    || p.to_string_lossy().contains("mirrorgate-new")
+            })
+            .count();
+        assert_eq!(old, 0, "a re-run keeps no old copies of identical files");
+    }
+    // A changed file on the node is kept aside.
+    let stage = dir.path().join("stage-docker");
+    let daemon = stage.join("etc/docker/daemon.json");
+    std::fs::write(&daemon, "{\"debug\": true}\n").unwrap();
+    let script = c
+        .get(format!("{base}/setup/docker"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .env("MIRRORGATE_ROOT", &stage)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(stage.join("etc/docker/daemon.json.mirrorgate-old")).unwrap(),
+        "{\"debug\": true}\n"
+    );
+    let r = c.get(format!("{base}/setup/windows")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    gw.stop().await;
+}

@@ -172,8 +172,17 @@ pub async fn spawn_command(mut cmd: Command) -> Proc {
         .lock()
         .unwrap()
         .iter()
-        .filter(|l| l.contains(" listening "))
         .filter_map(|l| {
+            // `[log] format = "json"`: one object per line.
+            if l.starts_with('{') {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                return (v["message"] == "listening")
+                    .then(|| v["addr"].as_str()?.parse().ok())
+                    .flatten();
+            }
+            if !l.contains(" listening ") {
+                return None;
+            }
             let rest = &l[l.find("addr=")? + "addr=".len()..];
             rest.split_whitespace().next()?.parse().ok()
         })
