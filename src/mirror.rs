@@ -453,6 +453,17 @@ impl Mirror {
         self.cluster.as_ref()
     }
 
+    /// Every upstream's client, by name (for metrics and status).
+    pub fn upstream_clients(&self) -> Vec<(&UpstreamId, &upstream::UpstreamClient)> {
+        let mut v: Vec<_> = self
+            .upstreams
+            .iter()
+            .map(|(id, u)| (id, &u.client))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
     /// Bytes the in-flight downloads hold in memory for their readers.
     pub fn fill_memory(&self) -> usize {
         self.fills.memory()

@@ -462,9 +462,10 @@ impl Registry {
             && req.uri().path() == "/metrics"
             && (method == Method::GET || method == Method::HEAD)
         {
-            let text = self
+            let mut text = self
                 .metrics
                 .render(self.mirror.stored_bytes(), self.mirror.fill_memory() as u64);
+            metrics::render_upstreams(&mut text, &self.mirror.upstream_clients());
             let len = text.len();
             let body = if method == Method::HEAD {
                 response::empty()

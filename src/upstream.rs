@@ -14,6 +14,7 @@
 //! This module knows nothing about the store or the cache.
 
 pub mod auth;
+pub mod stats;
 
 mod error;
 mod transport;
@@ -116,6 +117,8 @@ pub struct UpstreamClient {
     tokens: TokenCache,
     breaker: crate::breaker::Breaker,
     clock: SharedClock,
+    /// Requests, latency, rate-limit headers, tokens (for `/metrics`).
+    stats: self::stats::Stats,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -195,6 +198,7 @@ impl UpstreamClient {
                 max_backoff: cfg.breaker_backoff.max(std::time::Duration::from_secs(60)),
             }),
             clock,
+            stats: self::stats::Stats::default(),
         })
     }
 
@@ -279,6 +283,7 @@ impl UpstreamClient {
                 let body = read_limited(resp, MAX_METADATA_BYTES).await?;
                 // The token server's `issued_at` is real time, not the policy clock.
                 let token = auth::parse_token(&body, std::time::SystemTime::now())?;
+                self.stats.token_fetched();
                 tracing::debug!(upstream = %self.id, scope, ttl_s = token.ttl.as_secs(), "fetched bearer token");
                 Ok(Arc::new(token))
             }
@@ -298,6 +303,11 @@ impl UpstreamClient {
         self.breaker.is_open()
     }
 
+    /// What this client saw (see [`stats::Stats`]).
+    pub fn stats(&self) -> &self::stats::Stats {
+        &self.stats
+    }
+
     /// Sends a request through the circuit breaker: fails fast while it is
     /// open, and records whether upstream answered.
     async fn send(
@@ -311,7 +321,17 @@ impl UpstreamClient {
         if self.breaker.admit(self.clock.instant()) == crate::breaker::Admit::Reject {
             return Err(Error::CircuitOpen);
         }
+        // Real time, not the policy clock: this is a measurement.
+        let started = std::time::Instant::now();
         let result = self.send_authorized(method, url, repo, headers, load).await;
+        match &result {
+            Ok(r) => self.stats.request(
+                Some(r.status().as_u16()),
+                Some(r.headers()),
+                started.elapsed(),
+            ),
+            Err(_) => self.stats.request(None, None, started.elapsed()),
+        }
         let ok = match &result {
             Ok(r) => !(r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS),
             Err(e) => !e.is_unavailable(),

@@ -161,6 +161,92 @@ impl Metrics {
     }
 }
 
+/// The per-upstream families: requests and latency to the response head by
+/// status class, breaker state, the registry's rate-limit headers, token
+/// fetches. One label, `upstream`: its configured name (bounded by the
+/// config; never a repository or digest).
+pub fn render_upstreams(
+    s: &mut String,
+    ups: &[(&crate::config::UpstreamId, &crate::upstream::UpstreamClient)],
+) {
+    use crate::upstream::stats::BUCKETS;
+    s.push_str("# HELP mirrorgate_upstream_request_duration_seconds Upstream requests, time to the response head, by status class (error: no answer).\n");
+    s.push_str("# TYPE mirrorgate_upstream_request_duration_seconds histogram\n");
+    for (id, c) in ups {
+        for (class, h) in c.stats().classes() {
+            let cum = h.cumulative();
+            for (le, n) in BUCKETS.iter().zip(cum) {
+                let _ = writeln!(
+                    s,
+                    "mirrorgate_upstream_request_duration_seconds_bucket{{upstream=\"{id}\",class=\"{class}\",le=\"{le}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                s,
+                "mirrorgate_upstream_request_duration_seconds_bucket{{upstream=\"{id}\",class=\"{class}\",le=\"+Inf\"}} {}",
+                h.count()
+            );
+            let _ = writeln!(
+                s,
+                "mirrorgate_upstream_request_duration_seconds_sum{{upstream=\"{id}\",class=\"{class}\"}} {}",
+                h.sum_seconds()
+            );
+            let _ = writeln!(
+                s,
+                "mirrorgate_upstream_request_duration_seconds_count{{upstream=\"{id}\",class=\"{class}\"}} {}",
+                h.count()
+            );
+        }
+    }
+    s.push_str("# HELP mirrorgate_upstream_circuit_open Whether the upstream's circuit breaker is open (1) or closed (0).\n");
+    s.push_str("# TYPE mirrorgate_upstream_circuit_open gauge\n");
+    for (id, c) in ups {
+        let _ = writeln!(
+            s,
+            "mirrorgate_upstream_circuit_open{{upstream=\"{id}\"}} {}",
+            u8::from(c.is_down())
+        );
+    }
+    s.push_str("# HELP mirrorgate_upstream_token_fetches_total Tokens fetched from the upstream's token service.\n");
+    s.push_str("# TYPE mirrorgate_upstream_token_fetches_total counter\n");
+    for (id, c) in ups {
+        let _ = writeln!(
+            s,
+            "mirrorgate_upstream_token_fetches_total{{upstream=\"{id}\"}} {}",
+            c.stats().tokens()
+        );
+    }
+    let limits: Vec<_> = ups
+        .iter()
+        .filter_map(|(id, c)| c.stats().rate_limit().map(|r| (id, r)))
+        .collect();
+    for (name, help, get) in [
+        (
+            "mirrorgate_upstream_ratelimit_limit",
+            "Pulls the upstream allows per window (its last ratelimit-limit header).",
+            (|r: &crate::upstream::stats::RateLimit| Some(r.limit)) as fn(&_) -> Option<u64>,
+        ),
+        (
+            "mirrorgate_upstream_ratelimit_remaining",
+            "Pulls left in the upstream's window (its last ratelimit-remaining header).",
+            |r| Some(r.remaining),
+        ),
+        (
+            "mirrorgate_upstream_ratelimit_window_seconds",
+            "The upstream's rate-limit window (w= of its headers).",
+            |r| r.window_s,
+        ),
+    ] {
+        let _ = writeln!(s, "# HELP {name} {help}");
+        let _ = writeln!(s, "# TYPE {name} gauge");
+        for (id, r) in &limits {
+            if let Some(v) = get(r) {
+                let _ = writeln!(s, "{name}{{upstream=\"{id}\"}} {v}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

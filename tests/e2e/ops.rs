@@ -80,3 +80,129 @@ async fn systemd_hears_ready_and_stopping() {
         .unwrap();
     assert_eq!(n, b"STOPPING=1");
 }
+
+#[tokio::test]
+async fn metrics_parse_and_show_each_upstream_its_rate_limit_tokens_and_breaker() {
+    let up = FakeUpstream::start(Options::bearer(3600)).await;
+    up.set_rate_limit(100);
+    let img = docker_image(98, &[1500]);
+    up.add_image("library/m", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = single(&up, dir.path(), "breaker_failures = 2").await;
+    let c = client();
+    let r = c
+        .get(format!("{}/v2/library/m/manifests/1", gw.url(0)))
+        .header("accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!(
+            "{}/v2/library/m/blobs/{}",
+            gw.url(0),
+            img.layers[0].digest
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), img.layers[0].bytes);
+    gw.settle().await;
+
+    let scrape = |text: String| {
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    };
+    let value =
+        |s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+            s.samples.iter().find_map(|x| {
+                (x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))).then(
+                    || match &x.value {
+                        prometheus_parse::Value::Counter(v)
+                        | prometheus_parse::Value::Gauge(v)
+                        | prometheus_parse::Value::Untyped(v) => *v,
+                        prometheus_parse::Value::Histogram(h) => {
+                            h.iter().map(|b| b.count).fold(0.0, f64::max)
+                        }
+                        prometheus_parse::Value::Summary(_) => f64::NAN,
+                    },
+                )
+            })
+        };
+    let get = || async {
+        c.get(format!("{}/metrics", gw.url(0)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let s = scrape(get().await);
+    let up_l = [("upstream", "docker.io")];
+    assert_eq!(
+        value(&s, "mirrorgate_upstream_ratelimit_limit", &up_l),
+        Some(100.0)
+    );
+    assert_eq!(
+        value(&s, "mirrorgate_upstream_ratelimit_remaining", &up_l),
+        Some(99.0),
+        "one manifest GET spent one pull"
+    );
+    assert_eq!(
+        value(&s, "mirrorgate_upstream_ratelimit_window_seconds", &up_l),
+        Some(21600.0)
+    );
+    assert_eq!(
+        value(&s, "mirrorgate_upstream_token_fetches_total", &up_l),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "mirrorgate_upstream_circuit_open", &up_l),
+        Some(0.0)
+    );
+    let ok = value(
+        &s,
+        "mirrorgate_upstream_request_duration_seconds",
+        &[("upstream", "docker.io"), ("class", "2xx")],
+    )
+    .unwrap();
+    assert!(ok >= 2.0, "the manifest and the blob: {ok}");
+    // Bounded labels: never a repository or digest.
+    for x in &s.samples {
+        for (k, v) in x.labels.iter() {
+            assert!(
+                ["upstream", "class", "le", "cache"].contains(&k.as_str()),
+                "{}: label {k}",
+                x.metric
+            );
+            assert!(
+                !v.contains("sha256") && !v.contains("library/"),
+                "{}: {v}",
+                x.metric
+            );
+        }
+    }
+
+    // The upstream fails: after two failures its circuit is open.
+    up.set_down(true);
+    for t in ["2", "3", "4"] {
+        let _ = c
+            .get(format!("{}/v2/library/m/manifests/{t}", gw.url(0)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let s = scrape(get().await);
+    assert_eq!(
+        value(&s, "mirrorgate_upstream_circuit_open", &up_l),
+        Some(1.0)
+    );
+    let fails = value(
+        &s,
+        "mirrorgate_upstream_request_duration_seconds",
+        &[("upstream", "docker.io"), ("class", "5xx")],
+    )
+    .unwrap();
+    assert_eq!(fails, 2.0, "the third never went out");
+    gw.stop().await;
+}

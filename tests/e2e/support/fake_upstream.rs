@@ -203,6 +203,9 @@ struct State {
     blob_gate: Option<(usize, Gate)>,
     manifest_gate: Option<Gate>,
     fail_next: Option<(usize, u16)>,
+    /// Docker Hub's pull limit: (limit, remaining), counted down by each
+    /// manifest GET and sent on every manifest answer.
+    rate_limit: Option<(u64, u64)>,
     down: bool,
     token_down: bool,
     requests: Vec<Recorded>,
@@ -386,6 +389,12 @@ impl FakeUpstream {
     /// `Retry-After: 7` and a plain-text body, like Docker Hub).
     pub fn fail_next(&self, n: usize, status: u16) {
         self.shared.lock().fail_next = Some((n, status));
+    }
+
+    /// Sends Docker Hub's `ratelimit-limit` / `ratelimit-remaining`
+    /// headers (window 21600 s) on manifest answers; each GET uses one.
+    pub fn set_rate_limit(&self, limit: u64) {
+        self.shared.lock().rate_limit = Some((limit, limit));
     }
 
     /// While down, every request answers 503.
@@ -791,8 +800,14 @@ fn corrupted(bytes: &Bytes) -> Bytes {
 }
 
 async fn manifest(shared: &Shared, method: &str, repo: &str, reference: &str) -> Response<Body> {
-    let (m, corrupt, gate) = {
-        let s = shared.lock();
+    let (m, corrupt, gate, limit) = {
+        let mut s = shared.lock();
+        if method == "GET"
+            && let Some((_, rem)) = &mut s.rate_limit
+        {
+            *rem = rem.saturating_sub(1);
+        }
+        let limit = s.rate_limit;
         let digest = if reference.contains(':') {
             Some(reference.to_owned())
         } else {
@@ -802,7 +817,7 @@ async fn manifest(shared: &Shared, method: &str, repo: &str, reference: &str) ->
         let corrupt = m
             .as_ref()
             .is_some_and(|m| s.corrupt.contains_key(&m.digest));
-        (m, corrupt, s.manifest_gate.clone())
+        (m, corrupt, s.manifest_gate.clone(), limit)
     };
     let Some(m) = m else {
         return oci_error(404, "MANIFEST_UNKNOWN");
@@ -828,6 +843,16 @@ async fn manifest(shared: &Shared, method: &str, repo: &str, reference: &str) ->
     h.insert("content-type", m.media_type.parse().expect("hv"));
     h.insert("docker-content-digest", m.digest.parse().expect("hv"));
     h.insert("content-length", len.into());
+    if let Some((l, rem)) = limit {
+        h.insert(
+            "ratelimit-limit",
+            format!("{l};w=21600").parse().expect("hv"),
+        );
+        h.insert(
+            "ratelimit-remaining",
+            format!("{rem};w=21600").parse().expect("hv"),
+        );
+    }
     r
 }
 
