@@ -398,6 +398,7 @@ impl Registry {
                 .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
             peer: conn.peer,
             upstream: None,
+            kind: None,
             cache: None,
             user: None,
             status: 0,
@@ -465,6 +466,7 @@ impl Registry {
             let mut text = self
                 .metrics
                 .render(self.mirror.stored_bytes(), self.mirror.fill_memory() as u64);
+            self.metrics.render_by_upstream(&mut text);
             metrics::render_upstreams(&mut text, &self.mirror.upstream_clients());
             let len = text.len();
             let body = if method == Method::HEAD {
@@ -533,6 +535,15 @@ impl Registry {
         };
         log.user.clone_from(&user);
         let ParsedPath { prefix, endpoint } = path::parse(req.uri().path())?;
+        log.kind = Some(match &endpoint {
+            Endpoint::Ping => "ping",
+            Endpoint::Catalog => "catalog",
+            Endpoint::Manifest(..) => "manifest",
+            Endpoint::Blob(..) => "blob",
+            Endpoint::Tags(_) => "tags",
+            Endpoint::Referrers(..) => "referrers",
+            Endpoint::Upload => "upload",
+        });
         if endpoint == Endpoint::Upload {
             return Err(ApiError::no_uploads());
         }

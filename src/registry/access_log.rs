@@ -23,6 +23,8 @@ pub struct AccessLog {
     pub peer: std::net::SocketAddr,
     /// The upstream chosen, once routing ran.
     pub upstream: Option<String>,
+    /// The endpoint's kind (`manifest`, `blob`, `tags`, ...), once parsed.
+    pub kind: Option<&'static str>,
     /// How the response was produced.
     pub cache: Option<CacheStatus>,
     /// The authenticated client user, if any.
@@ -115,6 +117,9 @@ impl Drop for LoggedBody {
         let l = &self.log;
         if let Some(m) = &l.metrics {
             m.record(l.cache, l.status, self.bytes, self.outcome == "complete");
+            if let (Some(up), Some(kind)) = (&l.upstream, l.kind) {
+                m.record_upstream(up, kind, l.cache, self.bytes);
+            }
         }
         tracing::info!(
             target: "mirrorgate::access",
@@ -144,6 +149,7 @@ mod tests {
             path: "/v2/x/blobs/y".into(),
             peer: "127.0.0.1:1".parse().unwrap(),
             upstream: None,
+            kind: None,
             cache: None,
             user: None,
             status: 200,

@@ -33,6 +33,20 @@ pub struct Metrics {
     in_flight: Arc<AtomicU64>,
     /// Client connections accepted and not yet closed.
     connections: Arc<AtomicU64>,
+    /// Requests and response bytes by upstream, endpoint kind and cache
+    /// outcome (the upstreams are the configured ones, the kinds and
+    /// outcomes fixed lists: the key space is bounded).
+    by_upstream: std::sync::RwLock<ByUpstream>,
+}
+
+/// Counters keyed by (upstream, endpoint kind, cache outcome index).
+type ByUpstream = std::collections::BTreeMap<(String, &'static str, usize), Arc<Pair>>;
+
+/// A request count and its response bytes.
+#[derive(Debug, Default)]
+struct Pair {
+    requests: AtomicU64,
+    bytes: AtomicU64,
 }
 
 /// Counts one in-flight request or open connection until dropped, however
@@ -75,18 +89,37 @@ impl Metrics {
         self.connections.load(Relaxed)
     }
 
+    /// Records one finished response of an upstream's endpoint.
+    pub fn record_upstream(
+        &self,
+        upstream: &str,
+        kind: &'static str,
+        cache: Option<CacheStatus>,
+        bytes: u64,
+    ) {
+        let key = (upstream.to_owned(), kind, outcome_index(cache));
+        let pair = {
+            let map = self
+                .by_upstream
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.get(&key).cloned()
+        };
+        let pair = pair.unwrap_or_else(|| {
+            self.by_upstream
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(key)
+                .or_default()
+                .clone()
+        });
+        pair.requests.fetch_add(1, Relaxed);
+        pair.bytes.fetch_add(bytes, Relaxed);
+    }
+
     /// Records one finished response.
     pub fn record(&self, cache: Option<CacheStatus>, status: u16, bytes: u64, complete: bool) {
-        let outcome = match cache {
-            Some(CacheStatus::Hit) => 0,
-            Some(CacheStatus::Miss) => 1,
-            Some(CacheStatus::Coalesced) => 2,
-            Some(CacheStatus::Stale) => 3,
-            Some(CacheStatus::Pass) => 4,
-            Some(CacheStatus::Redirect) => 5,
-            None => 6,
-        };
-        self.by_outcome[outcome].fetch_add(1, Relaxed);
+        self.by_outcome[outcome_index(cache)].fetch_add(1, Relaxed);
         if let Some(c) = (status / 100).checked_sub(2).filter(|c| *c < 4) {
             self.by_class[usize::from(c)].fetch_add(1, Relaxed);
         }
@@ -158,6 +191,48 @@ impl Metrics {
         s.push_str("# TYPE mirrorgate_fill_memory_bytes gauge\n");
         let _ = writeln!(s, "mirrorgate_fill_memory_bytes {fill_bytes}");
         s
+    }
+}
+
+fn outcome_index(cache: Option<CacheStatus>) -> usize {
+    match cache {
+        Some(CacheStatus::Hit) => 0,
+        Some(CacheStatus::Miss) => 1,
+        Some(CacheStatus::Coalesced) => 2,
+        Some(CacheStatus::Stale) => 3,
+        Some(CacheStatus::Pass) => 4,
+        Some(CacheStatus::Redirect) => 5,
+        None => 6,
+    }
+}
+
+impl Metrics {
+    /// The families by upstream, endpoint kind and cache outcome.
+    pub fn render_by_upstream(&self, s: &mut String) {
+        let map = self
+            .by_upstream
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.push_str("# HELP mirrorgate_upstream_requests_total Requests answered, by upstream, endpoint kind and cache outcome.\n");
+        s.push_str("# TYPE mirrorgate_upstream_requests_total counter\n");
+        for ((up, kind, o), p) in map.iter() {
+            let _ = writeln!(
+                s,
+                "mirrorgate_upstream_requests_total{{upstream=\"{up}\",kind=\"{kind}\",cache=\"{}\"}} {}",
+                OUTCOMES[*o],
+                p.requests.load(Relaxed)
+            );
+        }
+        s.push_str("# HELP mirrorgate_upstream_response_bytes_total Response body bytes sent, by upstream, endpoint kind and cache outcome (hit: from the cache; miss, coalesced: as fetched upstream).\n");
+        s.push_str("# TYPE mirrorgate_upstream_response_bytes_total counter\n");
+        for ((up, kind, o), p) in map.iter() {
+            let _ = writeln!(
+                s,
+                "mirrorgate_upstream_response_bytes_total{{upstream=\"{up}\",kind=\"{kind}\",cache=\"{}\"}} {}",
+                OUTCOMES[*o],
+                p.bytes.load(Relaxed)
+            );
+        }
     }
 }
 

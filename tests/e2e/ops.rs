@@ -108,6 +108,17 @@ async fn metrics_parse_and_show_each_upstream_its_rate_limit_tokens_and_breaker(
         .unwrap();
     assert_eq!(r.bytes().await.unwrap(), img.layers[0].bytes);
     gw.settle().await;
+    // Again: from the cache.
+    let r = c
+        .get(format!(
+            "{}/v2/library/m/blobs/{}",
+            gw.url(0),
+            img.layers[0].digest
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), img.layers[0].bytes);
 
     let scrape = |text: String| {
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
@@ -167,11 +178,38 @@ async fn metrics_parse_and_show_each_upstream_its_rate_limit_tokens_and_breaker(
     )
     .unwrap();
     assert!(ok >= 2.0, "the manifest and the blob: {ok}");
+    let layer = img.layers[0].bytes.len() as f64;
+    for (cache, want) in [("miss", 1.0), ("hit", 1.0)] {
+        let l = [
+            ("upstream", "docker.io"),
+            ("kind", "blob"),
+            ("cache", cache),
+        ];
+        assert_eq!(
+            value(&s, "mirrorgate_upstream_requests_total", &l),
+            Some(want),
+            "{cache}"
+        );
+        assert_eq!(
+            value(&s, "mirrorgate_upstream_response_bytes_total", &l),
+            Some(layer),
+            "{cache}: bytes from the cache and as fetched"
+        );
+    }
+    let l = [
+        ("upstream", "docker.io"),
+        ("kind", "manifest"),
+        ("cache", "miss"),
+    ];
+    assert_eq!(
+        value(&s, "mirrorgate_upstream_requests_total", &l),
+        Some(1.0)
+    );
     // Bounded labels: never a repository or digest.
     for x in &s.samples {
         for (k, v) in x.labels.iter() {
             assert!(
-                ["upstream", "class", "le", "cache"].contains(&k.as_str()),
+                ["upstream", "class", "le", "cache", "kind"].contains(&k.as_str()),
                 "{}: label {k}",
                 x.metric
             );
