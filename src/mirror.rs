@@ -464,6 +464,19 @@ impl Mirror {
         v
     }
 
+    /// Blob downloads under way.
+    pub fn fills_in_flight(&self) -> usize {
+        self.fills.count()
+    }
+
+    /// Blobs evicted from the local store since start.
+    pub fn evictions(&self) -> u64 {
+        self.store
+            .blobs()
+            .local()
+            .map_or(0, crate::store::LocalBlobs::evictions)
+    }
+
     /// Bytes the in-flight downloads hold in memory for their readers.
     pub fn fill_memory(&self) -> usize {
         self.fills.memory()

@@ -467,6 +467,11 @@ impl Registry {
                 .metrics
                 .render(self.mirror.stored_bytes(), self.mirror.fill_memory() as u64);
             self.metrics.render_by_upstream(&mut text);
+            metrics::Metrics::render_store(
+                &mut text,
+                self.mirror.fills_in_flight() as u64,
+                self.mirror.evictions(),
+            );
             metrics::render_upstreams(&mut text, &self.mirror.upstream_clients());
             let len = text.len();
             let body = if method == Method::HEAD {

@@ -434,6 +434,15 @@ impl Fills {
         }
     }
 
+    /// Blob downloads under way now.
+    pub(crate) fn count(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fills
+            .len()
+    }
+
     /// Bytes the fills' windows hold now.
     pub(crate) fn memory(&self) -> usize {
         self.budget.used()

@@ -192,6 +192,16 @@ impl Metrics {
         let _ = writeln!(s, "mirrorgate_fill_memory_bytes {fill_bytes}");
         s
     }
+
+    /// The store's and the fills' families besides [`Self::render`]'s.
+    pub fn render_store(s: &mut String, fills: u64, evictions: u64) {
+        s.push_str("# HELP mirrorgate_fills_in_flight Blob downloads from upstream under way.\n");
+        s.push_str("# TYPE mirrorgate_fills_in_flight gauge\n");
+        let _ = writeln!(s, "mirrorgate_fills_in_flight {fills}");
+        s.push_str("# HELP mirrorgate_store_evictions_total Blobs evicted from the local store (max_size) since start.\n");
+        s.push_str("# TYPE mirrorgate_store_evictions_total counter\n");
+        let _ = writeln!(s, "mirrorgate_store_evictions_total {evictions}");
+    }
 }
 
 fn outcome_index(cache: Option<CacheStatus>) -> usize {

@@ -73,6 +73,8 @@ struct Inner {
     /// Approximate bytes under `blobs/`: read from the index by every
     /// eviction pass, advanced by commits in between.
     approx_bytes: AtomicU64,
+    /// Blobs evicted since this store was opened.
+    evictions: AtomicU64,
     /// Wakes the eviction task when a commit crosses `max_size`.
     over_budget: tokio::sync::Notify,
     /// Eviction passes asked for by commits, and the last one answered.
@@ -139,6 +141,7 @@ impl LocalBlobs {
             in_use: Arc::default(),
             max_size,
             approx_bytes: AtomicU64::new(bytes),
+            evictions: AtomicU64::new(0),
             over_budget: Default::default(),
             eviction: EvictionProgress {
                 asked: AtomicU64::new(0),
@@ -175,6 +178,11 @@ impl LocalBlobs {
     /// is stored yet.
     pub fn hold(&self, digest: &Digest) -> InUseGuard {
         self.0.in_use.hold(digest)
+    }
+
+    /// Blobs evicted since this store was opened.
+    pub fn evictions(&self) -> u64 {
+        self.0.evictions.load(Ordering::Relaxed)
     }
 
     /// Whether `digest` is being served or written by this process.
@@ -286,6 +294,9 @@ impl LocalBlobs {
         index.flush().await;
         let after = index.bytes();
         self.0.approx_bytes.store(after, Ordering::Relaxed);
+        self.0
+            .evictions
+            .fetch_add(evicted as u64, Ordering::Relaxed);
         if evicted > 0 {
             tracing::info!(before, after, evicted, "evicted least recently used blobs");
         }
