@@ -39,8 +39,24 @@ pub struct Metrics {
     by_upstream: std::sync::RwLock<ByUpstream>,
 }
 
-/// Counters keyed by (upstream, endpoint kind, cache outcome index).
-type ByUpstream = std::collections::BTreeMap<(String, &'static str, usize), Arc<Pair>>;
+/// Endpoint kinds, as the access log names them.
+const KINDS: [&str; 7] = [
+    "ping",
+    "catalog",
+    "manifest",
+    "blob",
+    "tags",
+    "referrers",
+    "upload",
+];
+
+/// One upstream's counters by endpoint kind and cache outcome.
+#[derive(Debug, Default)]
+struct Table([[Pair; OUTCOMES.len()]; KINDS.len()]);
+
+/// The tables by upstream name (the configured ones: bounded). Looked up
+/// by `&str`, so recording allocates nothing once an upstream is seen.
+type ByUpstream = std::collections::BTreeMap<String, Arc<Table>>;
 
 /// A request count and its response bytes.
 #[derive(Debug, Default)]
@@ -97,22 +113,24 @@ impl Metrics {
         cache: Option<CacheStatus>,
         bytes: u64,
     ) {
-        let key = (upstream.to_owned(), kind, outcome_index(cache));
-        let pair = {
-            let map = self
-                .by_upstream
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            map.get(&key).cloned()
+        let Some(k) = KINDS.iter().position(|x| *x == kind) else {
+            return;
         };
-        let pair = pair.unwrap_or_else(|| {
+        let table = self
+            .by_upstream
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(upstream)
+            .cloned();
+        let table = table.unwrap_or_else(|| {
             self.by_upstream
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(key)
+                .entry(upstream.to_owned())
                 .or_default()
                 .clone()
         });
+        let pair = &table.0[k][outcome_index(cache)];
         pair.requests.fetch_add(1, Relaxed);
         pair.bytes.fetch_add(bytes, Relaxed);
     }
@@ -225,21 +243,31 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.push_str("# HELP mirrorgate_upstream_requests_total Requests answered, by upstream, endpoint kind and cache outcome.\n");
         s.push_str("# TYPE mirrorgate_upstream_requests_total counter\n");
-        for ((up, kind, o), p) in map.iter() {
+        // Only the combinations seen: most never occur.
+        let seen = || {
+            map.iter().flat_map(|(up, t)| {
+                KINDS.iter().zip(&t.0).flat_map(move |(kind, row)| {
+                    OUTCOMES
+                        .iter()
+                        .zip(row)
+                        .filter(|(_, p)| p.requests.load(Relaxed) > 0)
+                        .map(move |(o, p)| (up, kind, o, p))
+                })
+            })
+        };
+        for (up, kind, o, p) in seen() {
             let _ = writeln!(
                 s,
-                "mirrorgate_upstream_requests_total{{upstream=\"{up}\",kind=\"{kind}\",cache=\"{}\"}} {}",
-                OUTCOMES[*o],
+                "mirrorgate_upstream_requests_total{{upstream=\"{up}\",kind=\"{kind}\",cache=\"{o}\"}} {}",
                 p.requests.load(Relaxed)
             );
         }
         s.push_str("# HELP mirrorgate_upstream_response_bytes_total Response body bytes sent, by upstream, endpoint kind and cache outcome (hit: from the cache; miss, coalesced: as fetched upstream).\n");
         s.push_str("# TYPE mirrorgate_upstream_response_bytes_total counter\n");
-        for ((up, kind, o), p) in map.iter() {
+        for (up, kind, o, p) in seen() {
             let _ = writeln!(
                 s,
-                "mirrorgate_upstream_response_bytes_total{{upstream=\"{up}\",kind=\"{kind}\",cache=\"{}\"}} {}",
-                OUTCOMES[*o],
+                "mirrorgate_upstream_response_bytes_total{{upstream=\"{up}\",kind=\"{kind}\",cache=\"{o}\"}} {}",
                 p.bytes.load(Relaxed)
             );
         }
