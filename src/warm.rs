@@ -258,18 +258,7 @@ impl Warmer {
 
     /// Warms every image, `concurrency` at a time; one image's failure
     /// never stops the others.
-    ///
-    /// Boxed: its type names no closure, so a caller's future that awaits
-    /// it stays provably `Send` (the `[[warm]]` schedule spawns one).
-    pub fn warm_all<'a>(
-        &'a self,
-        images: &'a [ImageRef],
-        progress: &'a dyn Progress,
-    ) -> futures_util::future::BoxFuture<'a, Report> {
-        Box::pin(self.warm_all_inner(images, progress))
-    }
-
-    async fn warm_all_inner(&self, images: &[ImageRef], progress: &dyn Progress) -> Report {
+    pub async fn warm_all(&self, images: &[ImageRef], progress: &dyn Progress) -> Report {
         let start = Instant::now();
         // By index: a closure over borrowed items would be generic over
         // their lifetime, which defeats the compiler's `Send` proof for

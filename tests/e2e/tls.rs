@@ -231,17 +231,7 @@ async fn setup_scripts_install_what_client_config_writes_and_probes_answer() {
         let script = r.text().await.unwrap();
         let stage = dir.path().join(format!("stage-{name}"));
         for round in 0..2 {
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .env("MIRRORGATE_ROOT", &stage)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{name} round {round}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run_setup(&script, &stage, &format!("{name} round {round}"));
         }
         // Exactly what `client-config` writes, for the address the script
         // was fetched from; a second run changed nothing.
@@ -286,13 +276,7 @@ async fn setup_scripts_install_what_client_config_writes_and_probes_answer() {
         .text()
         .await
         .unwrap();
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .env("MIRRORGATE_ROOT", &stage)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    run_setup(&script, &stage, "docker over a changed daemon.json");
     assert_eq!(
         std::fs::read_to_string(stage.join("etc/docker/daemon.json.mirrorgate-old")).unwrap(),
         "{\"debug\": true}\n"
@@ -300,4 +284,19 @@ async fn setup_scripts_install_what_client_config_writes_and_probes_answer() {
     let r = c.get(format!("{base}/setup/windows")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     gw.stop().await;
+}
+
+/// Runs a `/setup/<client>` script with `sh`, installing under `stage`.
+fn run_setup(script: &str, stage: &std::path::Path, what: &str) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env("MIRRORGATE_ROOT", stage)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
