@@ -252,7 +252,7 @@ fn parse_basic(header: Option<&str>) -> Result<Option<(String, String)>, BadCred
 }
 
 /// One upstream's repository rules.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RepoRules {
     /// Repositories that may enter the mirror (empty: all).
     pub allow: Vec<RepoPattern>,

@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
-use crate::config::Config;
-use crate::mirror::Mirror;
-use crate::registry::route::Router;
-use crate::registry::{Policy, Registry};
+use crate::config::{Config, WarmConfig};
+use crate::mirror::{Mirror, UpstreamChanges};
+use crate::registry::{Registry, Routes};
 use crate::server::{self, Listener};
 use crate::store::Store;
 
@@ -35,19 +34,56 @@ pub enum Error {
     },
 }
 
+/// Why a reload was refused (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// An upstream client could not be built.
+    #[error("cannot build an upstream client")]
+    Upstream(#[from] crate::upstream::Error),
+    /// The new TLS names or certificates could not be set up.
+    #[error("cannot set up TLS")]
+    Tls(#[from] crate::tls::Error),
+}
+
+/// What a reload changed, and what it left for a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Upstreams added, changed (a new client) and removed.
+    pub upstreams: UpstreamChanges,
+    /// Settings that changed in the file but take effect only at a restart
+    /// (the running values stay), e.g. `listeners`, `[storage]`.
+    pub needs_restart: Vec<&'static str>,
+    /// `[[warm]]` entries started again (new or changed).
+    pub warm_restarted: usize,
+}
+
+/// The scheduled warming tasks, by `[[warm]]` entry.
+type Warming = Vec<(WarmConfig, tokio::task::JoinHandle<()>)>;
+
 /// The running mirror's components.
 #[derive(Debug)]
 pub struct App {
-    config: Config,
+    /// Replaced by [`App::reload`].
+    config: arc_swap::ArcSwap<Config>,
     mirror: Arc<Mirror>,
     registry: Arc<Registry>,
     tls: Option<crate::tls::Tls>,
+    /// `[[warm]]` tasks, once [`App::start_warming`] ran.
+    warming: std::sync::Mutex<Option<Warming>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop_warming();
+    }
 }
 
 impl App {
-    /// The configuration it runs with.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration it runs with (the last one a reload accepted).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
     }
 
     /// Opens the store (sweeping stale temporary files) and builds the
@@ -64,22 +100,113 @@ impl App {
         let mirror = Arc::new(Mirror::build(&config, store, clock)?);
         let tls = crate::tls::build(&config)?;
         let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());
-        let registry = Arc::new(
-            Registry::new(
-                mirror.clone(),
-                Router::new(&config),
-                ca_pem,
-                Policy::from_config(&config),
-            )
-            .with_metrics_endpoint(config.server.metrics)
-            .with_setup(Arc::new(config.clone())),
-        );
+        let config = Arc::new(config);
+        let registry = Arc::new(Registry::new(
+            mirror.clone(),
+            Routes::from_config(&config, ca_pem),
+        ));
         Ok(Self {
-            config,
+            config: arc_swap::ArcSwap::new(config),
             mirror,
             registry,
             tls,
+            warming: std::sync::Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Applies a new configuration to the running mirror: upstreams (their
+    /// URLs, credentials, timeouts, TTLs), access rules and `[auth]`, TLS
+    /// names and certificates, `[[warm]]` lists, `[server] metrics`.
+    /// Requests and downloads under way finish with what they started
+    /// with. What cannot change without a restart (listeners, storage,
+    /// cluster, connection limits, log format) keeps its running value and
+    /// is listed in the result. On an error nothing changes.
+    pub async fn reload(&self, new: Config) -> Result<Reloaded, ReloadError> {
+        let _one = self.reloading.lock().await;
+        let old = self.config.load_full();
+        let needs_restart = needs_restart(&old, &new);
+        // Everything that can fail, before anything changes.
+        let upstreams = self.mirror.prepare_upstreams(&new)?;
+        let ca_pem = match &self.tls {
+            // TLS listeners are running: their certificates follow the file.
+            Some(tls) if new.listeners.iter().any(|l| l.tls) => Some(tls.prepare(&new)?),
+            _ => None,
+        };
+        let new = Arc::new(new);
+        let changes = self.mirror.install_upstreams(upstreams);
+        let ca = match ca_pem {
+            Some(prepared) => prepared.install(),
+            None => self.tls.as_ref().and_then(|t| t.ca_pem.clone()),
+        };
+        self.registry.set_routes(Routes::from_config(&new, ca));
+        self.config.store(new.clone());
+        let warm_restarted = self.restart_warming(&new);
+        Ok(Reloaded {
+            upstreams: changes,
+            needs_restart,
+            warm_restarted,
+        })
+    }
+
+    /// Starts the `[[warm]]` entries' schedules (the server's; a reload
+    /// restarts the entries that changed). Stopped when the app is dropped.
+    pub fn start_warming(&self) {
+        let config = self.config();
+        let tasks = config
+            .warm
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.clone(), self.spawn_warm(i, w, true)))
+            .collect();
+        let mut warming = self.warming.lock().unwrap_or_else(|p| p.into_inner());
+        *warming = Some(tasks);
+    }
+
+    fn spawn_warm(&self, index: usize, w: &WarmConfig, now: bool) -> tokio::task::JoinHandle<()> {
+        crate::warm::schedule::spawn_one(
+            index,
+            w.clone(),
+            self.registry.clone(),
+            self.mirror.store().clone(),
+            self.config.load_full(),
+            now,
+        )
+    }
+
+    /// After a reload: entries unchanged at their index keep their task
+    /// (and its timing); others stop, and new or changed ones start now.
+    fn restart_warming(&self, config: &Config) -> usize {
+        let mut warming = self.warming.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(old) = warming.as_mut() else {
+            return 0;
+        };
+        let mut old: Vec<_> = std::mem::take(old).into_iter().map(Some).collect();
+        let mut next = Vec::new();
+        let mut restarted = 0;
+        for (i, w) in config.warm.iter().enumerate() {
+            match old.get_mut(i) {
+                Some(slot @ Some(_)) if slot.as_ref().is_some_and(|(o, _)| o == w) => {
+                    next.extend(slot.take());
+                }
+                _ => {
+                    restarted += 1;
+                    next.push((w.clone(), self.spawn_warm(i, w, true)));
+                }
+            }
+        }
+        for (_, task) in old.into_iter().flatten() {
+            task.abort();
+        }
+        *warming = Some(next);
+        restarted
+    }
+
+    fn stop_warming(&self) {
+        let mut warming = self.warming.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, task) in warming.take().into_iter().flatten() {
+            task.abort();
+        }
     }
 
     /// The mirror.
@@ -105,8 +232,9 @@ impl App {
 
     /// Binds every configured listener.
     pub async fn bind(&self) -> Result<Vec<Listener>, Error> {
+        let config = self.config();
         let mut out = Vec::new();
-        for l in &self.config.listeners {
+        for l in &config.listeners {
             let tcp = tokio::net::TcpListener::bind(l.addr)
                 .await
                 .map_err(|source| Error::Bind {
@@ -116,7 +244,7 @@ impl App {
             let tls = if l.tls {
                 self.tls.as_ref().map(|t| server::TlsListener {
                     acceptor: t.acceptor.clone(),
-                    handshake_timeout: self.config.tls.handshake_timeout,
+                    handshake_timeout: config.tls.handshake_timeout,
                 })
             } else {
                 None
@@ -129,7 +257,7 @@ impl App {
                 internal: false,
             });
         }
-        if let Some(c) = &self.config.cluster {
+        if let Some(c) = &config.cluster {
             let tcp = tokio::net::TcpListener::bind(c.listen)
                 .await
                 .map_err(|source| Error::Bind {
@@ -150,7 +278,8 @@ impl App {
     /// Serves `listeners` until `shutdown` completes. Runs the scheduled
     /// store verification meanwhile, when configured.
     pub async fn run(&self, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) {
-        let verifier = self.config.verify_interval.map(|every| {
+        let config = self.config();
+        let verifier = config.verify_interval.map(|every| {
             let store = self.mirror.store().clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -164,13 +293,7 @@ impl App {
             })
         });
         let maintenance = self.mirror.store().spawn_maintenance();
-        server::serve(
-            listeners,
-            self.registry.clone(),
-            &self.config.server,
-            shutdown,
-        )
-        .await;
+        server::serve(listeners, self.registry.clone(), &config.server, shutdown).await;
         let left = self.mirror.drain(server::GRACE).await;
         if left > 0 {
             tracing::warn!(
@@ -190,5 +313,56 @@ impl App {
         for task in verifier.into_iter().chain(maintenance) {
             task.abort();
         }
+        self.stop_warming();
     }
+}
+
+/// The settings that differ between `old` and `new` but are only read at
+/// start.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let server = |c: &Config| {
+        let s = &c.server;
+        (
+            s.max_connections,
+            s.header_read_timeout,
+            s.max_header_size,
+            s.fill_memory,
+            s.drain_delay,
+        )
+    };
+    let storage = |c: &Config| {
+        (
+            c.storage_root.clone(),
+            c.max_size,
+            c.s3.clone(),
+            c.verify_interval,
+        )
+    };
+    let tls_listeners = |c: &Config| c.listeners.iter().any(|l| l.tls);
+    [
+        ("listeners", old.listeners != new.listeners),
+        ("[storage]", storage(old) != storage(new)),
+        ("[cluster]", old.cluster != new.cluster),
+        (
+            "[server] (connection limits, fill_memory, drain_delay)",
+            server(old) != server(new),
+        ),
+        (
+            "[cache] metadata_max_bytes, stale_if_error",
+            (old.cache.metadata_max_bytes, old.cache.stale_if_error)
+                != (new.cache.metadata_max_bytes, new.cache.stale_if_error),
+        ),
+        (
+            "[tls] handshake_timeout",
+            old.tls.handshake_timeout != new.tls.handshake_timeout,
+        ),
+        (
+            "TLS on a listener for the first time",
+            !tls_listeners(old) && tls_listeners(new),
+        ),
+        ("[log] format", old.log_format != new.log_format),
+    ]
+    .into_iter()
+    .filter_map(|(what, changed)| changed.then_some(what))
+    .collect()
 }

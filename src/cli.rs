@@ -1,17 +1,19 @@
-//! The command line: `serve`, `check-config`, `warm`, the cache commands
+//! The command line: `serve`, `reload`, `check-config`, `warm`, the cache commands
 //! (`ls`, `du`, `inspect`, `rm`, `pin`, `unpin`, `gc`), `verify`, `ca`,
 //! `client-config`, `export`, `import`.
 
 mod bundle;
 mod cache;
+mod serve;
 mod warm;
+
+pub use serve::{PID_FILE, RELOAD_FILE, ReloadOutcome};
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::app::App;
 use crate::config::Config;
 
 /// A pull-through mirror for container registries.
@@ -36,6 +38,26 @@ pub enum Command {
         /// Override `[storage] root`.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Make the running mirror re-read its config file (as SIGHUP does):
+    /// upstreams, credentials, access rules, TLS names and certificates,
+    /// warm lists. Checks the file first, then waits for the mirror's
+    /// verdict: exits 1 when it refused the file (it keeps the running
+    /// config). Finds the mirror by `mirrorgate.pid` in its data directory.
+    Reload {
+        /// The config file the mirror runs with (its `[storage] root`
+        /// holds the pid file).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The mirror's data directory (as given to `serve --data-dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The mirror's process id (instead of its pid file).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// How long to wait for the mirror's verdict.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Validate a config file and exit (non-zero with the reason when invalid).
     CheckConfig {
@@ -283,16 +305,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::config::DEFAULT_CONFIG);
             Ok(())
         }
+        Command::Reload {
+            config,
+            data_dir,
+            pid,
+            timeout,
+        } => serve::reload_command(config, data_dir, pid, timeout),
         Command::Serve { config, data_dir } => {
-            let mut c = match &config {
-                Some(p) => {
-                    Config::load(p).with_context(|| format!("invalid config {}", p.display()))?
-                }
-                None => Config::embedded_default().context("invalid embedded config")?,
+            let source = serve::ConfigSource {
+                path: config,
+                data_dir,
             };
-            if let Some(d) = data_dir {
-                c.storage_root = d;
-            }
+            let c = source.load()?;
             crate::telemetry::init(c.log_format);
             // Blocking threads run disk writes, fsyncs, reads that would
             // wait for the disk, and DNS lookups. tokio's default of 512
@@ -305,82 +329,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .thread_keep_alive(std::time::Duration::from_secs(2))
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(serve(c))
+            rt.block_on(serve::serve(c, source))
         }
     }
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let root = config.storage_root.clone();
-    let app = App::build(config)
-        .await
-        .with_context(|| format!("cannot start with data in {}", root.display()))?;
-    let listeners = app.bind().await?;
-    for l in &listeners {
-        let addr = l.tcp.local_addr()?;
-        let scheme = if l.tls.is_some() { "https" } else { "http" };
-        let pinned = l
-            .pinned
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), ToString::to_string);
-        tracing::info!(%addr, pinned, scheme, "listening");
-    }
-    tracing::info!(root = %root.display(), "mirrorgate ready");
-    sd_notify("READY=1");
-    let warming = crate::warm::schedule::spawn(app.registry(), app.mirror().store(), app.config());
-    app.run(listeners, async {
-        shutdown_signal().await;
-        sd_notify("STOPPING=1");
-    })
-    .await;
-    for t in warming {
-        t.abort();
-    }
-    Ok(())
-}
-
-/// Tells systemd (a `Type=notify` unit: `$NOTIFY_SOCKET`) how the service
-/// is doing. Nothing without the variable; a failure is only logged.
-fn sd_notify(state: &str) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::linux::net::SocketAddrExt as _;
-        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-            return;
-        };
-        let sent = (|| {
-            let sock = std::os::unix::net::UnixDatagram::unbound()?;
-            let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-            let addr = match bytes.strip_prefix(b"@") {
-                // An abstract socket (systemd's usual one).
-                Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
-                None => std::os::unix::net::SocketAddr::from_pathname(&path)?,
-            };
-            sock.send_to_addr(state.as_bytes(), &addr).map(drop)
-        })();
-        if let Err(e) = sent {
-            tracing::warn!(state, error = %e, "cannot notify systemd");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = state;
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -115,7 +115,7 @@ pub const DEFAULT_WARM_INTERVAL: Duration = Duration::from_secs(300);
 
 /// `[cluster]`: this replica's part in a fleet of replicas that share one
 /// S3 bucket and fetch each cold object upstream once for all of them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     /// How other replicas reach this one's internal endpoint.
     pub advertise: url::Url,
@@ -138,7 +138,7 @@ pub const DEFAULT_PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MIN_CLUSTER_SECRET: usize = 16;
 
 /// `[cache]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     /// How long a tag's digest is trusted before a HEAD revalidation.
     pub tag_ttl: Duration,
@@ -165,7 +165,7 @@ pub struct AuthConfig {
 
 /// `[server]`: limits that keep hostile or broken clients from exhausting
 /// the process.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Most connections served at once, over all listeners; further clients
     /// wait in the kernel's accept queue.
@@ -189,7 +189,7 @@ pub struct ServerConfig {
 pub const DEFAULT_FILL_MEMORY: u64 = 8 * 1024 * 1024;
 
 /// `[tls]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     /// Where certificates come from.
     pub source: TlsSource,
@@ -202,7 +202,7 @@ pub struct TlsConfig {
 }
 
 /// Where TLS certificates come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TlsSource {
     /// The local CA in this directory (created on first use).
     LocalCa {
@@ -219,7 +219,7 @@ pub enum TlsSource {
 }
 
 /// `[[listener]]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Socket address to bind.
     pub addr: SocketAddr,
@@ -264,7 +264,7 @@ impl fmt::Debug for UpstreamId {
 }
 
 /// `[[upstream]]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Unique name.
     pub id: UpstreamId,
@@ -308,7 +308,7 @@ pub struct UpstreamConfig {
 }
 
 /// Username and password for an upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Credentials {
     /// User name.
     pub username: String,
@@ -490,7 +490,7 @@ pub const DEFAULT_S3_ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(3600);
 
 /// `[storage.s3]`: an S3-compatible bucket (AWS, MinIO, Ceph RGW,
 /// SeaweedFS, R2, GCS's S3 API) holding blobs and records.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct S3Config {
     /// The bucket.
     pub bucket: String,

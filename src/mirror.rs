@@ -250,15 +250,64 @@ impl<'a> UpstreamFailure<'a> {
 
 /// One upstream's client and policy settings.
 #[derive(Debug)]
-pub(crate) struct Upstream {
+pub struct Upstream {
     pub(crate) client: UpstreamClient,
     pub(crate) config: UpstreamConfig,
+}
+
+impl Upstream {
+    /// Its client (statistics, breaker state).
+    pub fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+}
+
+/// The upstreams at one moment, sorted by name.
+#[derive(Debug, Clone)]
+pub struct UpstreamSnapshot(Vec<Arc<Upstream>>);
+
+impl UpstreamSnapshot {
+    /// Each upstream, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.0.iter()
+    }
+
+    /// `(name, client)` pairs, for metrics.
+    pub fn clients(&self) -> Vec<(&UpstreamId, &UpstreamClient)> {
+        self.0.iter().map(|u| (&u.config.id, &u.client)).collect()
+    }
+}
+
+/// Upstreams built for a reload ([`Mirror::prepare_upstreams`]).
+#[derive(Debug)]
+pub struct PreparedUpstreams {
+    next: HashMap<UpstreamId, Arc<Upstream>>,
+    changes: UpstreamChanges,
+}
+
+/// What a reload did to the upstreams (each list sorted by file order,
+/// `removed` by name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamChanges {
+    /// New names.
+    pub added: Vec<UpstreamId>,
+    /// Names whose settings changed: a new client.
+    pub changed: Vec<UpstreamId>,
+    /// Names no longer configured.
+    pub removed: Vec<UpstreamId>,
 }
 
 /// The pull-through mirror for every configured upstream.
 #[derive(Debug)]
 pub struct Mirror {
-    upstreams: HashMap<UpstreamId, Arc<Upstream>>,
+    /// Replaced whole by a config reload ([`Mirror::reload_upstreams`]);
+    /// a request or download holds the `Arc<Upstream>` it started with.
+    upstreams: arc_swap::ArcSwap<HashMap<UpstreamId, Arc<Upstream>>>,
     store: Store,
     cache: MetadataCache,
     fills: Arc<inflight::Fills>,
@@ -377,7 +426,7 @@ impl Mirror {
             .map(|(c, leases)| Cluster::new(c, leases.clone()));
         Ok(Self {
             cluster,
-            upstreams,
+            upstreams: arc_swap::ArcSwap::from_pointee(upstreams),
             store,
             cache: MetadataCache::new(config.cache.metadata_max_bytes, clock.clone()),
             clock,
@@ -453,15 +502,55 @@ impl Mirror {
         self.cluster.as_ref()
     }
 
-    /// Every upstream's client, by name (for metrics and status).
-    pub fn upstream_clients(&self) -> Vec<(&UpstreamId, &upstream::UpstreamClient)> {
-        let mut v: Vec<_> = self
-            .upstreams
-            .iter()
-            .map(|(id, u)| (id, &u.client))
+    /// Every upstream, sorted by name (for metrics and status): a snapshot,
+    /// which a reload does not change.
+    pub fn upstreams(&self) -> UpstreamSnapshot {
+        let mut v: Vec<_> = self.upstreams.load().values().cloned().collect();
+        v.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        UpstreamSnapshot(v)
+    }
+
+    /// Builds the upstreams of `config` for [`Mirror::install_upstreams`]:
+    /// an upstream whose settings did not change keeps its client (its
+    /// tokens, connections, breaker and statistics), a changed or new one
+    /// gets a new client. Nothing changes yet, nor on an error.
+    pub fn prepare_upstreams(&self, config: &Config) -> Result<PreparedUpstreams, upstream::Error> {
+        let old = self.upstreams.load_full();
+        let mut next = HashMap::new();
+        let mut changes = UpstreamChanges::default();
+        for u in &config.upstreams {
+            match old.get(&u.id) {
+                Some(o) if o.config == *u => {
+                    next.insert(u.id.clone(), o.clone());
+                }
+                prev => {
+                    let client = UpstreamClient::build(u, self.clock.clone())?;
+                    let list = if prev.is_some() {
+                        &mut changes.changed
+                    } else {
+                        &mut changes.added
+                    };
+                    list.push(u.id.clone());
+                    let config = u.clone();
+                    next.insert(u.id.clone(), Arc::new(Upstream { client, config }));
+                }
+            }
+        }
+        changes.removed = old
+            .keys()
+            .filter(|id| !next.contains_key(*id))
+            .cloned()
             .collect();
-        v.sort_by(|a, b| a.0.cmp(b.0));
-        v
+        changes.removed.sort();
+        Ok(PreparedUpstreams { next, changes })
+    }
+
+    /// Serves the prepared upstreams from now on. Requests and downloads
+    /// under way keep the upstream they started with, undisturbed; a
+    /// removed one is dropped when the last of them ends.
+    pub fn install_upstreams(&self, prepared: PreparedUpstreams) -> UpstreamChanges {
+        self.upstreams.store(Arc::new(prepared.next));
+        prepared.changes
     }
 
     /// Blob downloads under way.
@@ -487,16 +576,18 @@ impl Mirror {
         self.store.stored_bytes()
     }
 
-    fn upstream(&self, id: &UpstreamId) -> Result<&Arc<Upstream>, Error> {
+    fn upstream(&self, id: &UpstreamId) -> Result<Arc<Upstream>, Error> {
         self.upstreams
+            .load()
             .get(id)
+            .cloned()
             .ok_or_else(|| Error::NoUpstream(id.clone()))
     }
 
     /// The repository name as sent upstream: Docker Hub's implicit
     /// `library/` is added to one-component names when the upstream wants it.
     pub fn upstream_repo(&self, id: &UpstreamId, repo: &RepoName) -> RepoName {
-        match self.upstreams.get(id) {
+        match self.upstreams.load().get(id) {
             Some(u) if u.config.implicit_library => repo.with_library_prefix(),
             _ => repo.clone(),
         }

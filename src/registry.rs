@@ -108,21 +108,56 @@ impl Policy {
     }
 }
 
+/// What a config reload replaces in the registry API, read once per
+/// request: a request runs to its end with the settings it started with.
+#[derive(Debug)]
+pub struct Routes {
+    router: Router,
+    policy: Policy,
+    /// The local CA certificate offered at `/ca.crt`.
+    ca_pem: Option<Arc<str>>,
+    /// The config the `/setup/<client>` scripts are generated from.
+    setup: Option<Arc<Config>>,
+    /// Whether `/metrics` answers (`[server] metrics`).
+    serve_metrics: bool,
+}
+
+impl Routes {
+    /// The routes `config` describes; `ca_pem` is the local CA certificate
+    /// (offered at `/ca.crt` and put in `/setup/<client>` scripts).
+    pub fn from_config(config: &Arc<Config>, ca_pem: Option<Arc<str>>) -> Self {
+        Self {
+            router: Router::new(config),
+            policy: Policy::from_config(config),
+            ca_pem,
+            setup: Some(config.clone()),
+            serve_metrics: config.server.metrics,
+        }
+    }
+
+    /// Routes with `router` and `policy` only: no `/setup/` scripts, no CA.
+    pub fn new(router: Router, policy: Policy) -> Self {
+        Self {
+            router,
+            policy,
+            ca_pem: None,
+            setup: None,
+            serve_metrics: true,
+        }
+    }
+}
+
 /// The registry API service.
 #[derive(Debug)]
 pub struct Registry {
     mirror: Arc<Mirror>,
-    router: Router,
-    ca_pem: Option<Arc<str>>,
-    policy: Policy,
-    /// Counters, and whether `/metrics` serves them.
+    /// Routing, access rules, and what the config switches on.
+    routes: arc_swap::ArcSwap<Routes>,
+    /// Counters.
     metrics: Arc<metrics::Metrics>,
-    serve_metrics: bool,
     /// Whether `GET /readyz` says this mirror takes new clients (off once
     /// shutdown begins, so that a load balancer drains it first).
     ready: std::sync::atomic::AtomicBool,
-    /// The config the `/setup/<client>` scripts are generated from.
-    setup: Option<Arc<Config>>,
 }
 
 /// The largest page size passed on (`i32::MAX`: every registry parses it).
@@ -194,45 +229,30 @@ struct Ctx<'a> {
 }
 
 impl Registry {
-    /// A registry over `mirror`, routing with `router`. `ca_pem` is the
-    /// local CA certificate offered at `/ca.crt` for bootstrapping clients.
-    /// `policy` decides who may pull what.
-    pub fn new(
-        mirror: Arc<Mirror>,
-        router: Router,
-        ca_pem: Option<Arc<str>>,
-        policy: Policy,
-    ) -> Self {
+    /// A registry over `mirror` with `routes`.
+    pub fn new(mirror: Arc<Mirror>, routes: Routes) -> Self {
         Self {
             mirror,
-            router,
-            ca_pem,
-            policy,
+            routes: arc_swap::ArcSwap::from_pointee(routes),
             metrics: Arc::default(),
-            serve_metrics: true,
             ready: std::sync::atomic::AtomicBool::new(true),
-            setup: None,
         }
     }
 
-    /// Serves `GET /setup/<client>` (with the local CA): scripts that
-    /// install `config`'s client configuration on a node.
-    #[must_use]
-    pub fn with_setup(mut self, config: Arc<Config>) -> Self {
-        self.setup = Some(config);
-        self
+    /// Replaces the routes (a config reload): requests from now on use
+    /// them; those under way finish with the old ones.
+    pub fn set_routes(&self, routes: Routes) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// The routes now.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
     }
 
     /// Turns `GET /readyz` off (shutdown has begun) or on.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Whether `GET /metrics` answers (`[server] metrics`).
-    #[must_use]
-    pub fn with_metrics_endpoint(mut self, on: bool) -> Self {
-        self.serve_metrics = on;
-        self
     }
 
     /// `GET /setup/<client>`: the install script for a node, for the
@@ -261,7 +281,8 @@ impl Registry {
                 ));
             }
         };
-        let (Some(config), Some(ca)) = (&self.setup, &self.ca_pem) else {
+        let routes = self.routes.load();
+        let (Some(config), Some(ca)) = (&routes.setup, &routes.ca_pem) else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 error::Code::Unsupported,
@@ -322,7 +343,8 @@ impl Registry {
 
     /// A 401 with this mirror's Basic challenge.
     fn challenge(&self, message: &str) -> ApiError {
-        let realm = self
+        let routes = self.routes.load();
+        let realm = routes
             .policy
             .auth
             .as_ref()
@@ -333,7 +355,8 @@ impl Registry {
     /// The authenticated user: `Ok(None)` for anonymous, `Err` for wrong
     /// credentials (or none where anonymous clients are not served).
     async fn identify<B>(&self, req: &Request<B>) -> Result<Option<String>, ApiError> {
-        let Some(auth) = &self.policy.auth else {
+        let routes = self.routes.load_full();
+        let Some(auth) = &routes.policy.auth else {
             return Ok(None);
         };
         let header = req
@@ -357,8 +380,9 @@ impl Registry {
         name: &RepoName,
         user: Option<&str>,
     ) -> Result<Grant, ApiError> {
-        let reads_private = self.policy.auth.is_none() || user.is_some();
-        let rules = match self.policy.rules.get(id) {
+        let routes = self.routes.load();
+        let reads_private = routes.policy.auth.is_none() || user.is_some();
+        let rules = match routes.policy.rules.get(id) {
             Some(r) if !r.is_open() => r,
             _ => {
                 return Ok(Grant {
@@ -459,7 +483,7 @@ impl Registry {
                 conn.peer.ip()
             )));
         }
-        if self.serve_metrics
+        if self.routes.load().serve_metrics
             && req.uri().path() == "/metrics"
             && (method == Method::GET || method == Method::HEAD)
         {
@@ -472,7 +496,7 @@ impl Registry {
                 self.mirror.fills_in_flight() as u64,
                 self.mirror.evictions(),
             );
-            metrics::render_upstreams(&mut text, &self.mirror.upstream_clients());
+            metrics::render_upstreams(&mut text, &self.mirror.upstreams().clients());
             let len = text.len();
             let body = if method == Method::HEAD {
                 response::empty()
@@ -514,7 +538,7 @@ impl Registry {
             return Ok(r);
         }
         if req.uri().path() == "/ca.crt"
-            && let Some(pem) = &self.ca_pem
+            && let Some(pem) = &self.routes.load().ca_pem
             && (method == Method::GET || method == Method::HEAD)
         {
             let len = pem.len();
@@ -570,7 +594,7 @@ impl Registry {
                 method == Method::HEAD,
             ));
         }
-        let sel = self.router.select(
+        let sel = self.routes.load().router.select(
             query.ns.as_deref(),
             prefix.as_deref(),
             name,
@@ -792,7 +816,8 @@ impl Registry {
             .map_err(|e| from_mirror(&e, Subject::Repository))?;
         // Only what this client could pull: admitted repositories, and
         // private ones for authenticated clients.
-        let rules = self.policy.rules.get(id);
+        let routes = self.routes.load();
+        let rules = routes.policy.rules.get(id);
         let visible = |r: &str| {
             rules.is_none_or(|rules| {
                 rules.admits(r)

@@ -60,6 +60,8 @@ pub struct Tls {
     /// The CA certificate (PEM) to offer at `/ca.crt`, when the local CA
     /// is used.
     pub ca_pem: Option<Arc<str>>,
+    /// The acceptor's certificates, replaced by [`Tls::reload`].
+    certificates: Arc<Certificates>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -67,6 +69,51 @@ impl std::fmt::Debug for Tls {
         f.debug_struct("Tls")
             .field("local_ca", &self.ca_pem.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Prepares the certificates `config` describes (its names, its CA or
+    /// certificate files, read again), for [`Prepared::install`]. Nothing
+    /// changes yet, nor on an error.
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, Error> {
+        let (resolver, ca_pem) = resolver(config)?;
+        Ok(Prepared {
+            certificates: self.certificates.clone(),
+            resolver,
+            ca_pem,
+        })
+    }
+}
+
+/// New certificates for the running TLS listeners ([`Tls::prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    certificates: Arc<Certificates>,
+    resolver: SniResolver,
+    ca_pem: Option<Arc<str>>,
+}
+
+impl Prepared {
+    /// Handshakes from now on use these certificates; connections already
+    /// open keep theirs. Returns the CA certificate to offer.
+    pub fn install(self) -> Option<Arc<str>> {
+        self.certificates.0.store(Arc::new(self.resolver));
+        self.ca_pem
+    }
+}
+
+/// The certificate resolver the acceptor holds: one [`SniResolver`], swapped
+/// whole by a reload.
+#[derive(Debug)]
+struct Certificates(arc_swap::ArcSwap<SniResolver>);
+
+impl rustls::server::ResolvesServerCert for Certificates {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.load().resolve(hello)
     }
 }
 
@@ -110,7 +157,26 @@ pub fn build(config: &Config) -> Result<Option<Tls>, Error> {
     if !config.listeners.iter().any(|l| l.tls) {
         return Ok(None);
     }
-    let (resolver, ca_pem) = match &config.tls.source {
+    let (resolver, ca_pem) = resolver(config)?;
+    let certificates = Arc::new(Certificates(arc_swap::ArcSwap::from_pointee(resolver)));
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Rustls)?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates.clone());
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Tls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        ca_pem,
+        certificates,
+    }))
+}
+
+/// The certificates `config` describes: issued from the local CA (created
+/// on first use) for the configured names, up front, so that a bad setup
+/// fails here and not at the first handshake; or read from its files.
+fn resolver(config: &Config) -> Result<(SniResolver, Option<Arc<str>>), Error> {
+    Ok(match &config.tls.source {
         TlsSource::LocalCa { dir } => {
             let ca = LocalCa::load_or_init(dir)?;
             let pem: Arc<str> = ca.cert_pem().into();
@@ -123,15 +189,5 @@ pub fn build(config: &Config) -> Result<Option<Tls>, Error> {
             (r, Some(pem))
         }
         TlsSource::Files { cert, key } => (SniResolver::with_files(cert, key)?, None),
-    };
-    let mut server = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(Error::Rustls)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(Tls {
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-        ca_pem,
-    }))
+    })
 }

@@ -267,7 +267,7 @@ impl Local {
             let Ok(r) = i.image.parse::<ImageRef>() else {
                 continue;
             };
-            let key = super::cache::store_key(self.app.config(), &r)?;
+            let key = super::cache::store_key(&self.app.config(), &r)?;
             store
                 .pin(&key, &i.image, None)
                 .await

@@ -108,7 +108,7 @@ impl Mirror {
     ) -> Result<BlobHead, Error> {
         let up = self.upstream(id)?;
         let repo = &self.upstream_repo(id, repo);
-        self.guard_private(up, repo, digest, grant, false).await?;
+        self.guard_private(&up, repo, digest, grant, false).await?;
         if let Some(size) = self.store.stat(digest).await? {
             return Ok(BlobHead {
                 size: Some(size),
@@ -155,7 +155,7 @@ impl Mirror {
             fetch: Fetch::CacheOnly,
             ..grant
         };
-        self.guard_private(up, repo, digest, grant, false).await?;
+        self.guard_private(&up, repo, digest, grant, false).await?;
         if let Some(fill) = self.fills.get(digest) {
             let guard = self.store.hold(digest);
             let size = fill.ready().await?;
@@ -186,7 +186,7 @@ impl Mirror {
     ) -> Result<BlobBody, Error> {
         let up = self.upstream(id)?;
         let repo = &self.upstream_repo(id, repo);
-        self.guard_private(up, repo, digest, grant, false).await?;
+        self.guard_private(&up, repo, digest, grant, false).await?;
         // The store may hand stored blobs out itself (checked after the
         // access rules, which `guard_private` and the registry applied).
         if let Some(url) = self.store.presign(digest).await? {

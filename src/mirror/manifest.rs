@@ -63,7 +63,7 @@ impl Mirror {
         accept: AcceptClass,
         grant: Grant,
     ) -> Result<ManifestResponse, Error> {
-        let up = self.upstream(id)?.clone();
+        let up = self.upstream(id)?;
         let repo = self.upstream_repo(id, repo);
         if let Reference::Digest(d) = reference {
             self.guard_private(&up, &repo, d, grant, true).await?;

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, WarmConfig};
 use crate::registry::Registry;
@@ -33,37 +34,33 @@ fn source(index: usize) -> String {
     format!("warm[{index}]")
 }
 
-/// Starts one task per `[[warm]]` entry of `config`. Abort them to stop.
-pub fn spawn(
-    registry: &Arc<Registry>,
-    store: &Store,
-    config: &Config,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    config
-        .warm
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            let (registry, store, config, w) =
-                (registry.clone(), store.clone(), config.clone(), w.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(w.interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let config = Arc::new(config);
-                loop {
-                    tick.tick().await;
-                    run_once(
-                        i,
-                        w.clone(),
-                        registry.clone(),
-                        store.clone(),
-                        config.clone(),
-                    )
-                    .await;
-                }
-            })
-        })
-        .collect()
+/// Starts the schedule of `[[warm]]` entry `index` of `config`: a run
+/// now (or one `interval` from now, when `now` is false), then one every
+/// `interval`. Abort the task to stop it.
+pub fn spawn_one(
+    index: usize,
+    w: WarmConfig,
+    registry: Arc<Registry>,
+    store: Store,
+    config: Arc<Config>,
+    now: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let first = tokio::time::Instant::now() + if now { Duration::ZERO } else { w.interval };
+        let mut tick = tokio::time::interval_at(first, w.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            run_once(
+                index,
+                w.clone(),
+                registry.clone(),
+                store.clone(),
+                config.clone(),
+            )
+            .await;
+        }
+    })
 }
 
 /// One run of entry `index`; logs its outcome.

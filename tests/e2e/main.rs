@@ -19,6 +19,7 @@ mod load;
 mod offline;
 mod ops;
 mod pull;
+mod reload;
 mod routing;
 mod s3;
 mod spec_errors;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::support::image::{docker_image, oci_image};
 use crate::support::*;
 
-fn tls_client(ca_pem: &[u8], resolve: &[(&str, SocketAddr)]) -> reqwest::Client {
+pub(crate) fn tls_client(ca_pem: &[u8], resolve: &[(&str, SocketAddr)]) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
     for c in mirrorgate::pem::parse_certs(ca_pem) {
         roots.add(c).unwrap();

@@ -271,7 +271,7 @@ async fn the_server_keeps_a_list_warm_pins_it_and_follows_a_moving_tag() {
             app.config().warm[0].clone(),
             app.registry().clone(),
             app.mirror().store().clone(),
-            std::sync::Arc::new(app.config().clone()),
+            app.config(),
         )
     };
     // Anonymous clients are served the cache only: a cold image is refused.

@@ -35,13 +35,7 @@ impl Gateway {
         root: &Path,
         clock: mirrorgate::clock::SharedClock,
     ) -> Self {
-        let root_line = format!("root = {:?}\n", root.display().to_string());
-        let text = if config.contains("[storage]\n") {
-            config.replacen("[storage]\n", &format!("[storage]\n{root_line}"), 1)
-        } else {
-            format!("[storage]\n{root_line}{config}")
-        };
-        let config = Config::from_toml(&text, root).expect("test config is valid");
+        let config = test_config(config, root).expect("test config is valid");
         let app = Arc::new(
             App::build_with_clock(config, clock)
                 .await
@@ -75,6 +69,16 @@ impl Gateway {
     /// caught up (see `App::settle`).
     pub async fn settle(&self) {
         self.app.settle().await;
+    }
+
+    /// Applies new TOML config text (as SIGHUP does), with the same data
+    /// directory.
+    pub async fn reload(
+        &self,
+        config: &str,
+    ) -> Result<mirrorgate::app::Reloaded, mirrorgate::app::ReloadError> {
+        let config = test_config(config, &self.root).expect("test config is valid");
+        self.app.reload(config).await
     }
 
     /// The running app.
@@ -118,6 +122,17 @@ impl Drop for Gateway {
             t.abort();
         }
     }
+}
+
+/// `config` with `[storage] root` set to `root`.
+fn test_config(config: &str, root: &Path) -> Result<Config, mirrorgate::config::Error> {
+    let root_line = format!("root = {:?}\n", root.display().to_string());
+    let text = if config.contains("[storage]\n") {
+        config.replacen("[storage]\n", &format!("[storage]\n{root_line}"), 1)
+    } else {
+        format!("[storage]\n{root_line}{config}")
+    };
+    Config::from_toml(&text, root)
 }
 
 /// Polls `cond` (cheap, in-process state) until it holds. Never a guess
