@@ -23,6 +23,10 @@
 #   7c. packaging: the systemd unit through `systemd-analyze verify`, the
 #      Kubernetes manifests through kubernetes-validate (PyPI)
 #      (tests/system/packaging.sh)
+#   7d. the status page in Debian's headless Chromium, driven by
+#      playwright-core (npm): renders, lists the upstreams, updates by
+#      itself after a skopeo pull, works without JavaScript; a reload
+#      (tests/system/status.sh; screenshots in target/test-output/)
 #   8. the end-to-end benchmarks in their short mode (benches/e2e.sh --quick,
 #      benches/s3.py --quick and benches/cluster.sh --mib 8, debug binary):
 #      checks that they run and
@@ -85,6 +89,9 @@ if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
 
   step "packaging: systemd-analyze verify of the unit, Kubernetes manifests against the API schemas"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/packaging.sh
+
+  step "status page: headless Chromium (playwright-core) with the three upstream stand-ins, live update after a skopeo pull, reload"
+  MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/status.sh
 
   step "cluster system test: replicas on one bucket, skopeo + ctr, scale-out, rolling restart, partition, SIGKILL/SIGSTOP mid-pull"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/cluster.sh

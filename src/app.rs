@@ -124,6 +124,13 @@ impl App {
     /// is listed in the result. On an error nothing changes.
     pub async fn reload(&self, new: Config) -> Result<Reloaded, ReloadError> {
         let _one = self.reloading.lock().await;
+        let result = self.apply(new);
+        self.registry
+            .note_reload(result.as_ref().map(drop).map_err(|e| crate::error_chain(e)));
+        result
+    }
+
+    fn apply(&self, new: Config) -> Result<Reloaded, ReloadError> {
         let old = self.config.load_full();
         let needs_restart = needs_restart(&old, &new);
         // Everything that can fail, before anything changes.
@@ -257,6 +264,18 @@ impl App {
                 internal: false,
             });
         }
+        self.registry.set_listeners(
+            out.iter()
+                .map(|l| crate::registry::status::ListenerInfo {
+                    addr: l
+                        .tcp
+                        .local_addr()
+                        .map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+                    scheme: if l.tls.is_some() { "https" } else { "http" },
+                    upstream: l.pinned.as_ref().map(ToString::to_string),
+                })
+                .collect(),
+        );
         if let Some(c) = &config.cluster {
             let tcp = tokio::net::TcpListener::bind(c.listen)
                 .await

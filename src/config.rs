@@ -177,6 +177,9 @@ pub struct ServerConfig {
     pub max_header_size: usize,
     /// Whether `GET /metrics` serves Prometheus counters.
     pub metrics: bool,
+    /// Whether `GET /` and `/status` serve the status page (and
+    /// `/status.json` its data).
+    pub status: bool,
     /// Memory that the in-flight downloads together keep for their readers
     /// (beyond it, readers read what is already on disk from the spool).
     pub fill_memory: u64,
@@ -863,6 +866,7 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
             }
         },
         metrics: raw.server.metrics.unwrap_or(true),
+        status: raw.server.status.unwrap_or(true),
         fill_memory: size(
             "server.fill_memory",
             raw.server.fill_memory.as_deref(),

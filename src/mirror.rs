@@ -35,6 +35,7 @@ use crate::upstream::{self, UpstreamClient};
 /// An upstream answer relayed as it is (tags/list, referrers).
 pub use crate::upstream::Passthrough;
 pub use blob::{BlobBody, BlobHead};
+pub use inflight::Download;
 pub use manifest::ManifestResponse;
 
 /// How a request was answered, for the access log and metrics.
@@ -553,6 +554,17 @@ impl Mirror {
         prepared.changes
     }
 
+    /// The blob downloads under way, with their progress, oldest first.
+    pub fn downloads(&self) -> Vec<Download> {
+        self.fills.downloads()
+    }
+
+    /// What the stored images take, by repository (reads every record:
+    /// for the status page, which caches it).
+    pub async fn usage(&self) -> Result<crate::store::Usage, Error> {
+        Ok(self.store.usage().await?)
+    }
+
     /// Blob downloads under way.
     pub fn fills_in_flight(&self) -> usize {
         self.fills.count()
@@ -569,6 +581,11 @@ impl Mirror {
     /// Bytes the in-flight downloads hold in memory for their readers.
     pub fn fill_memory(&self) -> usize {
         self.fills.memory()
+    }
+
+    /// Where the store is (a directory, a bucket), for the status page.
+    pub fn store_description(&self) -> String {
+        self.store.describe()
     }
 
     /// Approximate bytes of locally stored blobs (for metrics).

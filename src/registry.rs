@@ -7,6 +7,7 @@
 //! upstream client directly: everything goes through `Mirror`.
 
 pub mod access_log;
+pub mod activity;
 pub mod error;
 mod internal;
 pub mod metrics;
@@ -14,6 +15,7 @@ pub mod path;
 pub mod range;
 pub mod response;
 pub mod route;
+pub mod status;
 
 use std::collections::HashMap;
 use std::io;
@@ -120,6 +122,8 @@ pub struct Routes {
     setup: Option<Arc<Config>>,
     /// Whether `/metrics` answers (`[server] metrics`).
     serve_metrics: bool,
+    /// Whether the status page answers (`[server] status`).
+    serve_status: bool,
 }
 
 impl Routes {
@@ -132,6 +136,7 @@ impl Routes {
             ca_pem,
             setup: Some(config.clone()),
             serve_metrics: config.server.metrics,
+            serve_status: config.server.status,
         }
     }
 
@@ -143,6 +148,7 @@ impl Routes {
             ca_pem: None,
             setup: None,
             serve_metrics: true,
+            serve_status: true,
         }
     }
 }
@@ -158,6 +164,8 @@ pub struct Registry {
     /// Whether `GET /readyz` says this mirror takes new clients (off once
     /// shutdown begins, so that a load balancer drains it first).
     ready: std::sync::atomic::AtomicBool,
+    /// The status page's state.
+    status: status::State,
 }
 
 /// The largest page size passed on (`i32::MAX`: every registry parses it).
@@ -236,6 +244,7 @@ impl Registry {
             routes: arc_swap::ArcSwap::from_pointee(routes),
             metrics: Arc::default(),
             ready: std::sync::atomic::AtomicBool::new(true),
+            status: status::State::default(),
         }
     }
 
@@ -424,6 +433,8 @@ impl Registry {
             upstream: None,
             kind: None,
             cache: None,
+            repo: None,
+            reference: None,
             user: None,
             status: 0,
             start: Instant::now(),
@@ -497,6 +508,7 @@ impl Registry {
                 self.mirror.evictions(),
             );
             metrics::render_upstreams(&mut text, &self.mirror.upstreams().clients());
+            self.metrics.render_reloads(&mut text);
             let len = text.len();
             let body = if method == Method::HEAD {
                 response::empty()
@@ -563,6 +575,20 @@ impl Registry {
             self.identify(req).await?
         };
         log.user.clone_from(&user);
+        let page = req.uri().path();
+        if matches!(page, "/" | "/status" | "/status.json")
+            && (method == Method::GET || method == Method::HEAD)
+            && self.routes.load().serve_status
+        {
+            let reads_private = self.routes.load().policy.auth.is_none() || user.is_some();
+            return Ok(self
+                .status_page(
+                    page == "/status.json",
+                    method == Method::HEAD,
+                    reads_private,
+                )
+                .await);
+        }
         let ParsedPath { prefix, endpoint } = path::parse(req.uri().path())?;
         log.kind = Some(match &endpoint {
             Endpoint::Ping => "ping",
@@ -602,6 +628,12 @@ impl Registry {
             conn.pinned.as_ref(),
         )?;
         log.upstream = Some(sel.upstream.to_string());
+        if let Some(n) = &sel.name {
+            log.repo = Some(self.mirror.upstream_repo(&sel.upstream, n).to_string());
+        }
+        if let Endpoint::Manifest(_, r) = &endpoint {
+            log.reference = Some((r.to_string(), matches!(r, Reference::Tag(_))));
+        }
         let ns = query.ns.clone();
         let grant = match &sel.name {
             Some(n) => self.grant(&sel.upstream, n, user.as_deref())?,

@@ -51,6 +51,7 @@ use crate::config::UpstreamId;
 use crate::oci::{Digest, MediaType, RepoName};
 
 pub use crate::tag::{TagKey, TagRecord};
+pub use inventory::{Usage, UsageRow};
 pub use local::{GcReport, InUseGuard, LocalBlobs};
 pub use private::PrivateMarks;
 pub use reader::{BlobReader, Spool};

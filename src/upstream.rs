@@ -323,14 +323,26 @@ impl UpstreamClient {
         }
         // Real time, not the policy clock: this is a measurement.
         let started = std::time::Instant::now();
+        let method_name = method.clone();
         let result = self.send_authorized(method, url, repo, headers, load).await;
         match &result {
-            Ok(r) => self.stats.request(
-                Some(r.status().as_u16()),
-                Some(r.headers()),
-                started.elapsed(),
-            ),
-            Err(_) => self.stats.request(None, None, started.elapsed()),
+            Ok(r) => {
+                let status = r.status();
+                self.stats
+                    .request(Some(status.as_u16()), Some(r.headers()), started.elapsed());
+                if status.is_server_error()
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::UNAUTHORIZED
+                {
+                    self.stats
+                        .failed(format!("{method_name} {repo}: HTTP {status}"));
+                }
+            }
+            Err(e) => {
+                self.stats.request(None, None, started.elapsed());
+                self.stats
+                    .failed(format!("{method_name} {repo}: {}", crate::error_chain(e)));
+            }
         }
         let ok = match &result {
             Ok(r) => !(r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS),

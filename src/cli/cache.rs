@@ -4,7 +4,7 @@
 //! [`crate::store::inventory`]; this is the command's front: references as
 //! users write them, tables and `--json`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -419,83 +419,29 @@ impl Cache {
     }
 
     async fn du(&self) -> anyhow::Result<()> {
-        let snap = self.snapshot().await?;
-        let size_of = |set: &HashSet<&Digest>| -> u64 {
-            set.iter()
-                .filter_map(|d| snap.blobs.get(*d))
-                .map(|b| b.size)
-                .sum()
-        };
-        let mut by_repo: BTreeMap<(String, String), HashSet<&Digest>> = BTreeMap::new();
-        for r in &snap.refs {
-            let Some(c) = r.digest().and_then(|d| snap.closures.get(d)) else {
-                continue;
-            };
-            by_repo
-                .entry((r.image.upstream.clone(), r.image.repo.to_string()))
-                .or_default()
-                .extend(c.digests());
-        }
-        let mut by_upstream: BTreeMap<String, HashSet<&Digest>> = BTreeMap::new();
-        for ((up, _), set) in &by_repo {
-            by_upstream
-                .entry(up.clone())
-                .or_default()
-                .extend(set.iter().copied());
-        }
-        let referenced: HashSet<&Digest> = by_upstream.values().flatten().copied().collect();
-        let total: u64 = snap.blobs.values().map(|b| b.size).sum();
-        #[derive(Serialize)]
-        struct Repo {
-            upstream: String,
-            repository: String,
-            bytes: u64,
-            blobs: usize,
-        }
-        #[derive(Serialize)]
-        struct Up {
-            upstream: String,
-            bytes: u64,
-            blobs: usize,
-        }
-        let repos: Vec<Repo> = by_repo
-            .iter()
-            .map(|((up, repo), set)| Repo {
-                upstream: up.clone(),
-                repository: repo.clone(),
-                bytes: size_of(set),
-                blobs: set.iter().filter(|d| snap.blobs.contains_key(**d)).count(),
-            })
-            .collect();
-        let ups: Vec<Up> = by_upstream
-            .iter()
-            .map(|(up, set)| Up {
-                upstream: up.clone(),
-                bytes: size_of(set),
-                blobs: set.iter().filter(|d| snap.blobs.contains_key(**d)).count(),
-            })
-            .collect();
-        let untagged = total.saturating_sub(size_of(&referenced));
+        let u = self.store.usage().await?;
+        let (ups, repos, total) = (&u.upstreams, &u.repositories, u.total_bytes);
+        let untagged = total.saturating_sub(u.tagged_bytes);
         if self.json {
             return Self::print_json(&serde_json::json!({
                 "store": self.store.describe(),
                 "total_bytes": total,
-                "blobs": snap.blobs.len(),
-                "tagged_bytes": size_of(&referenced),
+                "blobs": u.blobs,
+                "tagged_bytes": u.tagged_bytes,
                 "other_bytes": untagged,
                 "upstreams": ups,
                 "repositories": repos,
             }));
         }
         let mut t = Table::new(&["UPSTREAM", "REPOSITORY", "SIZE", "BLOBS"]);
-        for u in &ups {
+        for up in ups {
             t.row(vec![
-                u.upstream.clone(),
+                up.upstream.clone(),
                 "(all)".into(),
-                size(u.bytes),
-                u.blobs.to_string(),
+                size(up.bytes),
+                up.blobs.to_string(),
             ]);
-            for r in repos.iter().filter(|r| r.upstream == u.upstream) {
+            for r in repos.iter().filter(|r| r.upstream == up.upstream) {
                 t.row(vec![
                     String::new(),
                     r.repository.clone(),
@@ -509,7 +455,7 @@ impl Cache {
             "{}: {} in {} blobs; {} not reachable from a tag or digest reference (gc removes what no manifest needs)",
             self.store.describe(),
             size(total),
-            snap.blobs.len(),
+            u.blobs,
             size(untagged)
         );
         Ok(())

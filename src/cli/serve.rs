@@ -161,9 +161,18 @@ async fn reload_on_hangup(
 async fn reload(app: &App, source: &ConfigSource) -> anyhow::Result<Reloaded> {
     let source = source.clone();
     // Reading the file and its secrets, and hashing htpasswd, block.
-    let config = tokio::task::spawn_blocking(move || source.load())
+    let loaded = tokio::task::spawn_blocking(move || source.load())
         .await
-        .context("the config reader stopped")??;
+        .context("the config reader stopped")
+        .and_then(|r| r);
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            // The app never saw it: noted here.
+            app.registry().note_reload(Err(format!("{e:#}")));
+            return Err(e);
+        }
+    };
     app.reload(config)
         .await
         .map_err(|e: ReloadError| anyhow::Error::new(e))

@@ -125,6 +125,7 @@ pub(crate) struct Server {
     pub(crate) header_read_timeout: Option<String>,
     pub(crate) max_header_size: Option<String>,
     pub(crate) metrics: Option<bool>,
+    pub(crate) status: Option<bool>,
     pub(crate) fill_memory: Option<String>,
     pub(crate) drain_delay: Option<String>,
 }

@@ -225,6 +225,7 @@ impl Mirror {
                     None => continue,
                     Some(Joined::Follower(f)) => (f, CacheStatus::Coalesced),
                     Some(Joined::Leader(writer)) => {
+                        writer.set_origin(up.config.id.to_string(), repo.to_string());
                         let f = writer.fill().clone();
                         let task = FillTask {
                             writer,

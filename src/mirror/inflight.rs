@@ -64,6 +64,26 @@ pub(crate) struct Fill {
     /// breaks bodies that are already under way, which no request can
     /// report, so the download task logs it.
     streamed: std::sync::atomic::AtomicBool,
+    /// Where the bytes come from, for the status page.
+    origin: OnceLock<(String, String)>,
+    /// When the fill started.
+    started: std::time::Instant,
+}
+
+/// One download under way, as the status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Download {
+    /// The blob.
+    pub digest: Digest,
+    /// The upstream and repository it is fetched from (unknown for a
+    /// moment after it starts).
+    pub origin: Option<(String, String)>,
+    /// Bytes received so far.
+    pub received: u64,
+    /// Its size, when upstream announced it.
+    pub size: Option<u64>,
+    /// Time since it started.
+    pub elapsed: std::time::Duration,
 }
 
 impl Fill {
@@ -111,6 +131,11 @@ pub(crate) struct FillWriter {
 }
 
 impl FillWriter {
+    /// Names where the bytes come from (upstream, repository).
+    pub(crate) fn set_origin(&self, upstream: String, repo: String) {
+        let _ = self.fill.origin.set((upstream, repo));
+    }
+
     /// The fill, for readers.
     pub(crate) fn fill(&self) -> &Arc<Fill> {
         &self.fill
@@ -476,6 +501,8 @@ impl Fills {
             reader: OnceLock::new(),
             window: Mutex::new(Window::sharing(self.budget.clone())),
             streamed: Default::default(),
+            origin: OnceLock::new(),
+            started: std::time::Instant::now(),
         });
         t.fills.insert(digest.clone(), fill.clone());
         Some(Joined::Leader(FillWriter {
@@ -526,6 +553,35 @@ impl Fills {
             }
             emptied.await;
         }
+    }
+
+    /// The downloads under way, the oldest first.
+    pub(crate) fn downloads(&self) -> Vec<Download> {
+        let fills: Vec<_> = self
+            .lock()
+            .fills
+            .iter()
+            .map(|(d, f)| (d.clone(), f.clone()))
+            .collect();
+        let mut out: Vec<Download> = fills
+            .into_iter()
+            .map(|(digest, f)| {
+                let (received, size) = match &*f.state.borrow() {
+                    FillState::Starting | FillState::Failed(_) => (0, None),
+                    FillState::Streaming { size, written } => (*written, *size),
+                    FillState::Done { size } => (*size, Some(*size)),
+                };
+                Download {
+                    digest,
+                    origin: f.origin.get().cloned(),
+                    received,
+                    size,
+                    elapsed: f.started.elapsed(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|d| std::cmp::Reverse(d.elapsed));
+        out
     }
 
     /// The fill for `digest`, if one is running.

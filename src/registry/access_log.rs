@@ -27,6 +27,10 @@ pub struct AccessLog {
     pub kind: Option<&'static str>,
     /// How the response was produced.
     pub cache: Option<CacheStatus>,
+    /// The repository (as named upstream), once routed.
+    pub repo: Option<String>,
+    /// A manifest's tag or digest, and whether it is a tag.
+    pub reference: Option<(String, bool)>,
     /// The authenticated client user, if any.
     pub user: Option<String>,
     /// Response status.
@@ -119,6 +123,21 @@ impl Drop for LoggedBody {
             m.record(l.cache, l.status, self.bytes, self.outcome == "complete");
             if let (Some(up), Some(kind)) = (&l.upstream, l.kind) {
                 m.record_upstream(up, kind, l.cache, self.bytes);
+                m.activity().record(&super::activity::Event {
+                    now: std::time::SystemTime::now()
+                        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    upstream: up,
+                    kind,
+                    cache: l.cache,
+                    status: l.status,
+                    bytes: self.bytes,
+                    repo: l.repo.as_deref(),
+                    reference: l.reference.as_ref().map(|(r, _)| r.as_str()),
+                    by_tag: l.reference.as_ref().is_some_and(|(_, tag)| *tag),
+                    client: l.peer.ip(),
+                    user: l.user.as_deref(),
+                });
             }
         }
         tracing::info!(
@@ -151,6 +170,8 @@ mod tests {
             upstream: None,
             kind: None,
             cache: None,
+            repo: None,
+            reference: None,
             user: None,
             status: 200,
             start: Instant::now(),

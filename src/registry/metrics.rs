@@ -37,6 +37,13 @@ pub struct Metrics {
     /// outcome (the upstreams are the configured ones, the kinds and
     /// outcomes fixed lists: the key space is bounded).
     by_upstream: std::sync::RwLock<ByUpstream>,
+    /// The last hour and the recent pulls, for the status page.
+    activity: super::activity::Activity,
+    /// Config reloads that were applied, and refused.
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// Whether the last reload was applied (1 before any).
+    last_reload_ok: std::sync::atomic::AtomicBool,
 }
 
 /// Endpoint kinds, as the access log names them.
@@ -84,6 +91,58 @@ impl Drop for Gauged {
 }
 
 impl Metrics {
+    /// The recent past: the last hour, the recent pulls.
+    pub fn activity(&self) -> &super::activity::Activity {
+        &self.activity
+    }
+
+    /// Counts a config reload: applied (`true`) or refused.
+    pub fn reloaded(&self, ok: bool) {
+        let n = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        n.fetch_add(1, Relaxed);
+        self.last_reload_ok
+            .store(ok, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Config reloads: (applied, refused).
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Relaxed),
+            self.reloads_failed.load(Relaxed),
+        )
+    }
+
+    /// Manifests and blobs since start, by upstream and where they came
+    /// from.
+    pub fn cache_work_by_upstream(
+        &self,
+    ) -> std::collections::BTreeMap<String, super::activity::CacheWork> {
+        let map = self
+            .by_upstream
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let kinds = ["manifest", "blob"].map(|k| KINDS.iter().position(|x| *x == k));
+        map.iter()
+            .map(|(up, t)| {
+                let mut w = super::activity::CacheWork::default();
+                for k in kinds.iter().flatten() {
+                    for (i, p) in t.0[*k].iter().enumerate() {
+                        w.add_many(
+                            outcome_of(i),
+                            p.requests.load(Relaxed),
+                            p.bytes.load(Relaxed),
+                        );
+                    }
+                }
+                (up.clone(), w)
+            })
+            .collect()
+    }
+
     /// Counts a request as in flight while the guard lives (it travels with
     /// the request's access log into the response body).
     pub fn request_started(&self) -> Gauged {
@@ -211,6 +270,29 @@ impl Metrics {
         s
     }
 
+    /// The config reload families.
+    pub fn render_reloads(&self, s: &mut String) {
+        let (ok, failed) = self.reloads();
+        s.push_str("# HELP mirrorgate_config_reloads_total Config reloads (SIGHUP, mirrorgate reload), by result.\n");
+        s.push_str("# TYPE mirrorgate_config_reloads_total counter\n");
+        let _ = writeln!(s, "mirrorgate_config_reloads_total{{result=\"ok\"}} {ok}");
+        let _ = writeln!(
+            s,
+            "mirrorgate_config_reloads_total{{result=\"error\"}} {failed}"
+        );
+        s.push_str("# HELP mirrorgate_config_last_reload_successful Whether the last config reload was applied (1 before any).\n");
+        s.push_str("# TYPE mirrorgate_config_last_reload_successful gauge\n");
+        let last = ok + failed == 0
+            || self
+                .last_reload_ok
+                .load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            s,
+            "mirrorgate_config_last_reload_successful {}",
+            u8::from(last)
+        );
+    }
+
     /// The store's and the fills' families besides [`Self::render`]'s.
     pub fn render_store(s: &mut String, fills: u64, evictions: u64) {
         s.push_str("# HELP mirrorgate_fills_in_flight Blob downloads from upstream under way.\n");
@@ -220,6 +302,20 @@ impl Metrics {
         s.push_str("# TYPE mirrorgate_store_evictions_total counter\n");
         let _ = writeln!(s, "mirrorgate_store_evictions_total {evictions}");
     }
+}
+
+/// The inverse of [`outcome_index`].
+fn outcome_of(i: usize) -> Option<CacheStatus> {
+    [
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Coalesced,
+        CacheStatus::Stale,
+        CacheStatus::Pass,
+        CacheStatus::Redirect,
+    ]
+    .get(i)
+    .copied()
 }
 
 fn outcome_index(cache: Option<CacheStatus>) -> usize {

@@ -74,6 +74,36 @@ impl std::fmt::Display for Named {
     }
 }
 
+/// What the stored images take, by repository and upstream
+/// ([`Store::usage`]). A blob shared by several repositories counts in
+/// each of them (and once in its upstream's and the store's totals).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    /// Every stored blob's bytes.
+    pub total_bytes: u64,
+    /// Stored blobs.
+    pub blobs: usize,
+    /// Bytes reachable from a tag or digest reference.
+    pub tagged_bytes: u64,
+    /// Per upstream, by name.
+    pub upstreams: Vec<UsageRow>,
+    /// Per repository, by upstream and name.
+    pub repositories: Vec<UsageRow>,
+}
+
+/// One upstream's or repository's share of the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRow {
+    /// The upstream.
+    pub upstream: String,
+    /// The repository (as sent upstream); empty in an upstream's row.
+    pub repository: String,
+    /// Bytes of the stored blobs its images need.
+    pub bytes: u64,
+    /// Those blobs.
+    pub blobs: usize,
+}
+
 /// An image in the store's terms: upstream, repository (as sent upstream)
 /// and tag or digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -660,4 +690,64 @@ fn roots_of(image: &ImageKey, refs: &[RefRow]) -> Vec<Digest> {
 /// name layers directly, e.g. attestation or artifact indexes).
 fn is_blob_type(mt: &str) -> bool {
     !(mt.contains("manifest") || mt.contains("index"))
+}
+
+impl Store {
+    /// What the stored images take, by repository and upstream: every
+    /// reference's closure (its manifests and their blobs) summed over the
+    /// blobs the store holds. Reads every record and manifest: for
+    /// `mirrorgate du` and the status page (which caches it), not for
+    /// requests.
+    pub async fn usage(&self) -> Result<Usage, Error> {
+        let refs = self.references().await?;
+        let blobs: HashMap<Digest, u64> = self
+            .blobs()
+            .list()
+            .await?
+            .into_iter()
+            .map(|b| (b.digest, b.size))
+            .collect();
+        let roots: Vec<Digest> = refs.iter().filter_map(|r| r.digest().cloned()).collect();
+        let closures = self.closures(roots).await?;
+        let mut by_repo: BTreeMap<(String, String), HashSet<&Digest>> = BTreeMap::new();
+        for r in &refs {
+            let Some(c) = r.digest().and_then(|d| closures.get(d)) else {
+                continue;
+            };
+            by_repo
+                .entry((r.image.upstream.clone(), r.image.repo.to_string()))
+                .or_default()
+                .extend(c.digests());
+        }
+        let mut by_upstream: BTreeMap<String, HashSet<&Digest>> = BTreeMap::new();
+        for ((up, _), set) in &by_repo {
+            by_upstream
+                .entry(up.clone())
+                .or_default()
+                .extend(set.iter().copied());
+        }
+        let row = |upstream: &str, repository: &str, set: &HashSet<&Digest>| {
+            let stored = || set.iter().filter_map(|d| blobs.get(*d));
+            UsageRow {
+                upstream: upstream.to_owned(),
+                repository: repository.to_owned(),
+                bytes: stored().sum(),
+                blobs: stored().count(),
+            }
+        };
+        let referenced: HashSet<&Digest> = by_upstream.values().flatten().copied().collect();
+        Ok(Usage {
+            total_bytes: blobs.values().sum(),
+            blobs: blobs.len(),
+            tagged_bytes: row("", "", &referenced).bytes,
+            upstreams: by_upstream
+                .iter()
+                .map(|(up, set)| row(up, "", set))
+                .collect(),
+            repositories: by_repo
+                .iter()
+                .map(|((up, repo), set)| row(up, repo, set))
+                .collect(),
+        })
+    }
 }

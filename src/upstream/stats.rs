@@ -77,6 +77,33 @@ pub struct Stats {
     by_class: [Histogram; CLASSES.len()],
     tokens: AtomicU64,
     rate_limit: Mutex<Option<RateLimit>>,
+    /// The latest request's time to its answer's head, in microseconds.
+    last_latency_us: AtomicU64,
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// The latest failure of an upstream: no answer, or an answer that says
+/// the upstream is failing (5xx, 429, credentials refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// When.
+    pub at: std::time::SystemTime,
+    /// What happened, with its cause chain.
+    pub message: String,
+}
+
+/// A latency summary over the answered requests (every status class).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    /// Requests answered.
+    pub count: u64,
+    /// Their mean time to the answer's head, in seconds.
+    pub mean_s: f64,
+    /// The bucket bound that 95% of them were under (`None`: beyond the
+    /// largest bucket, or no request yet).
+    pub p95_le_s: Option<f64>,
+    /// The latest request's, in seconds.
+    pub last_s: f64,
 }
 
 impl Stats {
@@ -88,11 +115,57 @@ impl Stats {
             _ => 4,
         };
         self.by_class[class].observe(took);
+        self.last_latency_us
+            .store(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
         if let Some(rl) = headers.and_then(parse_rate_limit) {
             *self
                 .rate_limit
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rl);
+        }
+    }
+
+    /// Records a failure (see [`LastError`]).
+    pub(crate) fn failed(&self, message: String) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(LastError {
+            at: std::time::SystemTime::now(),
+            message,
+        });
+    }
+
+    /// The latest failure, if any.
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Latency over the answered requests (not those that got no answer).
+    pub fn latency(&self) -> Latency {
+        let answered = &self.by_class[..CLASSES.len() - 1];
+        let count: u64 = answered.iter().map(Histogram::count).sum();
+        let sum: f64 = answered.iter().map(Histogram::sum_seconds).sum();
+        let mut cum = [0u64; BUCKETS.len()];
+        for h in answered {
+            for (c, n) in cum.iter_mut().zip(h.cumulative()) {
+                *c += n;
+            }
+        }
+        // The smallest bound with 95% of the requests at or under it.
+        let p95_le_s = BUCKETS
+            .iter()
+            .zip(cum)
+            .find(|(_, n)| count > 0 && *n * 100 >= count * 95)
+            .map(|(b, _)| *b);
+        Latency {
+            count,
+            mean_s: if count == 0 { 0.0 } else { sum / count as f64 },
+            p95_le_s,
+            last_s: self.last_latency_us.load(Relaxed) as f64 / 1e6,
         }
     }
 

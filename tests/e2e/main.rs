@@ -23,6 +23,7 @@ mod reload;
 mod routing;
 mod s3;
 mod spec_errors;
+mod status;
 mod tags;
 mod tls;
 mod warm;

@@ -201,7 +201,7 @@ async fn metrics_parse_and_show_each_upstream_its_rate_limit_tokens_and_breaker(
     for x in &s.samples {
         for (k, v) in x.labels.iter() {
             assert!(
-                ["upstream", "class", "le", "cache", "kind"].contains(&k.as_str()),
+                ["upstream", "class", "le", "cache", "kind", "result"].contains(&k.as_str()),
                 "{}: label {k}",
                 x.metric
             );

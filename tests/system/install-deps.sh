@@ -8,6 +8,8 @@
 #   install-deps.sh --tls   for tls.sh: the above, and tries podman and
 #     docker.io (dockerd + docker client). Those two are optional: if apt
 #     cannot install them, tls.sh reports their checks as SKIP.
+#   install-deps.sh --browser   for status.sh: the above, and chromium,
+#     node and npm (required).
 #
 # Package postinst scripts must not start daemons (containerd, dockerd,
 # docker-registry): a temporary /usr/sbin/policy-rc.d (exit 101) forbids it.
@@ -21,7 +23,11 @@ opt_cmds=(); opt_pkgs=()
 case "${1:-}" in
   "") ;;
   --tls) opt_cmds=(podman dockerd); opt_pkgs=(podman docker.io);;
-  *) echo "usage: install-deps.sh [--tls]" >&2; exit 2;;
+  --browser) need_cmds+=(chromium node npm); pkgs+=(chromium)
+             # Node.js from Debian only where the machine has none.
+             command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+             command -v npm >/dev/null 2>&1 || pkgs+=(npm);;
+  *) echo "usage: install-deps.sh [--tls | --browser]" >&2; exit 2;;
 esac
 
 missing=(); opt_missing=()
