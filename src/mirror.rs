@@ -583,6 +583,11 @@ impl Mirror {
         self.fills.memory()
     }
 
+    /// The S3 calls of the store's bucket, with the S3 backend.
+    pub fn s3_calls(&self) -> Option<&crate::store::s3::Calls> {
+        self.store.blobs().s3_calls()
+    }
+
     /// Where the store is (a directory, a bucket), for the status page.
     pub fn store_description(&self) -> String {
         self.store.describe()

@@ -509,6 +509,9 @@ impl Registry {
             );
             metrics::render_upstreams(&mut text, &self.mirror.upstreams().clients());
             self.metrics.render_reloads(&mut text);
+            if let Some(calls) = self.mirror.s3_calls() {
+                metrics::Metrics::render_s3(&mut text, calls);
+            }
             let len = text.len();
             let body = if method == Method::HEAD {
                 response::empty()

@@ -185,6 +185,11 @@ pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
     /// The local directory of blobs that eviction bounds (the whole store,
     /// or the read tier in front of a remote one).
     fn local(&self) -> Option<&LocalBlobs>;
+
+    /// The S3 calls made so far, for a backend on a bucket.
+    fn s3_calls(&self) -> Option<&s3::Calls> {
+        None
+    }
 }
 
 /// How long eviction trusts the pins it read.

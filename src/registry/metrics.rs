@@ -270,6 +270,37 @@ impl Metrics {
         s
     }
 
+    /// The S3 families, with the S3 backend.
+    pub fn render_s3(s: &mut String, calls: &crate::store::s3::Calls) {
+        s.push_str("# HELP mirrorgate_s3_requests_total S3 calls of the store, by operation and result (not_found, precondition: S3 answering as designed; circuit_open: not sent).\n");
+        s.push_str("# TYPE mirrorgate_s3_requests_total counter\n");
+        for (op, result, n) in calls.counts() {
+            let _ = writeln!(
+                s,
+                "mirrorgate_s3_requests_total{{op=\"{op}\",result=\"{result}\"}} {n}"
+            );
+        }
+        s.push_str("# HELP mirrorgate_s3_request_duration_seconds S3 calls sent, time to the answer's head, by operation.\n");
+        s.push_str("# TYPE mirrorgate_s3_request_duration_seconds summary\n");
+        for (op, n, secs) in calls.durations() {
+            let _ = writeln!(
+                s,
+                "mirrorgate_s3_request_duration_seconds_sum{{op=\"{op}\"}} {secs}"
+            );
+            let _ = writeln!(
+                s,
+                "mirrorgate_s3_request_duration_seconds_count{{op=\"{op}\"}} {n}"
+            );
+        }
+        s.push_str("# HELP mirrorgate_s3_circuit_open Whether the bucket's circuit breaker is open (1) or closed (0).\n");
+        s.push_str("# TYPE mirrorgate_s3_circuit_open gauge\n");
+        let _ = writeln!(
+            s,
+            "mirrorgate_s3_circuit_open {}",
+            u8::from(calls.circuit_open())
+        );
+    }
+
     /// The config reload families.
     pub fn render_reloads(&self, s: &mut String) {
         let (ok, failed) = self.reloads();

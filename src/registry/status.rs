@@ -207,6 +207,20 @@ pub struct StoreStatus {
     pub counted_blobs: Option<usize>,
     /// How old that count is, in seconds.
     pub counted_seconds_ago: Option<u64>,
+    /// The bucket's calls, with the S3 backend.
+    pub s3: Option<S3Status>,
+}
+
+/// The bucket's health.
+#[derive(Debug, Serialize)]
+pub struct S3Status {
+    /// `closed` or `open`.
+    pub breaker: &'static str,
+    /// Calls sent.
+    pub calls: u64,
+    /// Of which failed (not counting S3's designed answers: not found, a
+    /// lost conditional write).
+    pub errors: u64,
 }
 
 /// A download under way.
@@ -422,6 +436,21 @@ impl Registry {
                 counted_bytes: usage.as_ref().map(|(_, _, u)| u.total_bytes),
                 counted_blobs: usage.as_ref().map(|(_, _, u)| u.blobs),
                 counted_seconds_ago: usage.as_ref().map(|(at, _, _)| at.elapsed().as_secs()),
+                s3: self.mirror.s3_calls().map(|c| {
+                    let counts = c.counts();
+                    let sum = |pick: &dyn Fn(&str) -> bool| {
+                        counts
+                            .iter()
+                            .filter(|(_, r, _)| pick(r))
+                            .map(|(_, _, n)| n)
+                            .sum()
+                    };
+                    S3Status {
+                        breaker: if c.circuit_open() { "open" } else { "closed" },
+                        calls: sum(&|r| r != "circuit_open"),
+                        errors: sum(&|r| r == "error"),
+                    }
+                }),
             },
             downloads,
             largest_repositories: largest,
@@ -815,6 +844,18 @@ fn render_store(h: &mut String, r: &Report) {
         bytes(s.bytes),
         s.evictions,
     );
+    if let Some(b) = &s.s3 {
+        let state = if b.breaker == "open" {
+            "<span class=\"bad\">open</span>"
+        } else {
+            "<span class=\"ok\">closed</span>"
+        };
+        let _ = write!(
+            h,
+            "<p id=\"s3\">Bucket: breaker {state}; {} calls, {} failed.</p>",
+            b.calls, b.errors
+        );
+    }
     if r.largest_repositories.is_empty() {
         h.push_str("<p class=\"muted\">No images stored yet.</p>");
     } else {

@@ -56,6 +56,7 @@ use super::{Backend, BlobReader, BlobWriter, Error, Scope, Spool, VerifyReport, 
 use crate::breaker::{Admit, Breaker, Settings};
 use crate::config::S3Config;
 use crate::oci::{Digest, Digester};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why the S3 client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,85 @@ struct BucketInner {
     prefix: String,
     bucket: String,
     breaker: Breaker,
+    /// Every call, counted.
+    stats: Calls,
+}
+
+/// The S3 operations the store makes (the `op` label).
+pub const OPS: [&str; 10] = [
+    "HEAD",
+    "GET",
+    "PUT",
+    "DELETE",
+    "LIST",
+    "COPY",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "AbortMultipartUpload",
+];
+
+/// How a call ended (the `result` label): `not_found` and `precondition`
+/// are S3 answering as designed (a miss, a conditional write that lost);
+/// `circuit_open` calls were never sent.
+pub const RESULTS: [&str; 5] = ["ok", "not_found", "precondition", "error", "circuit_open"];
+
+/// The S3 calls of one bucket by operation and result, and their time
+/// (to the answer's head), for `/metrics`. Plain atomics.
+#[derive(Debug, Default)]
+pub struct Calls {
+    counts: [[AtomicU64; RESULTS.len()]; OPS.len()],
+    /// Microseconds spent in the calls that were sent, per operation.
+    micros: [AtomicU64; OPS.len()],
+    /// Whether the bucket's breaker is open, as of the last call.
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl Calls {
+    fn record(&self, op: &str, result: usize, took: Option<Duration>) {
+        let Some(o) = OPS.iter().position(|x| *x == op) else {
+            return;
+        };
+        self.counts[o][result].fetch_add(1, Relaxed);
+        if let Some(t) = took {
+            self.micros[o].fetch_add(u64::try_from(t.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        }
+    }
+
+    /// `(op, result, calls)` for every pair that occurred.
+    pub fn counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut v = Vec::new();
+        for (op, row) in OPS.iter().zip(&self.counts) {
+            for (result, n) in RESULTS.iter().zip(row) {
+                let n = n.load(Relaxed);
+                if n > 0 {
+                    v.push((*op, *result, n));
+                }
+            }
+        }
+        v
+    }
+
+    /// `(op, calls sent, seconds spent)` for every operation that occurred.
+    pub fn durations(&self) -> Vec<(&'static str, u64, f64)> {
+        OPS.iter()
+            .zip(&self.counts)
+            .zip(&self.micros)
+            .filter_map(|((op, row), us)| {
+                // Sent: every result but `circuit_open` (the last).
+                let sent: u64 = row[..RESULTS.len() - 1]
+                    .iter()
+                    .map(|n| n.load(Relaxed))
+                    .sum();
+                (sent > 0).then(|| (*op, sent, us.load(Relaxed) as f64 / 1e6))
+            })
+            .collect()
+    }
+
+    /// Whether the bucket's circuit breaker is open.
+    pub fn circuit_open(&self) -> bool {
+        self.open.load(Relaxed)
+    }
 }
 
 fn builder(c: &S3Config, endpoint: Option<&url::Url>, options: ClientOptions) -> AmazonS3Builder {
@@ -172,7 +252,13 @@ impl Bucket {
                 backoff: c.breaker_backoff,
                 max_backoff: c.breaker_backoff.max(Duration::from_secs(60)),
             }),
+            stats: Calls::default(),
         })))
+    }
+
+    /// The calls made so far.
+    pub fn calls(&self) -> &Calls {
+        &self.0.stats
     }
 
     fn path(&self, key: &str) -> ObjectPath {
@@ -197,23 +283,26 @@ impl Bucket {
     ) -> Result<T, S3Error> {
         let now = std::time::Instant::now();
         if self.0.breaker.admit(now) == Admit::Reject {
+            self.0.stats.record(op, RESULTS.len() - 1, None);
             return Err(S3Error::CircuitOpen {
                 op,
                 at: at.to_string(),
             });
         }
         let r = f.await;
-        let healthy = match &r {
-            Ok(_) => true,
-            Err(e) => matches!(
-                e,
-                object_store::Error::NotFound { .. }
-                    | object_store::Error::AlreadyExists { .. }
-                    | object_store::Error::Precondition { .. }
-                    | object_store::Error::NotModified { .. }
-            ),
+        let result = match &r {
+            Ok(_) => 0,
+            Err(object_store::Error::NotFound { .. }) => 1,
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotModified { .. },
+            ) => 2,
+            Err(_) => 3,
         };
-        self.0.breaker.record(healthy, std::time::Instant::now());
+        self.0.stats.record(op, result, Some(now.elapsed()));
+        self.0.breaker.record(result < 3, std::time::Instant::now());
+        self.0.stats.open.store(self.0.breaker.is_open(), Relaxed);
         r.map_err(|source| S3Error::Call {
             op,
             at: at.to_string(),
@@ -803,6 +892,10 @@ impl Backend for S3Blobs {
 
     fn local(&self) -> Option<&LocalBlobs> {
         Some(&self.0.tier)
+    }
+
+    fn s3_calls(&self) -> Option<&Calls> {
+        Some(self.0.bucket.calls())
     }
 }
 

@@ -132,6 +132,33 @@ async fn pull(c: &reqwest::Client, gw: &Gateway, repo: &str, tag: &str, img: &Im
     }
 }
 
+/// `mirrorgate_s3_requests_total` of `gw` by (op, result), parsed from its
+/// `/metrics` with a Prometheus text parser.
+async fn s3_calls(gw: &Gateway) -> std::collections::HashMap<(String, String), f64> {
+    let text = client()
+        .get(format!("{}/metrics", gw.url(0)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|x| x.metric == "mirrorgate_s3_requests_total")
+        .map(|x| {
+            let v = match x.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            let label = |k: &str| x.labels.get(k).unwrap_or_default().to_owned();
+            ((label("op"), label("result")), v)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_mirror_on_the_bucket_serves_without_upstream_blob_gets() {
     let weed = s3::shared();
@@ -157,6 +184,35 @@ async fn a_fresh_mirror_on_the_bucket_serves_without_upstream_blob_gets() {
             .await
             .is_empty()
     );
+    // The S3 calls are counted: the 12 MiB layer went up in three parts
+    // of one multipart upload; nothing failed.
+    let calls = s3_calls(&a).await;
+    let n = |op: &str, result: &str| {
+        calls
+            .get(&(op.to_owned(), result.to_owned()))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert!(n("UploadPart", "ok") >= 3.0, "{calls:?}");
+    assert!(n("CompleteMultipartUpload", "ok") >= 1.0, "{calls:?}");
+    assert!(n("PUT", "ok") >= 1.0, "records and small blobs: {calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|((_, r), _)| r != "error" && r != "circuit_open"),
+        "{calls:?}"
+    );
+    let status: serde_json::Value = client()
+        .get(format!("{}/status.json", a.url(0)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b = &status["store"]["s3"];
+    assert_eq!((&b["breaker"], &b["errors"]), (&"closed".into(), &0.into()));
+    assert!(b["calls"].as_u64().unwrap() >= 5, "{b}");
     a.stop().await;
 
     // A new machine: empty root, same bucket.
@@ -323,6 +379,14 @@ async fn with_s3_down_the_read_tier_serves_and_cold_blobs_pass_through() {
     let before = up.count("GET", "/blobs/");
     assert_eq!(get_ok(&c, &blob(1)).await, img.layers[1].bytes);
     assert_eq!(up.count("GET", "/blobs/"), before, "kept in the read tier");
+
+    let failed: f64 = s3_calls(&gw)
+        .await
+        .iter()
+        .filter(|((_, r), _)| r == "error")
+        .map(|(_, v)| v)
+        .sum();
+    assert!(failed >= 1.0, "the failed calls are counted");
 
     weed.restart();
     assert_eq!(get_ok(&c, &blob(2)).await, img.layers[2].bytes);
