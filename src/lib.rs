@@ -35,9 +35,10 @@
 //!   routing, responses, and the single error→response mapping.
 //! - [`tls`]: the CA, leaf certificates and the SNI resolver.
 //! - [`server`]: accept loops and HTTP connections.
-//! - [`app`]: the composition root.
 //! - [`warm`]: `mirrorgate warm`, an HTTP client of a mirror (running, or
-//!   started in-process by the CLI) that fills its cache ahead of need.
+//!   started in-process by the CLI) that fills its cache ahead of need, and
+//!   the server's `[[warm]]` schedules (through its registry API).
+//! - [`app`]: the composition root; applies config reloads.
 //! - [`bundle`]: air-gap bundles (OCI image layouts): `export` through a
 //!   mirror (like `warm`), `import` into a store.
 //! - [`cli`], [`telemetry`]: the binary's front.

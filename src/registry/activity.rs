@@ -323,7 +323,7 @@ mod tests {
         a.record(&tag);
         a.record(&ev(101, "manifest", CacheStatus::Hit, 20));
         a.record(&ev(150, "blob", CacheStatus::Hit, 1000));
-        a.record(&ev(700, "blob", CacheStatus::Miss, 1)); // past BLOB_GAP
+        a.record(&ev(800, "blob", CacheStatus::Miss, 1)); // past BLOB_GAP
         let p = a.pulls();
         assert_eq!(p.len(), 1);
         let p = &p[0];
