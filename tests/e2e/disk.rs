@@ -62,14 +62,7 @@ async fn eviction_keeps_the_store_under_max_size_by_last_access() {
         [false, false, false, false, true, true, true, true],
         "least recently used evicted first"
     );
-    let metrics = c
-        .get(format!("{}/metrics", gw.url(0)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics.contains("\nmirrorgate_store_evictions_total 4\n"),
         "four evictions counted:\n{metrics}"

@@ -69,14 +69,7 @@ async fn cached_images_pull_with_upstream_down_across_a_restart() {
     let gw = start(&up).await;
     let r = get(&c, format!("{}/v2/library/off/manifests/1", gw.url(0))).await;
     assert_served_stale(r, &img.manifest.bytes).await;
-    let metrics = c
-        .get(format!("{}/metrics", gw.url(0)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics.contains("mirrorgate_stale_served_total 1\n"),
         "{metrics}"

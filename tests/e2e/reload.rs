@@ -10,6 +10,14 @@ use sha2::Digest as _;
 use crate::support::image::{docker_image, oci_image, random_bytes, sha256_digest};
 use crate::support::*;
 
+/// `mirrorgate reload --config <cfg>` off the runtime's threads.
+async fn reload(cfg: &std::path::Path) -> (bool, String) {
+    let cfg = cfg.to_owned();
+    tokio::task::spawn_blocking(move || reload_command(&cfg))
+        .await
+        .unwrap()
+}
+
 /// `mirrorgate reload --config <cfg>`: (success, stdout + stderr).
 fn reload_command(cfg: &std::path::Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
@@ -67,14 +75,17 @@ async fn reload_adds_an_upstream_while_a_200_mib_download_continues() {
     gate.wait_for_requests(1).await;
 
     // Before: ghcr.io is not an upstream.
-    let tool = format!("{url}/v2/org/tool/manifests/1?ns=ghcr.io");
-    let r = client()
-        .get(&tool)
-        .header("accept", ACCEPT_ALL)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404, "no ghcr.io upstream yet");
+    let tool = || {
+        client()
+            .get(format!("{url}/v2/org/tool/manifests/1?ns=ghcr.io"))
+            .header("accept", ACCEPT_ALL)
+            .send()
+    };
+    assert_eq!(
+        tool().await.unwrap().status(),
+        404,
+        "no ghcr.io upstream yet"
+    );
 
     // Add ghcr.io, and change a setting that needs a restart.
     std::fs::write(
@@ -85,12 +96,7 @@ async fn reload_adds_an_upstream_while_a_200_mib_download_continues() {
         ),
     )
     .unwrap();
-    let (ok, out) = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || reload_command(&cfg)
-    })
-    .await
-    .unwrap();
+    let (ok, out) = reload(&cfg).await;
     assert!(ok, "reload refused:\n{out}\n{}", mirror.log());
     assert!(out.contains("upstreams added: ghcr.io"), "{out}");
     assert!(
@@ -103,12 +109,7 @@ async fn reload_adds_an_upstream_while_a_200_mib_download_continues() {
         })
         .await;
 
-    let r = client()
-        .get(&tool)
-        .header("accept", ACCEPT_ALL)
-        .send()
-        .await
-        .unwrap();
+    let r = tool().await.unwrap();
     assert_eq!(r.status(), 200, "the new upstream serves");
     assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
 
@@ -126,12 +127,7 @@ async fn reload_adds_an_upstream_while_a_200_mib_download_continues() {
         ),
     )
     .unwrap();
-    let (ok, out) = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        move || reload_command(&cfg)
-    })
-    .await
-    .unwrap();
+    let (ok, out) = reload(&cfg).await;
     assert!(
         !ok,
         "a config with a missing secret must be refused:\n{out}"
@@ -143,12 +139,7 @@ async fn reload_adds_an_upstream_while_a_200_mib_download_continues() {
     mirror
         .wait_for_log("the refusal", |l| l.contains("config reload refused"))
         .await;
-    let r = client()
-        .get(&tool)
-        .header("accept", ACCEPT_ALL)
-        .send()
-        .await
-        .unwrap();
+    let r = tool().await.unwrap();
     assert_eq!(r.status(), 200, "still served after a refused reload");
 
     // A file that does not parse is refused before anything is sent.

@@ -135,14 +135,7 @@ async fn pull(c: &reqwest::Client, gw: &Gateway, repo: &str, tag: &str, img: &Im
 /// `mirrorgate_s3_requests_total` of `gw` by (op, result), parsed from its
 /// `/metrics` with a Prometheus text parser.
 async fn s3_calls(gw: &Gateway) -> std::collections::HashMap<(String, String), f64> {
-    let text = client()
-        .get(format!("{}/metrics", gw.url(0)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
     scrape
         .samples

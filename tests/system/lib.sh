@@ -8,7 +8,8 @@
 #   processes    start_bg (killed by the cleanup trap), wait_until,
 #                CLEANUP_HOOKS (functions the trap runs first, last added first)
 #   setup        make_workdir, free_ports, make_pki, make_images,
-#                start_upstreams, setup_skopeo, seed_upstreams, find_mirror_bin
+#                start_upstreams, upstreams_toml, setup_skopeo, seed_upstreams,
+#                find_mirror_bin
 #   budget       cmd_timeout, over_budget, mirror_dead (MIRROR_PID, if set)
 #   checks       verify_dir, count_lines, sha256_of
 #   containerd   start_containerd, ctr_check (pulls with --hosts-dir "$HOSTS")
@@ -233,6 +234,29 @@ start_registry() { # NAME PORT URL
     curl -s -o /dev/null --cacert "$CA_CRT" -u "$HUB_USER:$HUB_PASS" -f "$url/v2/" \
     || setup_failed "$name registry did not answer $url/v2/"
   echo "$name: pid $LAST_PID $url"
+}
+
+# The mirror's [[upstream]] sections for the three stand-ins (docker.io with
+# HUB_PASSWORD from the environment, default; ghcr.io; quay.io unless the
+# first argument is "no-quay").
+upstreams_toml() { # [no-quay]
+  cat <<EOF
+[[upstream]]
+name = "docker.io"
+url = "$HUB_URL"
+default = true
+ca_file = "$CA_CRT"
+username = "$HUB_USER"
+password = { env = "HUB_PASSWORD" }
+
+[[upstream]]
+name = "ghcr.io"
+url = "$GHCR_URL"
+ca_file = "$CA_CRT"
+EOF
+  if [ "${1:-}" != no-quay ]; then
+    printf '\n[[upstream]]\nname = "quay.io"\nurl = "%s"\n' "$QUAY_URL"
+  fi
 }
 
 # skopeo that reads nothing from the host: SKOPEO (array), CONF/policy.json,

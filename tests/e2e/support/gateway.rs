@@ -86,6 +86,18 @@ impl Gateway {
         &self.app
     }
 
+    /// `GET /metrics` of listener 0, as text.
+    pub async fn metrics_text(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.url(0)))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// The mirror's request and connection counters.
     pub fn metrics(&self) -> &mirrorgate::registry::metrics::Metrics {
         self.app.registry().metrics()
