@@ -295,3 +295,55 @@ async fn reload_applies_access_rules_upstream_settings_and_tls_names() {
     assert_eq!(r.status(), 404);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_restarts_changed_warm_lists_and_keeps_the_others() {
+    let up = FakeUpstream::start(Options::default()).await;
+    let (a, b) = (docker_image(144, &[100]), docker_image(145, &[100]));
+    up.add_image("library/a", "1", &a);
+    up.add_image("library/b", "1", &b);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &up.url(), "");
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let warm = |first: &str| {
+        format!(
+            "{base}[[warm]]\nimages = [{first}]\ninterval = \"1h\"\n\
+             [[warm]]\nimages = [\"library/a:1\"]\ninterval = \"1h\"\n"
+        )
+    };
+    std::fs::write(&cfg, warm("\"library/a:1\"")).unwrap();
+    let mirror = spawn(&cfg).await;
+    let runs = |entry: usize| {
+        mirror
+            .log()
+            .lines()
+            .filter(|l| l.contains(" warmed ") && l.contains(&format!("entry={entry} ")))
+            .count()
+    };
+    for entry in [0, 1] {
+        mirror
+            .wait_for_log("the first runs", |l| {
+                l.contains(" warmed ") && l.contains(&format!("entry={entry} ok=1 "))
+            })
+            .await;
+    }
+    assert_eq!(up.count("GET", &b.manifest.digest), 0);
+
+    // Entry 0 gains an image: it runs again at once; entry 1 keeps its
+    // schedule (next run in an hour).
+    std::fs::write(&cfg, warm("\"library/a:1\", \"library/b:1\"")).unwrap();
+    let (ok, out) = reload(&cfg).await;
+    assert!(ok, "{out}");
+    mirror
+        .wait_for_log("entry 0 warming both", |l| {
+            l.contains(" warmed ") && l.contains("entry=0 ok=2 ")
+        })
+        .await;
+    assert_eq!(runs(0), 2);
+    assert_eq!(runs(1), 1, "an unchanged entry is not run again");
+    let tags = "/v2/library/b/manifests/1";
+    assert!(
+        up.count("GET", tags) + up.count("HEAD", tags) >= 1,
+        "b was warmed"
+    );
+}
