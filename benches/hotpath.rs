@@ -12,6 +12,10 @@
 //!   tracing subscriber that formats the access-log line into `io::sink`,
 //!   which is the formatting cost a real `RUST_LOG=info` pays per request.
 //!
+//! - `activity/*`: what the status page records of each finished manifest
+//!   or blob response (`registry::activity::Activity::record`): the
+//!   request of a pull under way, and with the recent pulls full.
+//!
 //! Run with `cargo bench --bench hotpath`; CI only compiles it. The
 //! end-to-end counterpart (real sockets, TLS, peers) is `benches/e2e.sh`.
 
@@ -341,5 +345,53 @@ fn handle(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, path_parse, route_select, metadata_cache, handle);
+fn activity(c: &mut Criterion) {
+    use mirrorgate::mirror::CacheStatus;
+    use mirrorgate::registry::activity::{Activity, Event, PULLS};
+    let reference: mirrorgate::oci::Reference = "3.19".parse().expect("tag");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let event = |client: u8, kind: &'static str| Event {
+        now,
+        upstream: "docker.io",
+        kind,
+        cache: Some(CacheStatus::Hit),
+        status: 200,
+        bytes: 1000,
+        repo: Some("library/alpine"),
+        reference: Some(&reference),
+        client: std::net::IpAddr::from([10, 0, 0, client]),
+        user: None,
+    };
+    let mut g = c.benchmark_group("activity");
+    let a = Activity::default();
+    a.record(&event(1, "manifest"));
+    g.bench_function("blob_of_a_pull", |b| {
+        b.iter(|| a.record(black_box(&event(1, "blob"))))
+    });
+    // Every other pull is a client's before this one's: the longest search.
+    let full = Activity::default();
+    for i in 0..PULLS as u8 {
+        full.record(&event(i + 2, "manifest"));
+    }
+    full.record(&event(1, "manifest"));
+    for i in 0..PULLS as u8 - 1 {
+        full.record(&event(i + 2, "manifest"));
+    }
+    g.bench_function("blob_of_the_oldest_pull", |b| {
+        b.iter(|| full.record(black_box(&event(1, "blob"))))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    path_parse,
+    route_select,
+    metadata_cache,
+    handle,
+    activity
+);
 criterion_main!(benches);

@@ -43,6 +43,17 @@ pub enum ReloadError {
     /// The new TLS names or certificates could not be set up.
     #[error("cannot set up TLS")]
     Tls(#[from] crate::tls::Error),
+    /// A running listener is pinned to an upstream the new config removes
+    /// (listeners change only at a restart).
+    #[error(
+        "listener {addr} is pinned to upstream {upstream}, which the new config removes (listeners change only at a restart)"
+    )]
+    PinnedUpstreamRemoved {
+        /// The listener.
+        addr: SocketAddr,
+        /// Its upstream.
+        upstream: crate::config::UpstreamId,
+    },
 }
 
 /// What a reload changed, and what it left for a restart.
@@ -133,6 +144,16 @@ impl App {
     fn apply(&self, new: Config) -> Result<Reloaded, ReloadError> {
         let old = self.config.load_full();
         let needs_restart = needs_restart(&old, &new);
+        // What runs from now on: the file, but for what only a restart
+        // changes, which keeps its running value (so that the config says
+        // what runs, and the next reload compares with that).
+        let new = keep_running(&old, new);
+        if let Some((addr, upstream)) = new.listeners.iter().find_map(|l| {
+            let u = l.upstream.as_ref()?;
+            new.upstream(u).is_none().then(|| (l.addr, u.clone()))
+        }) {
+            return Err(ReloadError::PinnedUpstreamRemoved { addr, upstream });
+        }
         // Everything that can fail, before anything changes.
         let upstreams = self.mirror.prepare_upstreams(&new)?;
         let ca_pem = match &self.tls {
@@ -334,6 +355,28 @@ impl App {
         }
         self.stop_warming();
     }
+}
+
+/// `new`, with the settings that are only read at start as they are in
+/// `running` (the ones [`needs_restart`] compares).
+fn keep_running(running: &Config, mut new: Config) -> Config {
+    new.listeners.clone_from(&running.listeners);
+    new.storage_root.clone_from(&running.storage_root);
+    new.max_size = running.max_size;
+    new.s3.clone_from(&running.s3);
+    new.verify_interval = running.verify_interval;
+    new.cluster.clone_from(&running.cluster);
+    let (metrics, status) = (new.server.metrics, new.server.status);
+    new.server = crate::config::ServerConfig {
+        metrics,
+        status,
+        ..running.server.clone()
+    };
+    new.cache.metadata_max_bytes = running.cache.metadata_max_bytes;
+    new.cache.stale_if_error = running.cache.stale_if_error;
+    new.tls.handshake_timeout = running.tls.handshake_timeout;
+    new.log_format = running.log_format;
+    new
 }
 
 /// The settings that differ between `old` and `new` but are only read at

@@ -363,8 +363,11 @@ impl Registry {
 
     /// The authenticated user: `Ok(None)` for anonymous, `Err` for wrong
     /// credentials (or none where anonymous clients are not served).
-    async fn identify<B>(&self, req: &Request<B>) -> Result<Option<String>, ApiError> {
-        let routes = self.routes.load_full();
+    async fn identify<B>(
+        &self,
+        routes: &Routes,
+        req: &Request<B>,
+    ) -> Result<Option<String>, ApiError> {
         let Some(auth) = &routes.policy.auth else {
             return Ok(None);
         };
@@ -385,11 +388,11 @@ impl Registry {
     /// What `user` may do with repository `name` of upstream `id`.
     fn grant(
         &self,
+        routes: &Routes,
         id: &UpstreamId,
         name: &RepoName,
         user: Option<&str>,
     ) -> Result<Grant, ApiError> {
-        let routes = self.routes.load();
         let reads_private = routes.policy.auth.is_none() || user.is_some();
         let rules = match routes.policy.rules.get(id) {
             Some(r) if !r.is_open() => r,
@@ -487,6 +490,8 @@ impl Registry {
         if conn.internal {
             return self.internal(req, log).await;
         }
+        // One snapshot for the whole request (a reload swaps them whole).
+        let routes = self.routes.load_full();
         let method = req.method();
         if !conn.allow.is_empty() && !conn.allow.iter().any(|c| c.contains(conn.peer.ip())) {
             return Err(ApiError::denied(format!(
@@ -494,7 +499,7 @@ impl Registry {
                 conn.peer.ip()
             )));
         }
-        if self.routes.load().serve_metrics
+        if routes.serve_metrics
             && req.uri().path() == "/metrics"
             && (method == Method::GET || method == Method::HEAD)
         {
@@ -553,7 +558,7 @@ impl Registry {
             return Ok(r);
         }
         if req.uri().path() == "/ca.crt"
-            && let Some(pem) = &self.routes.load().ca_pem
+            && let Some(pem) = &routes.ca_pem
             && (method == Method::GET || method == Method::HEAD)
         {
             let len = pem.len();
@@ -575,15 +580,15 @@ impl Registry {
         let user = if conn.trusted {
             Some(TRUSTED_USER.to_owned())
         } else {
-            self.identify(req).await?
+            self.identify(&routes, req).await?
         };
         log.user.clone_from(&user);
         let page = req.uri().path();
         if matches!(page, "/" | "/status" | "/status.json")
             && (method == Method::GET || method == Method::HEAD)
-            && self.routes.load().serve_status
+            && routes.serve_status
         {
-            let reads_private = self.routes.load().policy.auth.is_none() || user.is_some();
+            let reads_private = routes.policy.auth.is_none() || user.is_some();
             return Ok(self
                 .status_page(
                     page == "/status.json",
@@ -623,7 +628,7 @@ impl Registry {
                 method == Method::HEAD,
             ));
         }
-        let sel = self.routes.load().router.select(
+        let sel = routes.router.select(
             query.ns.as_deref(),
             prefix.as_deref(),
             name,
@@ -632,14 +637,14 @@ impl Registry {
         )?;
         log.upstream = Some(sel.upstream.to_string());
         if let Some(n) = &sel.name {
-            log.repo = Some(self.mirror.upstream_repo(&sel.upstream, n).to_string());
+            log.repo = Some(self.mirror.upstream_repo(&sel.upstream, n));
         }
         if let Endpoint::Manifest(_, r) = &endpoint {
-            log.reference = Some((r.to_string(), matches!(r, Reference::Tag(_))));
+            log.reference = Some(r.clone());
         }
         let ns = query.ns.clone();
         let grant = match &sel.name {
-            Some(n) => self.grant(&sel.upstream, n, user.as_deref())?,
+            Some(n) => self.grant(&routes, &sel.upstream, n, user.as_deref())?,
             None => Grant::OPEN,
         };
         let mut ctx = Ctx {

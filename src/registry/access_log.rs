@@ -28,9 +28,9 @@ pub struct AccessLog {
     /// How the response was produced.
     pub cache: Option<CacheStatus>,
     /// The repository (as named upstream), once routed.
-    pub repo: Option<String>,
-    /// A manifest's tag or digest, and whether it is a tag.
-    pub reference: Option<(String, bool)>,
+    pub repo: Option<crate::oci::RepoName>,
+    /// A manifest's tag or digest.
+    pub reference: Option<crate::oci::Reference>,
     /// The authenticated client user, if any.
     pub user: Option<String>,
     /// Response status.
@@ -132,9 +132,8 @@ impl Drop for LoggedBody {
                     cache: l.cache,
                     status: l.status,
                     bytes: self.bytes,
-                    repo: l.repo.as_deref(),
-                    reference: l.reference.as_ref().map(|(r, _)| r.as_str()),
-                    by_tag: l.reference.as_ref().is_some_and(|(_, tag)| *tag),
+                    repo: l.repo.as_ref().map(crate::oci::RepoName::as_str),
+                    reference: l.reference.as_ref(),
                     client: l.peer.ip(),
                     user: l.user.as_deref(),
                 });

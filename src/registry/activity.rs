@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::mirror::CacheStatus;
+use crate::oci::Reference;
 
 /// Pulls remembered.
 pub const PULLS: usize = 50;
@@ -129,9 +130,7 @@ pub struct Event<'a> {
     /// The repository (as named upstream).
     pub repo: Option<&'a str>,
     /// The manifest's tag or digest.
-    pub reference: Option<&'a str>,
-    /// Whether the reference is a tag.
-    pub by_tag: bool,
+    pub reference: Option<&'a Reference>,
     /// The client.
     pub client: IpAddr,
     /// The authenticated user.
@@ -217,7 +216,7 @@ impl Activity {
                     last: e.now,
                     upstream: e.upstream.to_owned(),
                     repository: repo.to_owned(),
-                    reference: e.reference.unwrap_or_default().to_owned(),
+                    reference: e.reference.map(ToString::to_string).unwrap_or_default(),
                     client: e.client,
                     user: e.user.map(str::to_owned),
                     manifests: 0,
@@ -233,11 +232,10 @@ impl Activity {
             pull.manifests += 1;
             pull.last = e.now;
             // The tag names the pull better than the digests that follow.
-            if e.by_tag
-                && let Some(r) = e.reference
+            if let Some(Reference::Tag(t)) = e.reference
                 && pull.reference.contains(':')
             {
-                r.clone_into(&mut pull.reference);
+                t.as_str().clone_into(&mut pull.reference);
             }
         } else {
             pull.blobs += 1;
@@ -272,6 +270,11 @@ impl Activity {
 mod tests {
     use super::*;
 
+    static DIGEST: std::sync::LazyLock<Reference> =
+        std::sync::LazyLock::new(|| format!("sha256:{}", "ab".repeat(32)).parse().unwrap());
+    static TAG: std::sync::LazyLock<Reference> =
+        std::sync::LazyLock::new(|| "3.19".parse().unwrap());
+
     fn ev<'a>(now: u64, kind: &'static str, cache: CacheStatus, bytes: u64) -> Event<'a> {
         Event {
             now,
@@ -281,8 +284,7 @@ mod tests {
             status: 200,
             bytes,
             repo: Some("library/alpine"),
-            reference: Some("sha256:ab"),
-            by_tag: false,
+            reference: Some(&DIGEST),
             client: [10, 0, 0, 1].into(),
             user: None,
         }
@@ -317,8 +319,7 @@ mod tests {
     fn a_pull_gathers_its_manifests_and_blobs_and_is_named_by_its_tag() {
         let a = Activity::default();
         let mut tag = ev(100, "manifest", CacheStatus::Miss, 10);
-        tag.reference = Some("3.19");
-        tag.by_tag = true;
+        tag.reference = Some(&TAG);
         a.record(&ev(99, "blob", CacheStatus::Hit, 5)); // no pull yet
         a.record(&tag);
         a.record(&ev(101, "manifest", CacheStatus::Hit, 20));

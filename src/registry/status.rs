@@ -40,8 +40,14 @@ const LARGEST: usize = 10;
 /// How often the page refreshes itself, in milliseconds.
 const REFRESH_MS: u32 = 3000;
 
-/// A store usage count: when it started, the store's size then, the count.
-type Counted = (Instant, u64, Arc<Usage>);
+/// A store usage count: when it started, the store's size then, how long
+/// it took, the count.
+type Counted = (Instant, u64, Duration, Arc<Usage>);
+
+/// A count is reused at least this many times as long as it took, so that
+/// counting a large store (or a bucket, by LIST) stays a small share of
+/// the work whoever watches the page.
+const USAGE_COST_FACTOR: u32 = 20;
 
 /// A listener as the page lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -282,7 +288,8 @@ impl Registry {
 
     /// The store usage: counted again when the store's size changed since
     /// the last count (at most every [`USAGE_MIN_AGE`]) or that count is
-    /// [`USAGE_FRESH`] old, when the new count comes within [`USAGE_WAIT`];
+    /// [`USAGE_FRESH`] old (both at least [`USAGE_COST_FACTOR`] times what
+    /// the last count took), when the new count comes within [`USAGE_WAIT`];
     /// the last one (or none) otherwise. The count runs in its own task, so
     /// a slow store never holds a request long, and one count serves every
     /// viewer.
@@ -290,8 +297,10 @@ impl Registry {
         let state = &self.status;
         let size = self.mirror.stored_bytes();
         let fresh = |v: &Option<Counted>| {
-            v.as_ref().is_some_and(|(at, then, _)| {
-                at.elapsed() < USAGE_MIN_AGE || (at.elapsed() < USAGE_FRESH && *then == size)
+            v.as_ref().is_some_and(|(at, then, took, _)| {
+                let cost = *took * USAGE_COST_FACTOR;
+                let age = at.elapsed();
+                age < USAGE_MIN_AGE.max(cost) || (age < USAGE_FRESH.max(cost) && *then == size)
             })
         };
         let mut rx = state.usage.subscribe();
@@ -308,7 +317,7 @@ impl Registry {
                 let (at, size) = (Instant::now(), mirror.stored_bytes());
                 match mirror.usage().await {
                     Ok(u) => {
-                        tx.send_replace(Some((at, size, Arc::new(u))));
+                        tx.send_replace(Some((at, size, at.elapsed(), Arc::new(u))));
                     }
                     Err(e) => {
                         tracing::warn!(error = %crate::error_chain(&e), "cannot count the store's usage for the status page");
@@ -371,7 +380,7 @@ impl Registry {
         let usage = self.usage().await;
         let mut largest: Vec<UsageRow> = usage
             .as_ref()
-            .map(|(_, _, u)| u.repositories.clone())
+            .map(|(_, _, _, u)| u.repositories.clone())
             .unwrap_or_default()
             .into_iter()
             .filter(|r| !hidden(&r.upstream, &r.repository))
@@ -433,9 +442,9 @@ impl Registry {
                 bytes: self.mirror.stored_bytes(),
                 max_bytes: routes.setup.as_ref().and_then(|c| c.max_size),
                 evictions: self.mirror.evictions(),
-                counted_bytes: usage.as_ref().map(|(_, _, u)| u.total_bytes),
-                counted_blobs: usage.as_ref().map(|(_, _, u)| u.blobs),
-                counted_seconds_ago: usage.as_ref().map(|(at, _, _)| at.elapsed().as_secs()),
+                counted_bytes: usage.as_ref().map(|(_, _, _, u)| u.total_bytes),
+                counted_blobs: usage.as_ref().map(|(_, _, _, u)| u.blobs),
+                counted_seconds_ago: usage.as_ref().map(|(at, _, _, _)| at.elapsed().as_secs()),
                 s3: self.mirror.s3_calls().map(|c| {
                     let counts = c.counts();
                     let sum = |pick: &dyn Fn(&str) -> bool| {

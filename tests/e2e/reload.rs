@@ -347,3 +347,76 @@ async fn reload_restarts_changed_warm_lists_and_keeps_the_others() {
         "b was warmed"
     );
 }
+
+#[tokio::test]
+async fn a_reload_keeps_what_needs_a_restart_and_refuses_to_orphan_a_pinned_listener() {
+    let hub = FakeUpstream::start(Options::default()).await;
+    let ghcr = FakeUpstream::start(Options::default()).await;
+    let img = oci_image(146, &[100]);
+    ghcr.add_image("org/x", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let ups = format!(
+        "{}{}",
+        upstream_toml("docker.io", &hub.url(), "default = true"),
+        upstream_toml("ghcr.io", &ghcr.url(), "")
+    );
+    let cfg =
+        |listeners: &str, ups: &str| format!("[server]\nmax_connections = 50\n{listeners}{ups}");
+    let pinned = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[listener]]\naddr = \"127.0.0.1:0\"\nupstream = \"ghcr.io\"\n";
+    let gw = Gateway::start(&cfg(pinned, &ups), dir.path()).await;
+    let manifest = format!("{}/v2/org/x/manifests/1", gw.url(1));
+    let get = || client().get(&manifest).header("accept", ACCEPT_ALL).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+
+    // The file drops the pinned listener and ghcr.io: the listener runs on
+    // until a restart, so its upstream may not go.
+    let hub_only = upstream_toml("docker.io", &hub.url(), "default = true");
+    let one = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
+    let e = gw.reload(&cfg(one, &hub_only)).await.unwrap_err();
+    assert!(e.to_string().contains("pinned to upstream ghcr.io"), "{e}");
+    assert_eq!(
+        get().await.unwrap().status(),
+        200,
+        "the running config stays"
+    );
+
+    // Only the listeners and a limit change: both wait for a restart, and
+    // the config the app reports is the one running.
+    let r = gw
+        .reload(&format!("[server]\nmax_connections = 9\n{one}{ups}"))
+        .await
+        .unwrap();
+    assert!(
+        r.needs_restart.contains(&"listeners"),
+        "{:?}",
+        r.needs_restart
+    );
+    assert!(r.needs_restart.iter().any(|s| s.starts_with("[server]")));
+    let running = gw.app().config();
+    assert_eq!(running.listeners.len(), 2);
+    assert_eq!(running.server.max_connections, 50);
+    assert_eq!(get().await.unwrap().status(), 200);
+    // A second reload of the same file says so again.
+    let r = gw
+        .reload(&format!("[server]\nmax_connections = 9\n{one}{ups}"))
+        .await
+        .unwrap();
+    assert!(r.needs_restart.contains(&"listeners"));
+    let s: serde_json::Value = client()
+        .get(format!("{}/status.json", gw.url(0)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&s["config"]["reloads"], &s["config"]["refused"]),
+        (&2.into(), &1.into())
+    );
+    assert!(
+        s["config"]["last_reload_error"].is_null(),
+        "the last one was applied"
+    );
+    gw.stop().await;
+}
