@@ -132,15 +132,21 @@ async fn status_shows_upstreams_savings_downloads_repositories_and_pulls() {
         async move { c.get(url).send().await.unwrap().bytes().await.unwrap() }
     });
     gate.wait_for_requests(1).await;
+    // The first MiB is on its way; wait until the mirror has it (the bound
+    // only turns a hang into a failure).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let downloads = loop {
         let s = status(&c, &base).await;
         let d = s["downloads"].as_array().unwrap().clone();
-        // The first MiB is on its way; wait until the mirror has it.
         if d.first()
             .is_some_and(|d| d["received"].as_u64() == Some(1 << 20))
         {
             break d;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress shown: {d:?}"
+        );
         tokio::task::yield_now().await;
     };
     assert_eq!(downloads[0]["digest"], layer.digest);
