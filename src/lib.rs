@@ -32,7 +32,9 @@
 //! - [`mirror`]: the pull-through policy; the only module that combines
 //!   cache, store and upstream. Owns blob download coalescing.
 //! - [`registry`]: the OCI distribution pull API over `mirror`: path parsing,
-//!   routing, responses, and the single error→response mapping.
+//!   routing, responses, and the single error→response mapping; the
+//!   operator's endpoints (probes, `/metrics`, the status page); its routes
+//!   and access rules are swapped whole by a config reload.
 //! - [`tls`]: the CA, leaf certificates and the SNI resolver.
 //! - [`server`]: accept loops and HTTP connections.
 //! - [`warm`]: `mirrorgate warm`, an HTTP client of a mirror (running, or

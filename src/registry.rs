@@ -3,7 +3,10 @@
 //! A request is parsed into a typed endpoint (`path`), routed to an upstream
 //! (`route`), answered by the mirror, and rendered with the registry headers
 //! (`response`). Errors from every layer become OCI error envelopes in
-//! exactly one place (`error`). This module never touches the store or an
+//! exactly one place (`error`). Beside the API: `/livez`, `/readyz`,
+//! `/metrics` (`metrics`), the status page (`status`, fed by `activity`),
+//! `/ca.crt`, `/setup/<client>`. A reload swaps [`Routes`] whole; each
+//! request reads one snapshot of them. This module never touches the store or an
 //! upstream client directly: everything goes through `Mirror`.
 
 pub mod access_log;
