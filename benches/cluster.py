@@ -90,6 +90,13 @@ def bench(a, w, procs):
         env={"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SKEY})
     s3 = "http://127.0.0.1:%d" % ports[6]
     E.wait_url(s3 + "/", weed, codes=("403", "200", "400"), timeout=60)
+    # S3 answers before `-bucket` exists: weed says when it made it (and
+    # distribution's S3 driver panics on a missing bucket).
+    end = time.time() + 60
+    while "All enabled components are running" not in open(w + "/logs/weed.out", errors="replace").read():
+        if weed.poll() is not None or time.time() > end:
+            raise SystemExit("SeaweedFS did not get ready (see %s/logs/weed.out)" % w)
+        time.sleep(0.1)
     log("SeaweedFS at " + s3)
     # the upstream, with the blobs written straight into its storage
     up_port = P

@@ -74,8 +74,9 @@ type Warming = Vec<(WarmConfig, tokio::task::JoinHandle<()>)>;
 /// The running mirror's components.
 #[derive(Debug)]
 pub struct App {
-    /// Replaced by [`App::reload`].
-    config: arc_swap::ArcSwap<Config>,
+    /// Replaced by [`App::reload`] (shared with the `[[warm]]` tasks,
+    /// which read it at each run).
+    config: Arc<arc_swap::ArcSwap<Config>>,
     mirror: Arc<Mirror>,
     registry: Arc<Registry>,
     tls: Option<crate::tls::Tls>,
@@ -117,7 +118,7 @@ impl App {
             Routes::from_config(&config, ca_pem),
         ));
         Ok(Self {
-            config: arc_swap::ArcSwap::new(config),
+            config: Arc::new(arc_swap::ArcSwap::new(config)),
             mirror,
             registry,
             tls,
@@ -185,20 +186,19 @@ impl App {
             .warm
             .iter()
             .enumerate()
-            .map(|(i, w)| (w.clone(), self.spawn_warm(i, w, true)))
+            .map(|(i, w)| (w.clone(), self.spawn_warm(i, w)))
             .collect();
         let mut warming = self.warming.lock().unwrap_or_else(|p| p.into_inner());
         *warming = Some(tasks);
     }
 
-    fn spawn_warm(&self, index: usize, w: &WarmConfig, now: bool) -> tokio::task::JoinHandle<()> {
+    fn spawn_warm(&self, index: usize, w: &WarmConfig) -> tokio::task::JoinHandle<()> {
         crate::warm::schedule::spawn_one(
             index,
             w.clone(),
             self.registry.clone(),
             self.mirror.store().clone(),
-            self.config.load_full(),
-            now,
+            self.config.clone(),
         )
     }
 
@@ -219,7 +219,7 @@ impl App {
                 }
                 _ => {
                     restarted += 1;
-                    next.push((w.clone(), self.spawn_warm(i, w, true)));
+                    next.push((w.clone(), self.spawn_warm(i, w)));
                 }
             }
         }

@@ -378,13 +378,13 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        let raw: file::File = toml::from_str(&text).map_err(|e| Error::Parse(e.to_string()))?;
+        let raw: file::File = toml::from_str(&text).map_err(|e| parse_error(&text, &e))?;
         validate(raw, base, Secrets::Skip)
     }
 
     /// Parses and validates TOML text; relative paths resolve against `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, Error> {
-        let raw: file::File = toml::from_str(text).map_err(|e| Error::Parse(e.to_string()))?;
+        let raw: file::File = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
         validate(raw, base, Secrets::Read)
     }
 
@@ -423,6 +423,19 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, E
             Ok(d)
         }
     }
+}
+
+/// A TOML error as `line L, column C: message`, without the excerpt of the
+/// file that toml's own text shows: that line may hold a credential, and
+/// this error reaches logs and the reload outcome.
+fn parse_error(text: &str, e: &toml::de::Error) -> Error {
+    let at = e.span().map(|span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    Error::Parse(format!("{}{}", at.unwrap_or_default(), e.message()))
 }
 
 /// Reads a secret: inline, from an environment variable, or from a file

@@ -252,8 +252,27 @@ impl<'a> UpstreamFailure<'a> {
 /// One upstream's client and policy settings.
 #[derive(Debug)]
 pub struct Upstream {
-    pub(crate) client: UpstreamClient,
+    /// Shared with the next settings of this upstream when a reload
+    /// changes only its policy (see [`same_client`]).
+    pub(crate) client: Arc<UpstreamClient>,
     pub(crate) config: UpstreamConfig,
+}
+
+/// Whether `a` and `b` build the same client: they differ at most in what
+/// the mirror decides with (access rules, names, `tag_ttl`, the default),
+/// so a reload keeps the client's tokens, connections, breaker and
+/// statistics.
+fn same_client(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
+    let client_part = |c: &UpstreamConfig| UpstreamConfig {
+        access: crate::access::RepoRules::default(),
+        default: false,
+        aliases: Vec::new(),
+        hosts: Vec::new(),
+        implicit_library: false,
+        tag_ttl: std::time::Duration::ZERO,
+        ..c.clone()
+    };
+    client_part(a) == client_part(b)
 }
 
 impl Upstream {
@@ -280,7 +299,7 @@ impl UpstreamSnapshot {
 
     /// `(name, client)` pairs, for metrics.
     pub fn clients(&self) -> Vec<(&UpstreamId, &UpstreamClient)> {
-        self.0.iter().map(|u| (&u.config.id, &u.client)).collect()
+        self.0.iter().map(|u| (&u.config.id, &*u.client)).collect()
     }
 }
 
@@ -306,7 +325,7 @@ pub struct UpstreamChanges {
 /// The pull-through mirror for every configured upstream.
 #[derive(Debug)]
 pub struct Mirror {
-    /// Replaced whole by a config reload ([`Mirror::reload_upstreams`]);
+    /// Replaced whole by a config reload ([`Mirror::install_upstreams`]);
     /// a request or download holds the `Arc<Upstream>` it started with.
     upstreams: arc_swap::ArcSwap<HashMap<UpstreamId, Arc<Upstream>>>,
     store: Store,
@@ -411,7 +430,7 @@ impl Mirror {
     ) -> Result<Self, upstream::Error> {
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
-            let client = UpstreamClient::build(u, clock.clone())?;
+            let client = Arc::new(UpstreamClient::build(u, clock.clone())?);
             upstreams.insert(
                 u.id.clone(),
                 Arc::new(Upstream {
@@ -512,9 +531,10 @@ impl Mirror {
     }
 
     /// Builds the upstreams of `config` for [`Mirror::install_upstreams`]:
-    /// an upstream whose settings did not change keeps its client (its
-    /// tokens, connections, breaker and statistics), a changed or new one
-    /// gets a new client. Nothing changes yet, nor on an error.
+    /// an upstream whose client settings did not change keeps its client
+    /// (its tokens, connections, breaker and statistics), a new one or one
+    /// with a new URL, credentials, CA, timeouts or breaker settings gets a
+    /// new client. Nothing changes yet, nor on an error.
     pub fn prepare_upstreams(&self, config: &Config) -> Result<PreparedUpstreams, upstream::Error> {
         let old = self.upstreams.load_full();
         let mut next = HashMap::new();
@@ -525,7 +545,10 @@ impl Mirror {
                     next.insert(u.id.clone(), o.clone());
                 }
                 prev => {
-                    let client = UpstreamClient::build(u, self.clock.clone())?;
+                    let client = match prev {
+                        Some(o) if same_client(&o.config, u) => o.client.clone(),
+                        _ => Arc::new(UpstreamClient::build(u, self.clock.clone())?),
+                    };
                     let list = if prev.is_some() {
                         &mut changes.changed
                     } else {

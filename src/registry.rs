@@ -5,8 +5,8 @@
 //! (`response`). Errors from every layer become OCI error envelopes in
 //! exactly one place (`error`). Beside the API: `/livez`, `/readyz`,
 //! `/metrics` (`metrics`), the status page (`status`, fed by `activity`),
-//! `/ca.crt`, `/setup/<client>`. A reload swaps [`Routes`] whole; each
-//! request reads one snapshot of them. This module never touches the store or an
+//! `/ca.crt`, `/setup/<client>`. A reload swaps [`Routes`] whole; a
+//! request's routing and access decisions read one snapshot of them. This module never touches the store or an
 //! upstream client directly: everything goes through `Mirror`.
 
 pub mod access_log;

@@ -60,7 +60,7 @@ pub struct Tls {
     /// The CA certificate (PEM) to offer at `/ca.crt`, when the local CA
     /// is used.
     pub ca_pem: Option<Arc<str>>,
-    /// The acceptor's certificates, replaced by [`Tls::reload`].
+    /// The acceptor's certificates, replaced by [`Prepared::install`].
     certificates: Arc<Certificates>,
 }
 

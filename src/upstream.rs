@@ -330,18 +330,19 @@ impl UpstreamClient {
                 let status = r.status();
                 self.stats
                     .request(Some(status.as_u16()), Some(r.headers()), started.elapsed());
-                if status.is_server_error()
-                    || status == StatusCode::TOO_MANY_REQUESTS
-                    || status == StatusCode::UNAUTHORIZED
-                {
+                // A 401 is not the upstream failing: Docker Hub answers it
+                // for a repository that does not exist, too.
+                if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                     self.stats
-                        .failed(format!("{method_name} {repo}: HTTP {status}"));
+                        .failed(repo.as_str(), format!("{method_name}: HTTP {status}"));
                 }
             }
             Err(e) => {
                 self.stats.request(None, None, started.elapsed());
-                self.stats
-                    .failed(format!("{method_name} {repo}: {}", crate::error_chain(e)));
+                self.stats.failed(
+                    repo.as_str(),
+                    format!("{method_name}: {}", crate::error_chain(e)),
+                );
             }
         }
         let ok = match &result {

@@ -65,6 +65,9 @@ pub struct ReloadOutcome {
     pub removed: Vec<String>,
     /// Changed settings that wait for a restart.
     pub needs_restart: Vec<String>,
+    /// `[[warm]]` entries started again (new or changed).
+    #[serde(default)]
+    pub warm_restarted: usize,
     /// When, in seconds since the Unix epoch.
     pub at: u64,
 }
@@ -84,6 +87,7 @@ impl ReloadOutcome {
             changed: Vec::new(),
             removed: Vec::new(),
             needs_restart: Vec::new(),
+            warm_restarted: 0,
             at,
         };
         match result {
@@ -92,6 +96,7 @@ impl ReloadOutcome {
                 o.changed = names(&r.upstreams.changed);
                 o.removed = names(&r.upstreams.removed);
                 o.needs_restart = r.needs_restart.iter().map(|s| (*s).to_owned()).collect();
+                o.warm_restarted = r.warm_restarted;
             }
             Err(e) => o.error = Some(format!("{e:#}")),
         }
@@ -209,14 +214,24 @@ fn log_reload(result: &anyhow::Result<Reloaded>) {
 }
 
 /// Writes the outcome atomically (a temporary file renamed over it), so a
-/// reader never sees half of it.
+/// reader never sees half of it; readable by the server's user only (a
+/// refusal's reason may quote the config).
 fn write_outcome(root: &Path, outcome: &ReloadOutcome) {
     let path = root.join(RELOAD_FILE);
     let tmp = root.join(format!("{RELOAD_FILE}.tmp"));
+    let write = |json: Vec<u8>| -> std::io::Result<()> {
+        use std::io::Write as _;
+        let _ = std::fs::remove_file(&tmp);
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        o.open(&tmp)?.write_all(&json)?;
+        std::fs::rename(&tmp, &path)
+    };
     let written = serde_json::to_vec(outcome)
         .map_err(std::io::Error::other)
-        .and_then(|json| std::fs::write(&tmp, json))
-        .and_then(|()| std::fs::rename(&tmp, &path));
+        .and_then(write);
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the reload outcome");
     }
@@ -284,6 +299,7 @@ pub(super) fn reload_command(
     let before = read_outcome(&root)
         .filter(|o| o.pid == pid)
         .map_or(0, |o| o.generation);
+    check_is_mirror(pid)?;
     let target = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -320,9 +336,38 @@ pub(super) fn reload_command(
             println!("upstreams {what}: {}", v.join(", "));
         }
     }
+    if outcome.warm_restarted > 0 {
+        println!("warm lists restarted: {}", outcome.warm_restarted);
+    }
     for s in &outcome.needs_restart {
         println!("needs a restart to take effect: {s}");
     }
+    Ok(())
+}
+
+/// Refuses to signal a process that is not a `mirrorgate serve` (a pid
+/// file left by a killed server may name a pid reused since, and SIGHUP
+/// ends most processes).
+fn check_is_mirror(pid: u32) -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let path = format!("/proc/{pid}/cmdline");
+        let cmdline = std::fs::read(&path)
+            .with_context(|| format!("no process {pid} (is the mirror running?)"))?;
+        let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+        let exe = args.next().unwrap_or_default();
+        let is_mirror = Path::new(exe.as_ref())
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("mirrorgate"))
+            && args.any(|a| a == "serve");
+        if !is_mirror {
+            anyhow::bail!(
+                "process {pid} is not `mirrorgate serve` (a stale pid file?); nothing sent"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = pid;
     Ok(())
 }
 

@@ -326,3 +326,14 @@ fn warm_entries() {
         assert!(e.contains(key), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_syntax_error_names_its_place_but_never_quotes_the_file() {
+    // An unclosed string on a credential's line: the error must not carry
+    // the line itself (it reaches logs and the reload outcome).
+    let e = err("[[upstream]]\nname = \"a\"\nurl = \"https://a.test\"\npassword = \"hunter2\n");
+    assert!(e.starts_with("line 4, column "), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    let e = err("[server]\nmax_connections = \"s3cr3t\"\n");
+    assert!(e.starts_with("line 2, column 19: "), "{e}");
+}

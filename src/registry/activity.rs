@@ -96,8 +96,8 @@ pub struct Pull {
     pub repository: String,
     /// The tag asked for (else the first digest).
     pub reference: String,
-    /// The client's address.
-    pub client: IpAddr,
+    /// The client's address (absent where the viewer may not see it).
+    pub client: Option<IpAddr>,
     /// The authenticated user, if any.
     pub user: Option<String>,
     /// Manifest requests.
@@ -197,7 +197,7 @@ impl Activity {
             BLOB_GAP
         };
         let same = inner.pulls.iter_mut().find(|p| {
-            p.client == e.client
+            p.client == Some(e.client)
                 && p.upstream == e.upstream
                 && p.repository == repo
                 && e.now.saturating_sub(p.last) <= gap
@@ -217,7 +217,7 @@ impl Activity {
                     upstream: e.upstream.to_owned(),
                     repository: repo.to_owned(),
                     reference: e.reference.map(ToString::to_string).unwrap_or_default(),
-                    client: e.client,
+                    client: Some(e.client),
                     user: e.user.map(str::to_owned),
                     manifests: 0,
                     blobs: 0,

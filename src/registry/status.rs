@@ -7,10 +7,11 @@
 //! cache saving (hit ratio and bytes over the last hour and since start),
 //! what is downloading now, what takes the space, who pulled what.
 //!
-//! Access is that of `/metrics`: `[server] status` switches it, the
-//! listener's `allow` applies, and with `[auth]` the viewer must be a
-//! client the registry API would serve; an anonymous viewer does not see
-//! repositories marked private. No external assets: one document, its CSS
+//! Access: `[server] status` switches it and the listener's `allow`
+//! applies, as for `/metrics`; with `[auth]` the viewer must also be a
+//! client the registry API would serve, and an anonymous one does not see
+//! private repositories (nor those of upstreams no longer configured),
+//! who pulled, or why a reload was refused. No external assets: one document, its CSS
 //! and script inline, held to them by a Content-Security-Policy.
 
 use std::fmt::Write as _;
@@ -32,6 +33,8 @@ const USAGE_FRESH: Duration = Duration::from_secs(60);
 /// How long it is reused at least, whatever changes: one count at a time,
 /// at most this often, however many viewers refresh.
 const USAGE_MIN_AGE: Duration = Duration::from_secs(5);
+/// How long after a failed count none is tried.
+const USAGE_RETRY: Duration = Duration::from_secs(60);
 /// How long a request waits for a usage refresh before it answers with
 /// what it has.
 const USAGE_WAIT: Duration = Duration::from_secs(2);
@@ -69,6 +72,9 @@ pub(super) struct State {
     /// the count; a refresh in flight sends the next one.
     usage: Arc<tokio::sync::watch::Sender<Option<Counted>>>,
     refreshing: Arc<std::sync::atomic::AtomicBool>,
+    /// When the last count failed: none is tried again for
+    /// [`USAGE_RETRY`] (a failing bucket is not listed every refresh).
+    failed_at: Arc<Mutex<Option<Instant>>>,
     /// The last reload: when, and its error if it was refused.
     last_reload: Mutex<Option<(SystemTime, Option<String>)>>,
 }
@@ -80,6 +86,7 @@ impl Default for State {
             listeners: Mutex::default(),
             usage: Arc::new(tokio::sync::watch::Sender::new(None)),
             refreshing: Arc::default(),
+            failed_at: Arc::default(),
             last_reload: Mutex::default(),
         }
     }
@@ -140,7 +147,9 @@ pub struct UpstreamStatus {
 pub struct ErrorStatus {
     /// When, in seconds since the Unix epoch.
     pub at: u64,
-    /// What happened.
+    /// The repository asked for (absent where the viewer may not see it).
+    pub repository: Option<String>,
+    /// What happened (a placeholder where the viewer may not see it).
     pub message: String,
 }
 
@@ -259,6 +268,15 @@ pub struct ConfigStatus {
     pub last_reload_error: Option<String>,
 }
 
+/// Clears the refresh flag when dropped.
+struct Refreshing(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -304,7 +322,12 @@ impl Registry {
             })
         };
         let mut rx = state.usage.subscribe();
-        if fresh(&rx.borrow_and_update()) {
+        let failed_recently = state
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() < USAGE_RETRY);
+        if fresh(&rx.borrow_and_update()) || failed_recently {
             return rx.borrow().clone();
         }
         if !state
@@ -312,18 +335,25 @@ impl Registry {
             .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             let (mirror, tx) = (self.mirror.clone(), state.usage.clone());
-            let refreshing = state.refreshing.clone();
+            let failed_at = state.failed_at.clone();
+            // Cleared however the count ends (an error, a panic, a
+            // runtime shutting down), so the next viewer can start one.
+            let refreshing = Refreshing(state.refreshing.clone());
             tokio::spawn(async move {
+                let _refreshing = refreshing;
                 let (at, size) = (Instant::now(), mirror.stored_bytes());
                 match mirror.usage().await {
                     Ok(u) => {
                         tx.send_replace(Some((at, size, at.elapsed(), Arc::new(u))));
                     }
                     Err(e) => {
+                        *failed_at
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(Instant::now());
                         tracing::warn!(error = %crate::error_chain(&e), "cannot count the store's usage for the status page");
                     }
                 }
-                refreshing.store(false, std::sync::atomic::Ordering::SeqCst);
             });
         }
         let _ = tokio::time::timeout(USAGE_WAIT, rx.changed()).await;
@@ -335,11 +365,17 @@ impl Registry {
     pub(super) async fn status_report(&self, reads_private: bool) -> Report {
         let now = SystemTime::now();
         let routes = self.routes();
+        // What an anonymous viewer (with `[auth]`) may not see: private
+        // repositories, and those of upstreams no longer configured (whose
+        // rules are gone with them).
         let hidden = |upstream: &str, repo: &str| {
             !reads_private
-                && routes.policy.rules.iter().any(|(id, r)| {
-                    id.as_str() == upstream && crate::access::any_match(&r.private, repo)
-                })
+                && routes
+                    .policy
+                    .rules
+                    .iter()
+                    .find(|(id, _)| id.as_str() == upstream)
+                    .is_none_or(|(_, r)| crate::access::any_match(&r.private, repo))
         };
         let by_upstream = self.metrics.cache_work_by_upstream();
         let upstreams = self
@@ -354,9 +390,21 @@ impl Registry {
                     url: u.config().url.to_string(),
                     default: u.config().default,
                     breaker: if c.is_down() { "open" } else { "closed" },
-                    last_error: s.last_error().map(|e| ErrorStatus {
-                        at: unix(e.at),
-                        message: e.message,
+                    last_error: s.last_error().map(|e| {
+                        if hidden(u.config().id.as_str(), &e.repository) {
+                            ErrorStatus {
+                                at: unix(e.at),
+                                repository: None,
+                                message: "a request for a private repository failed (see the log)"
+                                    .to_owned(),
+                            }
+                        } else {
+                            ErrorStatus {
+                                at: unix(e.at),
+                                repository: Some(e.repository),
+                                message: e.message,
+                            }
+                        }
                     }),
                     latency: LatencyStatus {
                         requests: l.count,
@@ -469,12 +517,31 @@ impl Registry {
                 .pulls()
                 .into_iter()
                 .filter(|p| !hidden(&p.upstream, &p.repository))
+                // Who pulled is for users, not anonymous viewers.
+                .map(|p| {
+                    if reads_private {
+                        p
+                    } else {
+                        Pull {
+                            client: None,
+                            user: None,
+                            ..p
+                        }
+                    }
+                })
                 .collect(),
             config: ConfigStatus {
                 reloads,
                 refused,
                 last_reload_at: last_reload.as_ref().map(|(at, _)| unix(*at)),
-                last_reload_error: last_reload.and_then(|(_, e)| e),
+                // Why a file was refused may quote it: users only.
+                last_reload_error: last_reload.and_then(|(_, e)| e).map(|e| {
+                    if reads_private {
+                        e
+                    } else {
+                        "refused (see the server log)".to_owned()
+                    }
+                }),
             },
         }
     }
@@ -705,9 +772,9 @@ fn render_upstreams(h: &mut String, r: &Report, now: u64) {
         let rate = match &u.rate_limit {
             None => "<span class=\"muted\">not sent</span>".to_owned(),
             Some(rl) => {
-                let class = if rl.remaining * 10 < rl.limit {
+                let class = if rl.remaining.saturating_mul(10) < rl.limit {
                     "bad"
-                } else if rl.remaining * 4 < rl.limit {
+                } else if rl.remaining.saturating_mul(4) < rl.limit {
                     "warn"
                 } else {
                     "ok"
@@ -726,8 +793,12 @@ fn render_upstreams(h: &mut String, r: &Report, now: u64) {
         let error = match &u.last_error {
             None => "<span class=\"muted\">none</span>".to_owned(),
             Some(e) => format!(
-                "<span class=\"warn\">{}</span>: {}",
+                "<span class=\"warn\">{}</span>: {}{}",
                 ago(now.saturating_sub(e.at)),
+                e.repository
+                    .as_deref()
+                    .map(|r| format!("<code>{}</code>: ", esc(r)))
+                    .unwrap_or_default(),
                 esc(&e.message)
             ),
         };
@@ -810,9 +881,11 @@ fn render_pulls(h: &mut String, r: &Report, now: u64) {
         } else {
             format!("{:.0}%", p.bytes_from_cache as f64 * 100.0 / p.bytes as f64)
         };
-        let client = match &p.user {
-            Some(u) => format!("{} ({})", esc(u), p.client),
-            None => p.client.to_string(),
+        let client = match (&p.user, p.client) {
+            (Some(u), Some(ip)) => format!("{} ({ip})", esc(u)),
+            (Some(u), None) => esc(u),
+            (None, Some(ip)) => ip.to_string(),
+            (None, None) => "<span class=\"muted\">hidden</span>".to_owned(),
         };
         let _ = write!(
             h,
@@ -940,9 +1013,56 @@ mod tests {
     }
 
     #[test]
-    fn the_script_is_allowed_by_its_hash_and_nothing_else_is() {
-        assert!(CSP.contains("script-src 'sha256-"));
-        assert!(!CSP.contains("script-src 'unsafe-inline'"));
-        assert!(CSP.contains("default-src 'none'"));
+    fn the_page_s_one_script_is_the_one_its_policy_allows() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let report = Report {
+            version: "0",
+            started_at: 0,
+            uptime_seconds: 0,
+            listeners: Vec::new(),
+            upstreams: Vec::new(),
+            cache: CacheReport {
+                last_hour: CacheWork::default().into(),
+                since_start: CacheWork::default().into(),
+            },
+            store: StoreStatus {
+                backend: "<dir>".to_owned(),
+                bytes: 0,
+                max_bytes: None,
+                evictions: 0,
+                counted_bytes: None,
+                counted_blobs: None,
+                counted_seconds_ago: None,
+                s3: None,
+            },
+            downloads: Vec::new(),
+            largest_repositories: Vec::new(),
+            recent_pulls: Vec::new(),
+            config: ConfigStatus {
+                reloads: 0,
+                refused: 1,
+                last_reload_at: Some(0),
+                last_reload_error: Some("<script>alert(1)</script>".to_owned()),
+            },
+        };
+        let page = render(&report, SystemTime::UNIX_EPOCH);
+        // Exactly one script, and the policy names its hash.
+        assert_eq!(page.matches("<script>").count(), 1, "{page}");
+        let body = page
+            .split_once("<script>")
+            .and_then(|(_, rest)| rest.split_once("</script>"))
+            .map(|(b, _)| b)
+            .unwrap();
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body));
+        assert!(
+            CSP.contains(&format!("script-src 'sha256-{hash}'")),
+            "{}",
+            *CSP
+        );
+        assert!(CSP.contains("default-src 'none'") && !CSP.contains("unsafe-eval"));
+        // Text from outside is escaped.
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(page.contains("<code>&lt;dir&gt;</code>"));
     }
 }

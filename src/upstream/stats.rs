@@ -83,12 +83,16 @@ pub struct Stats {
 }
 
 /// The latest failure of an upstream: no answer, or an answer that says
-/// the upstream is failing (5xx, 429, credentials refused).
+/// the upstream is failing (5xx, 429).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastError {
     /// When.
     pub at: std::time::SystemTime,
-    /// What happened, with its cause chain.
+    /// The repository asked for (kept apart: the status page hides private
+    /// repositories from anonymous viewers).
+    pub repository: String,
+    /// What happened, with its cause chain (which may name the repository
+    /// again, in a URL).
     pub message: String,
 }
 
@@ -102,7 +106,7 @@ pub struct Latency {
     /// The bucket bound that 95% of them were under (`None`: beyond the
     /// largest bucket, or no request yet).
     pub p95_le_s: Option<f64>,
-    /// The latest request's, in seconds.
+    /// The latest request's (answered or not), in seconds.
     pub last_s: f64,
 }
 
@@ -125,13 +129,14 @@ impl Stats {
         }
     }
 
-    /// Records a failure (see [`LastError`]).
-    pub(crate) fn failed(&self, message: String) {
+    /// Records a failure of a request for `repository` (see [`LastError`]).
+    pub(crate) fn failed(&self, repository: &str, message: String) {
         *self
             .last_error
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(LastError {
             at: std::time::SystemTime::now(),
+            repository: repository.to_owned(),
             message,
         });
     }

@@ -9,7 +9,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::{Config, WarmConfig};
 use crate::registry::Registry;
@@ -34,20 +33,19 @@ fn source(index: usize) -> String {
     format!("warm[{index}]")
 }
 
-/// Starts the schedule of `[[warm]]` entry `index` of `config`: a run
-/// now (or one `interval` from now, when `now` is false), then one every
-/// `interval`. Abort the task to stop it.
+/// Starts the schedule of `[[warm]]` entry `w` (at `index`): a run now,
+/// then one every `interval`, each with the config `config` holds then (a
+/// reload may have changed the upstreams its images name). Abort the task
+/// to stop it.
 pub fn spawn_one(
     index: usize,
     w: WarmConfig,
     registry: Arc<Registry>,
     store: Store,
-    config: Arc<Config>,
-    now: bool,
+    config: Arc<arc_swap::ArcSwap<Config>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let first = tokio::time::Instant::now() + if now { Duration::ZERO } else { w.interval };
-        let mut tick = tokio::time::interval_at(first, w.interval);
+        let mut tick = tokio::time::interval(w.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -56,7 +54,7 @@ pub fn spawn_one(
                 w.clone(),
                 registry.clone(),
                 store.clone(),
-                config.clone(),
+                config.load_full(),
             )
             .await;
         }

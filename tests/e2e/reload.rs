@@ -87,11 +87,17 @@ async fn reload_adds_an_upstream_while_a_200_mib_download_continues() {
         "no ghcr.io upstream yet"
     );
 
-    // Add ghcr.io, and change a setting that needs a restart.
+    // Add ghcr.io, give docker.io (whose client runs the download) a new
+    // client, and change a setting that needs a restart.
+    let changed_hub = base.replace(
+        "default = true\n",
+        "default = true\nread_timeout = \"61s\"\n",
+    );
+    assert_ne!(changed_hub, base);
     std::fs::write(
         &cfg,
         format!(
-            "{base}{}[server]\nmax_connections = 77\n",
+            "{changed_hub}{}[server]\nmax_connections = 77\n",
             upstream_toml("ghcr.io", &ghcr.url(), "")
         ),
     )
@@ -99,6 +105,7 @@ async fn reload_adds_an_upstream_while_a_200_mib_download_continues() {
     let (ok, out) = reload(&cfg).await;
     assert!(ok, "reload refused:\n{out}\n{}", mirror.log());
     assert!(out.contains("upstreams added: ghcr.io"), "{out}");
+    assert!(out.contains("upstreams changed: docker.io"), "{out}");
     assert!(
         out.contains("needs a restart to take effect: [server]"),
         "{out}"
@@ -256,9 +263,10 @@ async fn reload_applies_access_rules_upstream_settings_and_tls_names() {
             .is_err()
     );
 
-    // A reload with the same settings keeps every client, and with it
-    // the token it holds for a repository: the next upstream request for
-    // that repository needs no new one.
+    // A reload keeps a client whose connection settings are the same, and
+    // with it the token it holds for a repository: the next upstream
+    // request for that repository needs no new one. (The deny rule and the
+    // TTL above were such changes too.)
     let blob = |i: usize| format!("{}/v2/library/open/blobs/{}", gw.url(1), a.layers[i].digest);
     assert_eq!(get(blob(0)).await.bytes().await.unwrap(), a.layers[0].bytes);
     let tokens = hub.token_requests();
@@ -339,6 +347,7 @@ async fn reload_restarts_changed_warm_lists_and_keeps_the_others() {
             l.contains(" warmed ") && l.contains("entry=0 ok=2 ")
         })
         .await;
+    assert!(out.contains("warm lists restarted: 1\n"), "{out}");
     assert_eq!(runs(0), 2);
     assert_eq!(runs(1), 1, "an unchanged entry is not run again");
     let tags = "/v2/library/b/manifests/1";

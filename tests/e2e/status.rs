@@ -57,9 +57,17 @@ async fn status_shows_upstreams_savings_downloads_repositories_and_pulls() {
         }
         gw.settle().await;
     }
-    // The first view counts the store (later ones reuse that count for
-    // 30 s: it reads every record).
-    let s = status(&c, &base).await;
+    // The first view starts counting the store (later ones reuse the count
+    // for at least 5 s: it reads every record); the count is awaited.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let s = loop {
+        let s = status(&c, &base).await;
+        if s["store"]["counted_blobs"].as_u64().is_some() {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never counted: {s}");
+        tokio::task::yield_now().await;
+    };
     let names: Vec<_> = s["upstreams"]
         .as_array()
         .unwrap()
@@ -177,8 +185,9 @@ async fn status_shows_upstreams_savings_downloads_repositories_and_pulls() {
     assert!(r.status().is_server_error());
     let s = status(&c, &base).await;
     assert_eq!(s["upstreams"][0]["breaker"], "open");
-    let err = s["upstreams"][0]["last_error"]["message"].as_str().unwrap();
-    assert!(err.contains("library/app") && err.contains("503"), "{err}");
+    let err = &s["upstreams"][0]["last_error"];
+    assert_eq!(err["repository"], "library/app", "{err}");
+    assert!(err["message"].as_str().unwrap().contains("503"), "{err}");
 
     // The HTML page shows the same, escaped, at / and /status.
     for page in ["/", "/status"] {
@@ -237,9 +246,50 @@ async fn status_follows_the_access_rules() {
             .map(|p| p["repository"].as_str().unwrap().to_owned())
             .collect()
     };
-    // Anonymous viewers do not see private repositories; users do.
+    // The private repository's upstream fails too.
+    up.set_down(true);
+    let r = crate::access::get(
+        &c,
+        format!("{base}/v2/org/secret/manifests/2"),
+        Some((USER, PASS)),
+    )
+    .await;
+    assert!(r.status().is_server_error());
+    // Anonymous viewers do not see private repositories, nor who pulled;
+    // users do.
     let anon = status(&c, &base).await;
     assert_eq!(pulled(&anon), ["pub/app"]);
+    let p = &anon["recent_pulls"][0];
+    assert!(p["client"].is_null() && p["user"].is_null(), "{p}");
+    let e = &anon["upstreams"][0]["last_error"];
+    assert!(e["repository"].is_null(), "{e}");
+    assert!(!e.to_string().contains("org/secret"), "{e}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = status(&c, &base).await;
+        if s["store"]["counted_blobs"].as_u64().is_some() {
+            let repos = s["largest_repositories"].to_string();
+            assert!(
+                repos.contains("pub/app") && !repos.contains("org/secret"),
+                "{repos}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never counted");
+        tokio::task::yield_now().await;
+    }
+    let html = c
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !html.contains("org/secret") && !html.contains(USER),
+        "{html}"
+    );
     let r = c
         .get(format!("{base}/status.json"))
         .basic_auth(USER, Some(PASS))
@@ -248,6 +298,11 @@ async fn status_follows_the_access_rules() {
         .unwrap();
     let user: serde_json::Value = r.json().await.unwrap();
     assert_eq!(pulled(&user), ["pub/app", "org/secret"]);
+    assert_eq!(user["recent_pulls"][1]["user"], USER);
+    assert_eq!(
+        user["upstreams"][0]["last_error"]["repository"],
+        "org/secret"
+    );
     // Wrong credentials are refused, as on the API.
     let r = c
         .get(format!("{base}/status"))

@@ -34,10 +34,10 @@ if out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no "$unit" 2>&1) 
 else
   bad "1a systemd-analyze verify" "$(tr '\n' ' ' <<<"$out" | cut -c1-400)"
 fi
-for want in Type=notify DynamicUser=yes StateDirectory=mirrorgate ProtectSystem=strict NoNewPrivileges=yes 'ExecReload=/bin/kill -HUP $MAINPID'; do
+for want in Type=notify DynamicUser=yes StateDirectory=mirrorgate ProtectSystem=strict NoNewPrivileges=yes 'ExecReload=/usr/local/bin/mirrorgate reload --config /etc/mirrorgate/mirrorgate.toml --pid $MAINPID'; do
   grep -qx "$want" "$REPO/packaging/systemd/mirrorgate.service" || bad "1b unit has $want" "missing"
 done
-ok "1b the unit is notify-typed, reloads by SIGHUP, has a dynamic user, a state directory and a read-only system"
+ok "1b the unit is notify-typed, reloads through mirrorgate reload, has a dynamic user, a state directory and a read-only system"
 if systemd-analyze security --help >/dev/null 2>&1 \
    && score=$(systemd-analyze security --offline=true "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level[^:]*: \([0-9.]*\).*/\1/p'); then
   ok "1c systemd-analyze security: exposure $score (0 safest, 10 unsafe)"
