@@ -1011,6 +1011,7 @@ fn validate_cluster(
         || advertise.path() != "/"
         || advertise.query().is_some()
         || !advertise.username().is_empty()
+        || advertise.password().is_some()
     {
         return Err(invalid(
             "cluster.advertise",
@@ -1163,7 +1164,11 @@ fn validate_upstream(
             format!("{:?} must be an http:// or https:// URL with a host", u.url),
         ));
     }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
         return Err(invalid(
             format!("{key}.url"),
             "must not carry a query, fragment or user info (use username/password)",

@@ -334,6 +334,9 @@ fn a_syntax_error_names_its_place_but_never_quotes_the_file() {
     let e = err("[[upstream]]\nname = \"a\"\nurl = \"https://a.test\"\npassword = \"hunter2\n");
     assert!(e.starts_with("line 4, column "), "{e}");
     assert!(!e.contains("hunter2"), "{e}");
+    // A URL never carries a password (the status page shows URLs).
+    let e = err("[[upstream]]\nname = \"a\"\nurl = \"https://:tok@a.test\"\n");
+    assert!(e.contains("upstream[0].url") && !e.contains("tok@"), "{e}");
     let e = err("[server]\nmax_connections = \"s3cr3t\"\n");
     assert!(e.starts_with("line 2, column 19: "), "{e}");
 }
