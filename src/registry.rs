@@ -142,18 +142,6 @@ impl Routes {
             serve_status: config.server.status,
         }
     }
-
-    /// Routes with `router` and `policy` only: no `/setup/` scripts, no CA.
-    pub fn new(router: Router, policy: Policy) -> Self {
-        Self {
-            router,
-            policy,
-            ca_pem: None,
-            setup: None,
-            serve_metrics: true,
-            serve_status: true,
-        }
-    }
 }
 
 /// The registry API service.
@@ -255,11 +243,6 @@ impl Registry {
     /// them; those under way finish with the old ones.
     pub fn set_routes(&self, routes: Routes) {
         self.routes.store(Arc::new(routes));
-    }
-
-    /// The routes now.
-    pub fn routes(&self) -> Arc<Routes> {
-        self.routes.load_full()
     }
 
     /// Turns `GET /readyz` off (shutdown has begun) or on.
@@ -594,6 +577,7 @@ impl Registry {
             let reads_private = routes.policy.auth.is_none() || user.is_some();
             return Ok(self
                 .status_page(
+                    &routes,
                     page == "/status.json",
                     method == Method::HEAD,
                     reads_private,

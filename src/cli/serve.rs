@@ -106,7 +106,10 @@ impl ReloadOutcome {
 
 /// Runs the mirror until SIGTERM or Ctrl-C; SIGHUP reloads `source`.
 pub(super) async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
-    // Before anything can send it: SIGHUP's default action ends a process.
+    // Before anything can send them: the default action of SIGHUP, SIGTERM
+    // and SIGINT ends the process (a SIGTERM just after READY must drain,
+    // not kill).
+    let stop = Stop::listen().context("cannot listen for SIGTERM and SIGINT")?;
     #[cfg(unix)]
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
@@ -135,7 +138,7 @@ pub(super) async fn serve(config: Config, source: ConfigSource) -> anyhow::Resul
     #[cfg(not(unix))]
     let hangups = tokio::spawn(async move { drop(source) });
     app.run(listeners, async {
-        shutdown_signal().await;
+        stop.recv().await;
         sd_notify("STOPPING=1");
     })
     .await;
@@ -304,6 +307,8 @@ pub(super) fn reload_command(
         .ok()
         .and_then(rustix::process::Pid::from_raw)
         .with_context(|| format!("{pid} is not a process id"))?;
+    // Watching before signalling: the verdict cannot land unseen.
+    let verdict = Verdict::watch(&root)?;
     rustix::process::kill_process(target, rustix::process::Signal::HUP)
         .with_context(|| format!("cannot signal process {pid} (is the mirror running?)"))?;
     let deadline = std::time::Instant::now() + timeout;
@@ -311,17 +316,15 @@ pub(super) fn reload_command(
         if let Some(o) = read_outcome(&root).filter(|o| o.pid == pid && o.generation > before) {
             break o;
         }
-        if std::time::Instant::now() > deadline {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
             anyhow::bail!(
                 "sent SIGHUP to {pid}, but it reported no reload within {timeout:?} (see its log; {} in {})",
                 RELOAD_FILE,
                 root.display()
             );
         }
-        // Another process's file: no event to wait on short of inotify;
-        // a CLI polling 20 times a second for at most `timeout` is fine.
-        #[allow(clippy::disallowed_methods)]
-        std::thread::sleep(Duration::from_millis(50));
+        verdict.wait(left)?;
     };
     if let Some(e) = &outcome.error {
         anyhow::bail!("the mirror (pid {pid}) refused the config and keeps the running one: {e}");
@@ -371,6 +374,44 @@ fn check_is_mirror(pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The data directory, watched (inotify) for the server's outcome file
+/// being renamed into place.
+struct Verdict(std::os::fd::OwnedFd);
+
+impl Verdict {
+    fn watch(root: &Path) -> anyhow::Result<Self> {
+        use rustix::fs::inotify;
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+            .context("cannot watch for the mirror's verdict (inotify)")?;
+        inotify::add_watch(
+            &fd,
+            root,
+            inotify::WatchFlags::MOVED_TO | inotify::WatchFlags::CLOSE_WRITE,
+        )
+        .with_context(|| format!("cannot watch {}", root.display()))?;
+        Ok(Self(fd))
+    }
+
+    /// Waits at most `left` for a change in the directory, then takes the
+    /// events in (whichever file they name: the caller reads the outcome).
+    fn wait(&self, left: Duration) -> anyhow::Result<()> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let timeout = Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: left.subsec_nanos().into(),
+        };
+        match poll(&mut [PollFd::new(&self.0, PollFlags::IN)], Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e).context("cannot wait for the mirror's verdict"),
+        }
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut events = rustix::fs::inotify::Reader::new(&self.0, &mut buf);
+        // Non-blocking: ends at EAGAIN once every event is read.
+        while events.next().is_ok() {}
+        Ok(())
+    }
+}
+
 fn read_outcome(root: &Path) -> Option<ReloadOutcome> {
     let bytes = std::fs::read(root.join(RELOAD_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -409,21 +450,36 @@ fn sd_notify(state: &str) {
     let _ = state;
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the start.
+struct Stop {
     #[cfg(unix)]
-    {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// Waits for either.
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

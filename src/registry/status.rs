@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::activity::{CacheWork, Pull};
 use super::response::{self, set};
-use super::{Body, Registry};
+use super::{Body, Registry, Routes};
 use crate::store::{Usage, UsageRow};
 
 /// How long the store usage (which reads every record) is reused while
@@ -362,9 +362,8 @@ impl Registry {
 
     /// Gathers the page's data; `reads_private`: whether the viewer may
     /// see repositories marked private.
-    pub(super) async fn status_report(&self, reads_private: bool) -> Report {
+    pub(super) async fn status_report(&self, routes: &Routes, reads_private: bool) -> Report {
         let now = SystemTime::now();
-        let routes = self.routes();
         // What an anonymous viewer (with `[auth]`) may not see: private
         // repositories, and those of upstreams no longer configured (whose
         // rules are gone with them).
@@ -549,11 +548,12 @@ impl Registry {
     /// `GET /`, `/status` (HTML) and `/status.json`.
     pub(super) async fn status_page(
         &self,
+        routes: &Routes,
         json: bool,
         head: bool,
         reads_private: bool,
     ) -> Response<Body> {
-        let report = self.status_report(reads_private).await;
+        let report = self.status_report(routes, reads_private).await;
         let (text, kind) = if json {
             (
                 serde_json::to_string_pretty(&report).unwrap_or_default(),

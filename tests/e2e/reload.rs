@@ -411,14 +411,7 @@ async fn a_reload_keeps_what_needs_a_restart_and_refuses_to_orphan_a_pinned_list
         .await
         .unwrap();
     assert!(r.needs_restart.contains(&"listeners"));
-    let s: serde_json::Value = client()
-        .get(format!("{}/status.json", gw.url(0)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s = gw.status_json().await;
     assert_eq!(
         (&s["config"]["reloads"], &s["config"]["refused"]),
         (&2.into(), &1.into())

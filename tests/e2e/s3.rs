@@ -195,14 +195,7 @@ async fn a_fresh_mirror_on_the_bucket_serves_without_upstream_blob_gets() {
             .all(|((_, r), _)| r != "error" && r != "circuit_open"),
         "{calls:?}"
     );
-    let status: serde_json::Value = client()
-        .get(format!("{}/status.json", a.url(0)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = a.status_json().await;
     let b = &status["store"]["s3"];
     assert_eq!((&b["breaker"], &b["errors"]), (&"closed".into(), &0.into()));
     assert!(b["calls"].as_u64().unwrap() >= 5, "{b}");

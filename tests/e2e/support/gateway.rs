@@ -98,6 +98,18 @@ impl Gateway {
             .expect("metrics text")
     }
 
+    /// `GET /status.json` of listener 0.
+    pub async fn status_json(&self) -> serde_json::Value {
+        client()
+            .get(format!("{}/status.json", self.url(0)))
+            .send()
+            .await
+            .expect("GET /status.json")
+            .json()
+            .await
+            .expect("status JSON")
+    }
+
     /// The mirror's request and connection counters.
     pub fn metrics(&self) -> &mirrorgate::registry::metrics::Metrics {
         self.app.registry().metrics()
