@@ -78,6 +78,7 @@ pub struct App {
     /// which read it at each run).
     config: Arc<arc_swap::ArcSwap<Config>>,
     mirror: Arc<Mirror>,
+    hosted: Arc<crate::hosted::Hosted>,
     registry: Arc<Registry>,
     tls: Option<crate::tls::Tls>,
     /// `[[warm]]` tasks, once [`App::start_warming`] ran.
@@ -109,17 +110,20 @@ impl App {
     /// in tests of those policies).
     pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<Self, Error> {
         let store = Store::from_config(&config).await?;
+        let hosted = Arc::new(crate::hosted::Hosted::new(store.clone(), &config.hosted));
         let mirror = Arc::new(Mirror::build(&config, store, clock)?);
         let tls = crate::tls::build(&config)?;
         let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());
         let config = Arc::new(config);
         let registry = Arc::new(Registry::new(
             mirror.clone(),
+            hosted.clone(),
             Routes::from_config(&config, ca_pem),
         ));
         Ok(Self {
             config: Arc::new(arc_swap::ArcSwap::new(config)),
             mirror,
+            hosted,
             registry,
             tls,
             warming: std::sync::Mutex::new(None),
@@ -151,7 +155,8 @@ impl App {
         let new = keep_running(&old, new);
         if let Some((addr, upstream)) = new.listeners.iter().find_map(|l| {
             let u = l.upstream.as_ref()?;
-            new.upstream(u).is_none().then(|| (l.addr, u.clone()))
+            let gone = new.upstream(u).is_none() && !new.hosted.iter().any(|h| &h.id == u);
+            gone.then(|| (l.addr, u.clone()))
         }) {
             return Err(ReloadError::PinnedUpstreamRemoved { addr, upstream });
         }
@@ -164,6 +169,7 @@ impl App {
         };
         let new = Arc::new(new);
         let changes = self.mirror.install_upstreams(upstreams);
+        self.hosted.configure(&new.hosted);
         let ca = match ca_pem {
             Some(prepared) => prepared.install(),
             None => self.tls.as_ref().and_then(|t| t.ca_pem.clone()),
@@ -240,6 +246,11 @@ impl App {
     /// The mirror.
     pub fn mirror(&self) -> &Arc<Mirror> {
         &self.mirror
+    }
+
+    /// The hosted namespaces.
+    pub fn hosted(&self) -> &Arc<crate::hosted::Hosted> {
+        &self.hosted
     }
 
     /// The registry API service.
@@ -332,7 +343,8 @@ impl App {
                 }
             })
         });
-        let maintenance = self.mirror.store().spawn_maintenance();
+        let mut maintenance = self.mirror.store().spawn_maintenance();
+        maintenance.push(self.hosted.spawn_maintenance());
         server::serve(listeners, self.registry.clone(), &config.server, shutdown).await;
         let left = self.mirror.drain(server::GRACE).await;
         if left > 0 {

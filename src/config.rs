@@ -73,6 +73,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Upstreams, in file order. Names are unique.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[[hosted]]`: namespaces clients push to, in file order. Their names
+    /// and aliases are unique among upstreams' too.
+    pub hosted: Vec<HostedConfig>,
     /// `[cluster]`: replicas sharing one bucket, when configured.
     pub cluster: Option<ClusterConfig>,
     /// `[[warm]]`: image lists the server keeps warm, in file order.
@@ -309,6 +312,55 @@ pub struct UpstreamConfig {
     /// minute).
     pub breaker_backoff: Duration,
 }
+
+/// `[[hosted]]`: a namespace of pushed images, served from the store
+/// beside the mirrored upstreams (sharing its blobs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostedConfig {
+    /// Unique name (its `?ns=` value and path prefix), among upstreams too.
+    pub id: UpstreamId,
+    /// Other names that select it by `?ns=` or path prefix (lowercase).
+    pub aliases: Vec<String>,
+    /// Host names (TLS SNI, or `Host` on plain HTTP) that select it.
+    pub hosts: Vec<String>,
+    /// Which repositories may exist and who may pull them (`allow`,
+    /// `deny`, `private`; `fetch_requires_auth` does not apply).
+    pub access: crate::access::RepoRules,
+    /// Users who may push (`None`: every authenticated user).
+    pub push: Option<Vec<String>>,
+    /// Whether anonymous clients may push (off unless asked for).
+    pub anonymous_push: bool,
+    /// Whether `DELETE` of manifests, tags and blobs is served.
+    pub delete: bool,
+    /// Bound on the bytes of distinct blobs pushed to the namespace.
+    pub max_size: Option<u64>,
+    /// Largest manifest accepted.
+    pub max_manifest_size: u64,
+    /// An upload untouched this long is swept; an unreferenced blob younger
+    /// than this is kept from garbage collection (a push in progress).
+    pub upload_timeout: Duration,
+    /// How often unreferenced blobs are collected (`None`: never).
+    pub gc_interval: Option<Duration>,
+}
+
+impl HostedConfig {
+    /// Whether `user` (`None`: anonymous) may push.
+    pub fn may_push(&self, user: Option<&str>) -> bool {
+        match (user, &self.push) {
+            (None, _) => self.anonymous_push,
+            (Some(_), None) => true,
+            (Some(u), Some(list)) => list.iter().any(|p| p == u),
+        }
+    }
+}
+
+/// Default `[[hosted]] max_manifest_size` (what the OCI spec asks every
+/// registry to accept).
+pub const DEFAULT_MAX_MANIFEST: u64 = 4 * 1024 * 1024;
+/// Default `[[hosted]] upload_timeout`.
+pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default `[[hosted]] gc_interval`.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Username and password for an upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -745,8 +797,12 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
         }
         upstreams.push(up);
     }
-    if upstreams.is_empty() {
-        return Err(invalid("upstream", "at least one [[upstream]] is required"));
+    let hosted = validate_hosted(raw.hosted, &mut names)?;
+    if upstreams.is_empty() && hosted.is_empty() {
+        return Err(invalid(
+            "upstream",
+            "at least one [[upstream]] or [[hosted]] is required",
+        ));
     }
     if upstreams.iter().filter(|u| u.default).count() > 1 {
         return Err(invalid(
@@ -776,12 +832,14 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
             Some(name) => Some(
                 upstreams
                     .iter()
-                    .find(|u| u.id.as_str() == name || u.aliases.contains(&name))
-                    .map(|u| u.id.clone())
+                    .map(|u| (&u.id, &u.aliases))
+                    .chain(hosted.iter().map(|h| (&h.id, &h.aliases)))
+                    .find(|(id, aliases)| id.as_str() == name || aliases.contains(&name))
+                    .map(|(id, _)| id.clone())
                     .ok_or_else(|| {
                         invalid(
                             format!("{key}.upstream"),
-                            format!("no upstream named {name:?}"),
+                            format!("no upstream or hosted namespace named {name:?}"),
                         )
                     })?,
             ),
@@ -807,12 +865,22 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
     }
 
     let mut hosts = HashSet::new();
-    for (i, u) in upstreams.iter().enumerate() {
-        for h in &u.hosts {
+    let claims = upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (format!("upstream[{i}].hosts"), &u.hosts))
+        .chain(
+            hosted
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (format!("hosted[{i}].hosts"), &h.hosts)),
+        );
+    for (key, list) in claims {
+        for h in list {
             if !hosts.insert(h.clone()) {
                 return Err(invalid(
-                    format!("upstream[{i}].hosts"),
-                    format!("host {h:?} is claimed by two upstreams"),
+                    key,
+                    format!("host {h:?} is claimed by two upstreams or namespaces"),
                 ));
             }
         }
@@ -842,6 +910,14 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
             anonymous: raw.auth.anonymous.unwrap_or(true),
         }),
     };
+    for (i, h) in hosted.iter().enumerate() {
+        if auth.is_none() && (!h.access.private.is_empty() || h.push.is_some()) {
+            return Err(invalid(
+                format!("hosted[{i}]"),
+                "private and push name authenticated users: set [auth] htpasswd",
+            ));
+        }
+    }
     for (i, u) in upstreams.iter().enumerate() {
         if auth.is_none() && (!u.access.private.is_empty() || u.access.fetch_requires_auth) {
             return Err(invalid(
@@ -938,6 +1014,7 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
         auth,
         listeners,
         upstreams,
+        hosted,
         cluster,
         warm,
         log_format: match raw.log.format.as_deref() {
@@ -951,6 +1028,100 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
             }
         },
     })
+}
+
+fn validate_hosted(
+    raw: Vec<file::Hosted>,
+    names: &mut HashSet<String>,
+) -> Result<Vec<HostedConfig>, Error> {
+    let mut out = Vec::new();
+    for (i, h) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("hosted[{i}].{k}");
+        let component = |k: String, n: &str| {
+            let n = n.to_ascii_lowercase();
+            if is_name_component(&n) {
+                Ok(n)
+            } else {
+                Err(invalid(
+                    k,
+                    format!("{n:?} is not a valid name (lowercase letters, digits and . _ - separators)"),
+                ))
+            }
+        };
+        let name = component(key("name"), &h.name)?;
+        let aliases = h
+            .aliases
+            .iter()
+            .enumerate()
+            .map(|(j, a)| component(key(&format!("aliases[{j}]")), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        for n in std::iter::once(&name).chain(&aliases) {
+            if !names.insert(n.clone()) {
+                return Err(invalid(
+                    format!("hosted[{i}]"),
+                    format!("duplicate upstream or namespace name or alias {n:?}"),
+                ));
+            }
+        }
+        let hosts = h
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(j, x)| host_name(&key(&format!("hosts[{j}]")), x))
+            .collect::<Result<Vec<_>, _>>()?;
+        let patterns = |field: &str, v: &[String]| {
+            v.iter()
+                .enumerate()
+                .map(|(j, p)| {
+                    p.parse()
+                        .map_err(|e: String| invalid(key(&format!("{field}[{j}]")), e))
+                })
+                .collect::<Result<Vec<crate::access::RepoPattern>, _>>()
+        };
+        let access = crate::access::RepoRules {
+            allow: patterns("allow", &h.allow)?,
+            deny: patterns("deny", &h.deny)?,
+            private: patterns("private", &h.private)?,
+            fetch_requires_auth: false,
+        };
+        if let Some(p) = &h.push
+            && let Some(j) = p.iter().position(String::is_empty)
+        {
+            return Err(invalid(key(&format!("push[{j}]")), "an empty user name"));
+        }
+        let max_size = match h.max_size.as_deref() {
+            None => None,
+            Some(s) => Some(size(&key("max_size"), Some(s), 0, 1024 * 1024, u64::MAX)?),
+        };
+        let gc_interval = match h.gc_interval.as_deref() {
+            Some("0" | "0s" | "off") => None,
+            v => Some(duration(&key("gc_interval"), v, DEFAULT_GC_INTERVAL)?),
+        };
+        out.push(HostedConfig {
+            id: UpstreamId::parse(&name).expect("checked above"),
+            aliases,
+            hosts,
+            access,
+            push: h.push,
+            anonymous_push: h.anonymous_push,
+            delete: h.delete.unwrap_or(true),
+            max_size,
+            max_manifest_size: size(
+                &key("max_manifest_size"),
+                h.max_manifest_size.as_deref(),
+                DEFAULT_MAX_MANIFEST,
+                4096,
+                64 * 1024 * 1024,
+            )?,
+            upload_timeout: duration(
+                &key("upload_timeout"),
+                h.upload_timeout.as_deref(),
+                DEFAULT_UPLOAD_TIMEOUT,
+            )?,
+            gc_interval,
+        });
+    }
+    Ok(out)
 }
 
 fn validate_warm(raw: Vec<file::Warm>, base: &Path) -> Result<Vec<WarmConfig>, Error> {

@@ -29,9 +29,12 @@
 //! - [`cluster`]: replicas sharing one bucket: the lease of each fill (in
 //!   the store's bucket), signed requests, the client of other replicas'
 //!   internal endpoints.
-//! - [`mirror`]: the pull-through policy; the only module that combines
-//!   cache, store and upstream. Owns blob download coalescing.
-//! - [`registry`]: the OCI distribution pull API over `mirror`: path parsing,
+//! - [`mirror`], [`hosted`]: the pull-through policy, the only module that
+//!   combines cache, store and upstream, which owns blob download
+//!   coalescing; and the hosted namespaces' push policy (uploads, manifest
+//!   checks, garbage collection) over the same store.
+//! - [`registry`]: the OCI distribution API over `mirror` (pull) and
+//!   `hosted` (push and pull): path parsing,
 //!   routing, responses, and the single error→response mapping; the
 //!   operator's endpoints (probes, `/metrics`, the status page); its routes
 //!   and access rules are swapped whole by a config reload.
@@ -70,6 +73,7 @@ pub mod clientconfig;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod hosted;
 pub mod mirror;
 pub mod oci;
 pub mod pace;

@@ -12,6 +12,7 @@
 pub mod access_log;
 pub mod activity;
 pub mod error;
+mod hosted;
 mod internal;
 pub mod metrics;
 pub mod path;
@@ -42,6 +43,9 @@ use crate::oci::{AcceptClass, Digest, Reference, RepoName};
 
 /// The response body type of the registry API.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, io::Error>;
+
+/// A request body, as the registry API reads it (pushes).
+pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, io::Error>;
 
 /// The user name of in-process requests (`ConnInfo::trusted`) in the
 /// access log.
@@ -108,6 +112,7 @@ impl Policy {
                 .upstreams
                 .iter()
                 .map(|u| (u.id.clone(), u.access.clone()))
+                .chain(config.hosted.iter().map(|h| (h.id.clone(), h.access.clone())))
                 .collect(),
         }
     }
@@ -148,6 +153,8 @@ impl Routes {
 #[derive(Debug)]
 pub struct Registry {
     mirror: Arc<Mirror>,
+    /// The hosted namespaces.
+    hosted: Arc<crate::hosted::Hosted>,
     /// Routing, access rules, and what the config switches on.
     routes: arc_swap::ArcSwap<Routes>,
     /// Counters.
@@ -169,6 +176,9 @@ struct Query {
     n: Option<String>,
     last: Option<String>,
     artifact_type: Option<String>,
+    digest: Option<String>,
+    mount: Option<String>,
+    from: Option<String>,
 }
 
 impl Query {
@@ -180,6 +190,9 @@ impl Query {
                 "n" => &mut out.n,
                 "last" => &mut out.last,
                 "artifactType" => &mut out.artifact_type,
+                "digest" => &mut out.digest,
+                "mount" => &mut out.mount,
+                "from" => &mut out.from,
                 _ => continue,
             };
             *slot = Some(v.into_owned());
@@ -225,13 +238,30 @@ struct Ctx<'a> {
     /// The authenticated user.
     user: Option<&'a str>,
     log: &'a mut AccessLog,
+    /// The request's method.
+    method: &'a Method,
+    /// The request's body (pushes read it; in a mutex only so that `Ctx`
+    /// is `Sync`, as the body is not).
+    body: std::sync::Mutex<Option<RequestBody>>,
+}
+
+impl Ctx<'_> {
+    /// Takes the request's body (empty once taken).
+    fn take_body(&self) -> RequestBody {
+        self.body
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or_else(response::empty)
+    }
 }
 
 impl Registry {
-    /// A registry over `mirror` with `routes`.
-    pub fn new(mirror: Arc<Mirror>, routes: Routes) -> Self {
+    /// A registry over `mirror` and `hosted` with `routes`.
+    pub fn new(mirror: Arc<Mirror>, hosted: Arc<crate::hosted::Hosted>, routes: Routes) -> Self {
         Self {
             mirror,
+            hosted,
             routes: arc_swap::ArcSwap::from_pointee(routes),
             metrics: Arc::default(),
             ready: std::sync::atomic::AtomicBool::new(true),
@@ -411,7 +441,15 @@ impl Registry {
     }
 
     /// Answers one request. Never fails: errors become OCI error responses.
-    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<LoggedBody> {
+    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<LoggedBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use http_body_util::BodyExt;
+        let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, ());
+        let body: RequestBody = body.map_err(|e| io::Error::other(e.into())).boxed_unsync();
         let mut log = AccessLog {
             method: req.method().clone(),
             path: req
@@ -431,7 +469,7 @@ impl Registry {
             in_flight: Some(self.metrics.request_started()),
         };
         let head = req.method() == Method::HEAD;
-        let mut resp = match Box::pin(self.dispatch(&req, conn, &mut log)).await {
+        let mut resp = match Box::pin(self.dispatch(&req, body, conn, &mut log)).await {
             Ok(r) => r,
             Err(mut e) => {
                 if e.status == StatusCode::UNAUTHORIZED && e.realm.is_none() {
@@ -467,9 +505,10 @@ impl Registry {
         resp.map(|b| LoggedBody::new(b, log, content_length))
     }
 
-    async fn dispatch<B>(
+    async fn dispatch(
         &self,
-        req: &Request<B>,
+        req: &Request<()>,
+        body: RequestBody,
         conn: &ConnInfo,
         log: &mut AccessLog,
     ) -> Result<Response<Body>, ApiError> {
@@ -592,23 +631,21 @@ impl Registry {
             Endpoint::Blob(..) => "blob",
             Endpoint::Tags(_) => "tags",
             Endpoint::Referrers(..) => "referrers",
-            Endpoint::Upload => "upload",
+            Endpoint::Upload(..) => "upload",
         });
-        if endpoint == Endpoint::Upload {
-            return Err(ApiError::no_uploads());
-        }
-        if method != Method::GET && method != Method::HEAD {
-            return Err(ApiError::read_only());
-        }
         let query = Query::parse(req.uri().query());
         let name = match &endpoint {
             Endpoint::Manifest(n, _)
             | Endpoint::Blob(n, _)
             | Endpoint::Tags(n)
-            | Endpoint::Referrers(n, _) => Some(n.clone()),
-            Endpoint::Ping | Endpoint::Catalog | Endpoint::Upload => None,
+            | Endpoint::Referrers(n, _)
+            | Endpoint::Upload(n, _) => Some(n.clone()),
+            Endpoint::Ping | Endpoint::Catalog => None,
         };
         if endpoint == Endpoint::Ping {
+            if method != Method::GET && method != Method::HEAD {
+                return Err(ApiError::read_only());
+            }
             return Ok(response::json(
                 StatusCode::OK,
                 "{}".into(),
@@ -630,6 +667,15 @@ impl Registry {
             log.reference = Some(r.clone());
         }
         let ns = query.ns.clone();
+        let hosted = sel.target == route::Target::Hosted;
+        if !hosted {
+            if matches!(endpoint, Endpoint::Upload(..)) {
+                return Err(ApiError::no_uploads());
+            }
+            if method != Method::GET && method != Method::HEAD {
+                return Err(ApiError::read_only());
+            }
+        }
         let grant = match &sel.name {
             Some(n) => self.grant(&routes, &sel.upstream, n, user.as_deref())?,
             None => Grant::OPEN,
@@ -642,8 +688,14 @@ impl Registry {
             grant,
             user: user.as_deref(),
             log,
+            method,
+            body: std::sync::Mutex::new(Some(body)),
         };
-        let mut resp = self.endpoint(&mut ctx, &sel, endpoint).await?;
+        let mut resp = if hosted {
+            self.hosted_endpoint(&mut ctx, &routes, &sel, endpoint).await?
+        } else {
+            self.endpoint(&mut ctx, &sel, endpoint).await?
+        };
         if let Some(ns) = ns {
             set(&mut resp, "oci-namespace", &ns);
         }
@@ -692,9 +744,16 @@ impl Registry {
                     .map_err(|e| from_mirror(&e, Subject::Manifest))?;
                 Ok(passthrough(ctx, p))
             }
-            Endpoint::Catalog => self.catalog(ctx, id).await,
+            Endpoint::Catalog => {
+                let repos = self
+                    .mirror
+                    .catalog(id)
+                    .await
+                    .map_err(|e| from_mirror(&e, Subject::Repository))?;
+                self.catalog(ctx, id, repos)
+            }
             // Handled in dispatch.
-            Endpoint::Ping | Endpoint::Upload => Err(ApiError::no_uploads()),
+            Endpoint::Ping | Endpoint::Upload(..) => Err(ApiError::no_uploads()),
         }
     }
 
@@ -747,12 +806,6 @@ impl Registry {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<Response<Body>, ApiError> {
-        let blob_headers = |r: &mut Response<Body>| {
-            set(r, header::CONTENT_TYPE, "application/octet-stream");
-            set(r, CONTENT_DIGEST, &digest.to_string());
-            set(r, header::ETAG, &format!("\"{digest}\""));
-            set(r, header::ACCEPT_RANGES, "bytes");
-        };
         if ctx.head {
             let h = self
                 .mirror
@@ -761,7 +814,7 @@ impl Registry {
                 .map_err(|e| from_mirror(&e, Subject::Blob))?;
             ctx.log.cache = Some(h.status);
             let mut r = response::with_body(StatusCode::OK, response::empty());
-            blob_headers(&mut r);
+            blob_headers(&mut r, digest);
             if let Some(size) = h.size {
                 r.headers_mut().insert(header::CONTENT_LENGTH, size.into());
             }
@@ -783,12 +836,56 @@ impl Registry {
             r.headers_mut().insert(header::CONTENT_LENGTH, 0.into());
             return Ok(r);
         }
+        Ok(blob_response(ctx, digest, b.size, |start, end| {
+            b.into_stream(start, end)
+        }))
+    }
+
+    fn catalog(
+        &self,
+        ctx: &mut Ctx<'_>,
+        id: &UpstreamId,
+        repos: Vec<String>,
+    ) -> Result<Response<Body>, ApiError> {
+        ctx.log.cache = Some(CacheStatus::Hit);
+        // Only what this client could pull: admitted repositories, and
+        // private ones for authenticated clients.
+        let routes = self.routes.load();
+        let rules = routes.policy.rules.get(id);
+        let visible = |r: &str| {
+            rules.is_none_or(|rules| {
+                rules.admits(r)
+                    && (ctx.user.is_some() || !crate::access::any_match(&rules.private, r))
+            })
+        };
+        let visible: Vec<&String> = repos.iter().filter(|r| visible(r)).collect();
+        page(ctx, &visible, "repositories", None)
+    }
+}
+
+/// The headers of a blob response.
+fn blob_headers(r: &mut Response<Body>, digest: &Digest) {
+    set(r, header::CONTENT_TYPE, "application/octet-stream");
+    set(r, CONTENT_DIGEST, &digest.to_string());
+    set(r, header::ETAG, &format!("\"{digest}\""));
+    set(r, header::ACCEPT_RANGES, "bytes");
+}
+
+/// A blob's `GET` response: whole, or the range the client asked for.
+/// `stream(start, end)` gives its bytes (`end` exclusive; `None`: to the
+/// end).
+fn blob_response(
+    ctx: &Ctx<'_>,
+    digest: &Digest,
+    size: Option<u64>,
+    stream: impl FnOnce(u64, Option<u64>) -> futures_util::stream::BoxStream<'static, io::Result<Bytes>>,
+) -> Response<Body> {
         let range_header = ctx.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-        let decision = match b.size {
+        let decision = match size {
             Some(size) => range::decide(range_header, size),
             None => RangeDecision::Full,
         };
-        let mut r = match (decision, b.size) {
+        let mut r = match (decision, size) {
             (RangeDecision::Unsatisfiable, Some(size)) => {
                 let mut r = response::error(
                     &ApiError::new(
@@ -800,12 +897,12 @@ impl Registry {
                     false,
                 );
                 set(&mut r, header::CONTENT_RANGE, &format!("bytes */{size}"));
-                return Ok(r);
+                return r;
             }
             (RangeDecision::Partial { start, end }, Some(size)) => {
                 let mut r = response::with_body(
                     StatusCode::PARTIAL_CONTENT,
-                    response::stream(b.into_stream(start, Some(end))),
+                    response::stream(stream(start, Some(end))),
                 );
                 set(
                     &mut r,
@@ -818,72 +915,64 @@ impl Registry {
             }
             (_, size) => {
                 let mut r =
-                    response::with_body(StatusCode::OK, response::stream(b.into_stream(0, None)));
+                    response::with_body(StatusCode::OK, response::stream(stream(0, None)));
                 if let Some(size) = size {
                     r.headers_mut().insert(header::CONTENT_LENGTH, size.into());
                 }
                 r
             }
         };
-        blob_headers(&mut r);
-        Ok(r)
-    }
+        blob_headers(&mut r, digest);
+    r
+}
 
-    async fn catalog(
-        &self,
-        ctx: &mut Ctx<'_>,
-        id: &UpstreamId,
-    ) -> Result<Response<Body>, ApiError> {
-        let n = ctx.query.page_size()?;
-        ctx.log.cache = Some(CacheStatus::Hit);
-        let repos = self
-            .mirror
-            .catalog(id)
-            .await
-            .map_err(|e| from_mirror(&e, Subject::Repository))?;
-        // Only what this client could pull: admitted repositories, and
-        // private ones for authenticated clients.
-        let routes = self.routes.load();
-        let rules = routes.policy.rules.get(id);
-        let visible = |r: &str| {
-            rules.is_none_or(|rules| {
-                rules.admits(r)
-                    && (ctx.user.is_some() || !crate::access::any_match(&rules.private, r))
-            })
-        };
-        let after: Vec<&String> = repos
-            .iter()
-            .filter(|r| visible(r))
-            .filter(|r| {
-                ctx.query
-                    .last
-                    .as_ref()
-                    .is_none_or(|l| r.as_str() > l.as_str())
-            })
-            .collect();
-        let page: Vec<&String> = after
-            .iter()
-            .take(n.unwrap_or(usize::MAX))
-            .copied()
-            .collect();
-        let body = serde_json::json!({ "repositories": page }).to_string();
-        let mut r = response::json(StatusCode::OK, body, ctx.head);
-        if let (Some(n), Some(last)) = (n, page.last())
-            && n > 0
-            && after.len() > page.len()
-        {
-            let q = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("n", &n.to_string())
-                .append_pair("last", last)
-                .finish();
-            set(
-                &mut r,
-                header::LINK,
-                &format!("<{}?{q}>; rel=\"next\"", ctx.path),
-            );
-        }
-        Ok(r)
+/// One page of a sorted list (`_catalog`, a hosted `tags/list`): the items
+/// after `last`, at most `n`, with a `Link` to the next page (in the path
+/// shape and `ns` this client used) when there is one.
+fn page(
+    ctx: &Ctx<'_>,
+    items: &[&String],
+    field: &str,
+    name: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let n = ctx.query.page_size()?;
+    let after: Vec<&String> = items
+        .iter()
+        .copied()
+        .filter(|r| {
+            ctx.query
+                .last
+                .as_ref()
+                .is_none_or(|l| r.as_str() > l.as_str())
+        })
+        .collect();
+    let page = &after[..after.len().min(n.unwrap_or(usize::MAX))];
+    let mut body = serde_json::Map::new();
+    if let Some(name) = name {
+        body.insert("name".into(), name.into());
     }
+    body.insert(field.into(), serde_json::json!(page));
+    let mut r = response::json(
+        StatusCode::OK,
+        serde_json::Value::Object(body).to_string(),
+        ctx.head,
+    );
+    if let (Some(n), Some(last)) = (n, page.last())
+        && n > 0
+        && after.len() > page.len()
+    {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("n", &n.to_string()).append_pair("last", last);
+        if let Some(ns) = &ctx.query.ns {
+            q.append_pair("ns", ns);
+        }
+        set(
+            &mut r,
+            header::LINK,
+            &format!("<{}?{}>; rel=\"next\"", ctx.path, q.finish()),
+        );
+    }
+    Ok(r)
 }
 
 /// Relays an upstream response for tags/list or referrers, with its `Link`

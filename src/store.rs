@@ -11,6 +11,8 @@
 //! ├── records      Records trait (get/put/delete/list by key); FsRecords
 //! ├── private      PrivateMarks over Records
 //! ├── inventory    what is stored: references, closures, pins; rm and gc
+//! ├── hosted       records of hosted namespaces: blob links, pushed manifests, tags, referrers
+//! ├── uploads      upload sessions of pushed blobs (local files), committed through BlobWriter
 //! ├── local        LocalBlobs: files under a directory, LRU-bounded (gc, verify)
 //! └── contract     the suite every backend passes
 //! ```
@@ -31,12 +33,14 @@
 //! on tokio's blocking pool.
 
 pub mod contract;
+pub mod hosted;
 pub mod inventory;
 pub mod local;
 mod private;
 pub mod reader;
 pub mod records;
 pub mod s3;
+pub mod uploads;
 mod writer;
 
 use std::io;
@@ -56,6 +60,7 @@ pub use local::{GcReport, InUseGuard, LocalBlobs};
 pub use private::PrivateMarks;
 pub use reader::{BlobReader, Spool};
 pub use records::{FsRecords, RecordKey, Records};
+pub use uploads::{Committed, Upload, UploadError, Uploads};
 pub use writer::BlobWriter;
 
 /// A store error.
@@ -244,6 +249,8 @@ pub struct Store {
     private: Arc<PrivateMarks>,
     /// The bucket's lease objects, with the S3 backend.
     leases: Option<s3::Leases>,
+    /// Blobs being pushed (in the local directory).
+    uploads: Uploads,
 }
 
 impl Store {
@@ -313,11 +320,17 @@ impl Store {
         legacy_marks: Option<&Path>,
     ) -> Result<Self, Error> {
         let private = PrivateMarks::load_or_retry(records.clone(), legacy_marks).await;
+        let uploads = Uploads::new(
+            &blobs
+                .local()
+                .map_or_else(|| std::env::temp_dir().join("mirrorgate"), |l| l.root().to_owned()),
+        );
         Ok(Self {
             blobs,
             records,
             private,
             leases: None,
+            uploads,
         })
     }
 

@@ -117,13 +117,15 @@ impl rustls::server::ResolvesServerCert for Certificates {
     }
 }
 
-/// The names certificates may be issued for: every upstream's `hosts`,
+/// The names certificates may be issued for: every upstream's and hosted
+/// namespace's `hosts`,
 /// `[tls] names` and `localhost`, lowercased.
 pub fn configured_names(config: &Config) -> Vec<String> {
     let mut names: Vec<String> = config
         .upstreams
         .iter()
         .flat_map(|u| u.hosts.iter().cloned())
+        .chain(config.hosted.iter().flat_map(|h| h.hosts.iter().cloned()))
         .chain(config.tls.names.iter().cloned())
         .chain(std::iter::once("localhost".to_owned()))
         .collect();

@@ -27,6 +27,8 @@ pub(crate) struct File {
     pub(crate) cluster: Option<Cluster>,
     #[serde(default, rename = "warm")]
     pub(crate) warm: Vec<Warm>,
+    #[serde(default, rename = "hosted")]
+    pub(crate) hosted: Vec<Hosted>,
     #[serde(default)]
     pub(crate) log: Log,
 }
@@ -153,6 +155,31 @@ pub(crate) struct Listener {
     pub(crate) tls: bool,
     #[serde(default)]
     pub(crate) allow: Vec<String>,
+}
+
+/// `[[hosted]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Hosted {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) aliases: Vec<String>,
+    #[serde(default)]
+    pub(crate) hosts: Vec<String>,
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny: Vec<String>,
+    #[serde(default)]
+    pub(crate) private: Vec<String>,
+    pub(crate) push: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) anonymous_push: bool,
+    pub(crate) delete: Option<bool>,
+    pub(crate) max_size: Option<String>,
+    pub(crate) max_manifest_size: Option<String>,
+    pub(crate) upload_timeout: Option<String>,
+    pub(crate) gc_interval: Option<String>,
 }
 
 /// `[[upstream]]`

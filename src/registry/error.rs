@@ -17,7 +17,7 @@ use http::{HeaderValue, StatusCode, header};
 use super::path::PathError;
 use super::route::NoRoute;
 use crate::config::UpstreamId;
-use crate::mirror;
+use crate::{hosted, mirror};
 
 /// OCI distribution error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,16 @@ pub enum Code {
     RangeInvalid,
     /// 400: `n` is not a non-negative integer (distribution's code).
     PaginationNumberInvalid,
+    /// 404: upload session unknown.
+    BlobUploadUnknown,
+    /// 400/416: a chunk that does not fit the upload.
+    BlobUploadInvalid,
+    /// 400: manifest invalid.
+    ManifestInvalid,
+    /// 400: a manifest references a blob or manifest the repository lacks.
+    ManifestBlobUnknown,
+    /// 400/413: content of the wrong size.
+    SizeInvalid,
     /// 500/502: anything else.
     Unknown,
 }
@@ -70,6 +80,11 @@ impl Code {
             Self::Unavailable => "UNAVAILABLE",
             Self::RangeInvalid => "RANGE_INVALID",
             Self::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            Self::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            Self::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            Self::ManifestInvalid => "MANIFEST_INVALID",
+            Self::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            Self::SizeInvalid => "SIZE_INVALID",
             Self::Unknown => "UNKNOWN",
         }
     }
@@ -134,6 +149,8 @@ pub struct ApiError {
     pub cause: Option<Cause>,
     /// `Allow` of a 405 (default `GET, HEAD`).
     pub allow: Option<&'static str>,
+    /// `Range` of a refused upload chunk: what the upload holds.
+    pub range: Option<String>,
 }
 
 impl ApiError {
@@ -148,6 +165,7 @@ impl ApiError {
             realm: None,
             cause: None,
             allow: None,
+            range: None,
         }
     }
 
@@ -233,6 +251,13 @@ impl ApiError {
         }) {
             h.push((header::WWW_AUTHENTICATE, v));
         }
+        if let Some(v) = self
+            .range
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            h.push((header::RANGE, v));
+        }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
             let allow = self.allow.unwrap_or("GET, HEAD");
             h.push((header::ALLOW, HeaderValue::from_static(allow)));
@@ -263,6 +288,48 @@ impl From<NoRoute> for ApiError {
             e.to_string(),
         )
     }
+}
+
+/// Maps a hosted-namespace error. The error itself becomes the cause.
+pub fn from_hosted(e: hosted::Error) -> ApiError {
+    use hosted::Error as H;
+    use hosted::UploadError as U;
+    let down = |status, code, msg: String| ApiError::new(status, code, Origin::Downstream, msg);
+    let msg = e.to_string();
+    let api = match &e {
+        H::NoNamespace(_) => down(StatusCode::NOT_FOUND, Code::NameUnknown, msg),
+        H::BlobUnknown(_) => down(StatusCode::NOT_FOUND, Code::BlobUnknown, msg),
+        H::ManifestUnknown(_) => down(StatusCode::NOT_FOUND, Code::ManifestUnknown, msg),
+        H::UploadElsewhere(_) | H::Upload(U::Unknown(_)) => {
+            down(StatusCode::NOT_FOUND, Code::BlobUploadUnknown, msg)
+        }
+        H::Upload(U::OutOfOrder { size, .. }) => ApiError {
+            range: Some(format!("0-{}", size.saturating_sub(1))),
+            ..down(StatusCode::RANGE_NOT_SATISFIABLE, Code::BlobUploadInvalid, msg)
+        },
+        H::Upload(U::DigestMismatch { .. }) | H::DigestMismatch { .. } => {
+            down(StatusCode::BAD_REQUEST, Code::DigestInvalid, msg)
+        }
+        H::Upload(U::Body { .. }) => down(StatusCode::BAD_REQUEST, Code::BlobUploadInvalid, msg),
+        H::Upload(U::TooLarge { .. }) | H::Quota { .. } => {
+            down(StatusCode::PAYLOAD_TOO_LARGE, Code::Denied, msg)
+        }
+        H::ManifestInvalid(_) => down(StatusCode::BAD_REQUEST, Code::ManifestInvalid, msg),
+        H::ManifestBlobUnknown(_) => {
+            down(StatusCode::BAD_REQUEST, Code::ManifestBlobUnknown, msg)
+        }
+        H::DeleteDisabled(_) => ApiError {
+            allow: Some("GET, HEAD"),
+            ..down(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, msg)
+        },
+        H::Store(_) | H::Upload(U::Store(_)) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unknown,
+            Origin::Internal,
+            "internal storage error",
+        ),
+    };
+    api.caused_by(std::sync::Arc::new(e))
 }
 
 fn unknown_code(subject: Subject) -> Code {

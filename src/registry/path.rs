@@ -28,8 +28,9 @@ pub enum Endpoint {
     Tags(RepoName),
     /// `/v2/<name>/referrers/<digest>`
     Referrers(RepoName, Digest),
-    /// `/v2/<name>/blobs/uploads/...`: push, which a mirror refuses.
-    Upload,
+    /// `/v2/<name>/blobs/uploads/` (start) or `.../uploads/<session>`:
+    /// push, served by hosted namespaces only.
+    Upload(RepoName, Option<String>),
 }
 
 /// A parsed path.
@@ -105,8 +106,8 @@ fn parse_endpoint(rest: &str) -> Result<Endpoint, PathError> {
         let tail = &rest[i + "/blobs/uploads".len()..];
         let session = tail.strip_prefix('/');
         if tail.is_empty() || session.is_some_and(|id| !id.contains('/')) {
-            name(&rest[..i])?;
-            return Ok(Endpoint::Upload);
+            let session = session.filter(|s| !s.is_empty()).map(str::to_owned);
+            return Ok(Endpoint::Upload(name(&rest[..i])?, session));
         }
     }
     let (head, last) = rest.rsplit_once('/').ok_or(PathError::NotFound)?;
@@ -160,12 +161,13 @@ mod tests {
             ep(&format!("/v2/a/referrers/{D}")),
             Ok(Endpoint::Referrers(..))
         ));
-        assert_eq!(ep("/v2/a/blobs/uploads/"), Ok(Endpoint::Upload));
-        assert_eq!(ep("/v2/a/blobs/uploads"), Ok(Endpoint::Upload));
-        assert_eq!(ep("/v2/a/blobs/uploads/123-456"), Ok(Endpoint::Upload));
+        let up = |n: &str, s: Option<&str>| Ok(Endpoint::Upload(n.parse().unwrap(), s.map(str::to_owned)));
+        assert_eq!(ep("/v2/a/blobs/uploads/"), up("a", None));
+        assert_eq!(ep("/v2/a/blobs/uploads"), up("a", None));
+        assert_eq!(ep("/v2/a/blobs/uploads/123-456"), up("a", Some("123-456")));
         assert_eq!(
             ep("/v2/a/blobs/uploads/b/blobs/uploads/9"),
-            Ok(Endpoint::Upload)
+            up("a/blobs/uploads/b", Some("9"))
         );
         // A name that contains `blobs/uploads` is still a name.
         assert!(matches!(

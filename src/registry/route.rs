@@ -26,11 +26,22 @@ pub enum Via {
     Default,
 }
 
+/// What serves a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A mirrored upstream registry (pull-through, read-only).
+    Mirror,
+    /// A hosted namespace (`[[hosted]]`): pushed images.
+    Hosted,
+}
+
 /// The routing decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
-    /// The chosen upstream.
+    /// The chosen upstream or hosted namespace.
     pub upstream: UpstreamId,
+    /// Whether it is mirrored or hosted.
+    pub target: Target,
     /// Why it was chosen.
     pub via: Via,
     /// The repository name with any `/v2/<prefix>/` component removed.
@@ -55,6 +66,7 @@ pub enum NoRoute {
 #[derive(Debug, Clone)]
 pub struct Router {
     names: HashMap<String, UpstreamId>,
+    hosted: std::collections::HashSet<UpstreamId>,
     hosts: HashMap<String, UpstreamId>,
     default: Option<UpstreamId>,
 }
@@ -74,13 +86,26 @@ impl Router {
             .iter()
             .find(|u| u.default)
             .map(|u| u.id.clone());
+        for h in &config.hosted {
+            names.insert(h.id.as_str().to_owned(), h.id.clone());
+            for a in &h.aliases {
+                names.insert(a.clone(), h.id.clone());
+            }
+        }
         let hosts = config
             .upstreams
             .iter()
             .flat_map(|u| u.hosts.iter().map(|h| (h.clone(), u.id.clone())))
+            .chain(
+                config
+                    .hosted
+                    .iter()
+                    .flat_map(|n| n.hosts.iter().map(|h| (h.clone(), n.id.clone()))),
+            )
             .collect();
         Self {
             names,
+            hosted: config.hosted.iter().map(|h| h.id.clone()).collect(),
             hosts,
             default,
         }
@@ -122,6 +147,7 @@ impl Router {
                 .lookup(ns)
                 .ok_or_else(|| NoRoute::UnknownNs(ns.to_owned()))?;
             return Ok(Selection {
+                target: self.target(id),
                 upstream: id.clone(),
                 via: Via::Ns,
                 name,
@@ -143,10 +169,19 @@ impl Router {
             return Err(NoRoute::NoDefault);
         };
         Ok(Selection {
+            target: self.target(&upstream),
             upstream,
             via,
             name,
         })
+    }
+
+    fn target(&self, id: &UpstreamId) -> Target {
+        if self.hosted.contains(id) {
+            Target::Hosted
+        } else {
+            Target::Mirror
+        }
     }
 }
 

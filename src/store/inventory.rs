@@ -415,8 +415,10 @@ impl Store {
     /// images pinned now: what eviction keeps.
     pub async fn pinned_digests(&self) -> Result<HashSet<Digest>, Error> {
         let pins = self.pins().await?;
+        // Pushed content is no cache: it is never evicted.
+        let hosted = self.hosted_digests().await?;
         if pins.is_empty() {
-            return Ok(HashSet::new());
+            return Ok(hosted);
         }
         let refs = self.references().await?;
         let mut memo = Memo::default();
@@ -428,6 +430,7 @@ impl Store {
                 out.insert(root);
             }
         }
+        out.extend(hosted);
         Ok(out)
     }
 

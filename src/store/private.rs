@@ -182,6 +182,31 @@ impl PrivateMarks {
         }
     }
 
+    /// The owners of `digest`'s marks.
+    pub fn owners(&self, digest: &Digest) -> Vec<String> {
+        let marks = self
+            .marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        marks
+            .get(digest)
+            .map(|o| o.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The marked digests whose owners satisfy `pred`.
+    pub fn digests_where(&self, pred: impl Fn(&HashSet<String>) -> bool) -> Vec<Digest> {
+        let marks = self
+            .marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        marks
+            .iter()
+            .filter(|(_, o)| pred(o))
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
     /// Records that `digest` belongs to the private repository `owner`
     /// (`<upstream>/<repo>`). Durable before it returns (the caller then
     /// fetches or serves).
