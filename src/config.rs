@@ -1044,7 +1044,9 @@ fn validate_hosted(
             } else {
                 Err(invalid(
                     k,
-                    format!("{n:?} is not a valid name (lowercase letters, digits and . _ - separators)"),
+                    format!(
+                        "{n:?} is not a valid name (lowercase letters, digits and . _ - separators)"
+                    ),
                 ))
             }
         };

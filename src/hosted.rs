@@ -35,10 +35,10 @@ use serde::Deserialize;
 use crate::config::{HostedConfig, UpstreamId};
 use crate::oci::manifest::{Descriptor, Refs};
 use crate::oci::{Digest, MediaType, Reference, media_type};
-use crate::store::hosted::{PushedManifest, PushedTag, Referrer};
-use crate::store::{self, Store};
 pub use crate::store::UploadError;
 pub use crate::store::hosted::HostedRepo;
+use crate::store::hosted::{PushedManifest, PushedTag, Referrer};
+use crate::store::{self, Store};
 use crate::tag::epoch_ms;
 
 /// A hosted-namespace error.
@@ -237,9 +237,10 @@ impl Hosted {
             .await?)
     }
 
-    /// The bytes session `id` of `r` holds.
+    /// The bytes session `id` of `r` holds (once a chunk arriving now
+    /// has ended).
     pub async fn upload_size(&self, r: &HostedRepo, id: &str) -> Result<u64, Error> {
-        let u = self.store.uploads().status(id).await?;
+        let u = self.store.uploads().settled(id).await?;
         if u.state.ns != r.ns.as_str() || u.state.repo != r.repo.as_str() {
             return Err(Error::UploadElsewhere(id.to_owned()));
         }
@@ -247,7 +248,9 @@ impl Hosted {
     }
 
     /// Appends a chunk to session `id` of `r` (see
-    /// [`store::Uploads::append`]).
+    /// [`store::Uploads::append`]). The append runs to its end even when
+    /// the request is dropped (a client gone mid-chunk): what arrived is
+    /// then kept whole, and the next request on the session waits for it.
     pub async fn append<S>(
         &self,
         r: &HostedRepo,
@@ -256,11 +259,20 @@ impl Hosted {
         body: S,
     ) -> Result<u64, Error>
     where
-        S: Stream<Item = io::Result<Bytes>> + Send,
+        S: Stream<Item = io::Result<Bytes>> + Send + 'static,
     {
         self.upload_size(r, id).await?;
         let limit = self.room(&r.ns).await?;
-        Ok(self.store.uploads().append(id, at, body, limit).await?)
+        let (uploads, id) = (self.store.uploads().clone(), id.to_owned());
+        let task = tokio::spawn(async move { uploads.append(&id, at, body, limit).await });
+        match task.await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(Error::Store(store::Error::Io {
+                op: "append",
+                path: std::path::PathBuf::new(),
+                source: io::Error::other(e),
+            })),
+        }
     }
 
     /// Cancels session `id` of `r`.
@@ -270,29 +282,44 @@ impl Hosted {
     }
 
     /// Finishes session `id` of `r` as `digest` (after a last chunk, when
-    /// the `PUT` carried one), and links the blob into `r`.
+    /// the `PUT` carried one), and links the blob into `r`. Runs to its end
+    /// even when the request is dropped, so that a stored blob is always
+    /// marked and linked.
     pub async fn finish<S>(
-        &self,
+        self: &Arc<Self>,
         r: &HostedRepo,
         id: &str,
         digest: &Digest,
         last: Option<S>,
     ) -> Result<u64, Error>
     where
-        S: Stream<Item = io::Result<Bytes>> + Send,
+        S: Stream<Item = io::Result<Bytes>> + Send + 'static,
     {
         if let Some(body) = last {
             self.append(r, id, None, body).await?;
         } else {
             self.upload_size(r, id).await?;
         }
-        let _shared = self.gc_lock.read().await;
-        let c = self.store.commit_upload(id, digest).await?;
-        if !c.existed {
-            self.store.mark_private(digest, Self::owner(r)).await?;
+        let (me, r, id, digest) = (self.clone(), r.clone(), id.to_owned(), digest.clone());
+        let task = tokio::spawn(async move {
+            let _shared = me.gc_lock.read().await;
+            // Marked before it can be served: pushed content is never
+            // public, even for a moment.
+            if me.store.stat(&digest).await?.is_none() {
+                me.store.mark_private(&digest, Self::owner(&r)).await?;
+            }
+            let c = me.store.commit_upload(&id, &digest).await?;
+            me.link(&r, &digest, c.size).await?;
+            Ok::<_, Error>(c.size)
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Store(store::Error::Io {
+                op: "commit upload",
+                path: std::path::PathBuf::new(),
+                source: io::Error::other(e),
+            })),
         }
-        self.link(r, digest, c.size).await?;
-        Ok(c.size)
     }
 
     /// Links `digest` into `r` when it is visible in `from` (a hosted
@@ -458,13 +485,12 @@ impl Hosted {
             }
         }
         let size = bytes.len() as u64;
-        let existed = self.store.stat(&digest).await? == Some(size);
+        if self.store.stat(&digest).await? != Some(size) {
+            self.store.mark_private(&digest, Self::owner(r)).await?;
+        }
         self.store
             .put_manifest(&digest, bytes, &MediaType::new(media_type))
             .await?;
-        if !existed {
-            self.store.mark_private(&digest, Self::owner(r)).await?;
-        }
         let now = epoch_ms(SystemTime::now());
         let subject = fields.subject.as_ref().map(|s| s.digest.clone());
         self.store
@@ -578,7 +604,11 @@ impl Hosted {
 
     /// Deletes a tag (by tag) or a manifest with every tag that names it
     /// (by digest).
-    pub async fn delete_manifest(&self, r: &HostedRepo, reference: &Reference) -> Result<(), Error> {
+    pub async fn delete_manifest(
+        &self,
+        r: &HostedRepo,
+        reference: &Reference,
+    ) -> Result<(), Error> {
         if !self.config(&r.ns)?.delete {
             return Err(Error::DeleteDisabled(r.ns.clone()));
         }
@@ -663,8 +693,13 @@ impl Hosted {
     /// Removes upload sessions untouched for their namespace's
     /// `upload_timeout` (or of a namespace no longer configured).
     pub async fn sweep_uploads(&self) -> Result<usize, Error> {
+        self.sweep_uploads_at(SystemTime::now()).await
+    }
+
+    /// [`Hosted::sweep_uploads`] as if it were `now` (tests move time
+    /// forward with it instead of waiting).
+    pub async fn sweep_uploads_at(&self, now: SystemTime) -> Result<usize, Error> {
         let config = self.config.load_full();
-        let now = SystemTime::now();
         let fallback = crate::config::DEFAULT_UPLOAD_TIMEOUT;
         Ok(self
             .store
@@ -680,13 +715,19 @@ impl Hosted {
 
     /// Collects garbage in every namespace (see the module docs).
     pub async fn gc(&self) -> Result<GcReport, Error> {
+        self.gc_at(SystemTime::now()).await
+    }
+
+    /// [`Hosted::gc`] as if it were `now` (for links' ages; tests move time
+    /// forward with it instead of waiting).
+    pub async fn gc_at(&self, now: SystemTime) -> Result<GcReport, Error> {
+        let now = epoch_ms(now);
         let config = self.config.load_full();
         let mut report = GcReport::default();
         // Mark: what each repository's manifests reference, and every link.
         let mut candidates: Vec<(HostedRepo, Digest)> = Vec::new();
         let mut kept: HashSet<Digest> = HashSet::new();
         for (ns, c) in config.iter() {
-            let now = epoch_ms(SystemTime::now());
             let old = now.saturating_sub(c.upload_timeout.as_millis() as u64);
             for repo in self.store.hosted_repos(ns).await? {
                 let r = HostedRepo {
@@ -723,8 +764,10 @@ impl Hosted {
         // Sweep, with no push in between its check and its link.
         let _exclusive = self.gc_lock.write().await;
         for (r, d) in candidates {
-            let grace = config.get(&r.ns).map_or(Duration::ZERO, |c| c.upload_timeout);
-            let old = epoch_ms(SystemTime::now()).saturating_sub(grace.as_millis() as u64);
+            let grace = config
+                .get(&r.ns)
+                .map_or(Duration::ZERO, |c| c.upload_timeout);
+            let old = now.saturating_sub(grace.as_millis() as u64);
             match self.store.hosted_blob_link(&r, &d).await? {
                 Some(l) if l.linked_ms <= old => {}
                 // Refreshed by a push since the mark, or gone.
@@ -742,7 +785,10 @@ impl Hosted {
         // a crash left between an upload's commit and its link. Each
         // repository that ever held it is asked again, under the lock.
         for d in self.store.private_marks().digests_where(|owners| {
-            !owners.is_empty() && owners.iter().all(|o| Self::hosted_owner(o, &config).is_some())
+            !owners.is_empty()
+                && owners
+                    .iter()
+                    .all(|o| Self::hosted_owner(o, &config).is_some())
         }) {
             if kept.contains(&d) || self.held(&d, &config).await? {
                 continue;

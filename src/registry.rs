@@ -112,7 +112,12 @@ impl Policy {
                 .upstreams
                 .iter()
                 .map(|u| (u.id.clone(), u.access.clone()))
-                .chain(config.hosted.iter().map(|h| (h.id.clone(), h.access.clone())))
+                .chain(
+                    config
+                        .hosted
+                        .iter()
+                        .map(|h| (h.id.clone(), h.access.clone())),
+                )
                 .collect(),
         }
     }
@@ -692,7 +697,8 @@ impl Registry {
             body: std::sync::Mutex::new(Some(body)),
         };
         let mut resp = if hosted {
-            self.hosted_endpoint(&mut ctx, &routes, &sel, endpoint).await?
+            self.hosted_endpoint(&mut ctx, &routes, &sel, endpoint)
+                .await?
         } else {
             self.endpoint(&mut ctx, &sel, endpoint).await?
         };
@@ -880,49 +886,48 @@ fn blob_response(
     size: Option<u64>,
     stream: impl FnOnce(u64, Option<u64>) -> futures_util::stream::BoxStream<'static, io::Result<Bytes>>,
 ) -> Response<Body> {
-        let range_header = ctx.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-        let decision = match size {
-            Some(size) => range::decide(range_header, size),
-            None => RangeDecision::Full,
-        };
-        let mut r = match (decision, size) {
-            (RangeDecision::Unsatisfiable, Some(size)) => {
-                let mut r = response::error(
-                    &ApiError::new(
-                        StatusCode::RANGE_NOT_SATISFIABLE,
-                        error::Code::RangeInvalid,
-                        error::Origin::Downstream,
-                        "requested range is not satisfiable",
-                    ),
-                    false,
-                );
-                set(&mut r, header::CONTENT_RANGE, &format!("bytes */{size}"));
-                return r;
+    let range_header = ctx.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let decision = match size {
+        Some(size) => range::decide(range_header, size),
+        None => RangeDecision::Full,
+    };
+    let mut r = match (decision, size) {
+        (RangeDecision::Unsatisfiable, Some(size)) => {
+            let mut r = response::error(
+                &ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    error::Code::RangeInvalid,
+                    error::Origin::Downstream,
+                    "requested range is not satisfiable",
+                ),
+                false,
+            );
+            set(&mut r, header::CONTENT_RANGE, &format!("bytes */{size}"));
+            return r;
+        }
+        (RangeDecision::Partial { start, end }, Some(size)) => {
+            let mut r = response::with_body(
+                StatusCode::PARTIAL_CONTENT,
+                response::stream(stream(start, Some(end))),
+            );
+            set(
+                &mut r,
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{}/{size}", end - 1),
+            );
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, (end - start).into());
+            r
+        }
+        (_, size) => {
+            let mut r = response::with_body(StatusCode::OK, response::stream(stream(0, None)));
+            if let Some(size) = size {
+                r.headers_mut().insert(header::CONTENT_LENGTH, size.into());
             }
-            (RangeDecision::Partial { start, end }, Some(size)) => {
-                let mut r = response::with_body(
-                    StatusCode::PARTIAL_CONTENT,
-                    response::stream(stream(start, Some(end))),
-                );
-                set(
-                    &mut r,
-                    header::CONTENT_RANGE,
-                    &format!("bytes {start}-{}/{size}", end - 1),
-                );
-                r.headers_mut()
-                    .insert(header::CONTENT_LENGTH, (end - start).into());
-                r
-            }
-            (_, size) => {
-                let mut r =
-                    response::with_body(StatusCode::OK, response::stream(stream(0, None)));
-                if let Some(size) = size {
-                    r.headers_mut().insert(header::CONTENT_LENGTH, size.into());
-                }
-                r
-            }
-        };
-        blob_headers(&mut r, digest);
+            r
+        }
+    };
+    blob_headers(&mut r, digest);
     r
 }
 

@@ -320,11 +320,10 @@ impl Store {
         legacy_marks: Option<&Path>,
     ) -> Result<Self, Error> {
         let private = PrivateMarks::load_or_retry(records.clone(), legacy_marks).await;
-        let uploads = Uploads::new(
-            &blobs
-                .local()
-                .map_or_else(|| std::env::temp_dir().join("mirrorgate"), |l| l.root().to_owned()),
-        );
+        let uploads = Uploads::new(&blobs.local().map_or_else(
+            || std::env::temp_dir().join("mirrorgate"),
+            |l| l.root().to_owned(),
+        ));
         Ok(Self {
             blobs,
             records,

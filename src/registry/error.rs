@@ -149,8 +149,10 @@ pub struct ApiError {
     pub cause: Option<Cause>,
     /// `Allow` of a 405 (default `GET, HEAD`).
     pub allow: Option<&'static str>,
-    /// `Range` of a refused upload chunk: what the upload holds.
-    pub range: Option<String>,
+    /// The bytes an upload holds, for the `Range` of a refused chunk (0 and
+    /// 1 both answer `0-0`, as distribution does; non-zero keeps the error
+    /// small).
+    pub range: Option<std::num::NonZeroU64>,
 }
 
 impl ApiError {
@@ -253,8 +255,7 @@ impl ApiError {
         }
         if let Some(v) = self
             .range
-            .as_deref()
-            .and_then(|v| HeaderValue::from_str(v).ok())
+            .and_then(|held| HeaderValue::from_str(&format!("0-{}", held.get() - 1)).ok())
         {
             h.push((header::RANGE, v));
         }
@@ -304,8 +305,12 @@ pub fn from_hosted(e: hosted::Error) -> ApiError {
             down(StatusCode::NOT_FOUND, Code::BlobUploadUnknown, msg)
         }
         H::Upload(U::OutOfOrder { size, .. }) => ApiError {
-            range: Some(format!("0-{}", size.saturating_sub(1))),
-            ..down(StatusCode::RANGE_NOT_SATISFIABLE, Code::BlobUploadInvalid, msg)
+            range: std::num::NonZeroU64::new((*size).max(1)),
+            ..down(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Code::BlobUploadInvalid,
+                msg,
+            )
         },
         H::Upload(U::DigestMismatch { .. }) | H::DigestMismatch { .. } => {
             down(StatusCode::BAD_REQUEST, Code::DigestInvalid, msg)
@@ -315,9 +320,7 @@ pub fn from_hosted(e: hosted::Error) -> ApiError {
             down(StatusCode::PAYLOAD_TOO_LARGE, Code::Denied, msg)
         }
         H::ManifestInvalid(_) => down(StatusCode::BAD_REQUEST, Code::ManifestInvalid, msg),
-        H::ManifestBlobUnknown(_) => {
-            down(StatusCode::BAD_REQUEST, Code::ManifestBlobUnknown, msg)
-        }
+        H::ManifestBlobUnknown(_) => down(StatusCode::BAD_REQUEST, Code::ManifestBlobUnknown, msg),
         H::DeleteDisabled(_) => ApiError {
             allow: Some("GET, HEAD"),
             ..down(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, msg)

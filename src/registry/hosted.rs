@@ -39,7 +39,7 @@ const OCI_SUBJECT: &str = "oci-subject";
 /// A request body as a stream of chunks.
 fn chunks(
     body: RequestBody,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     body.into_data_stream().map_err(std::io::Error::other)
 }
 
@@ -89,9 +89,10 @@ fn chunk_start(ctx: &Ctx<'_>) -> Result<Option<u64>, ApiError> {
 fn digest_param(ctx: &Ctx<'_>) -> Result<Option<Digest>, ApiError> {
     match ctx.query.digest.as_deref() {
         None => Ok(None),
-        Some(d) => d.parse().map(Some).map_err(|_| {
-            bad_request(Code::DigestInvalid, format!("{d:?} is not a digest"))
-        }),
+        Some(d) => d
+            .parse()
+            .map(Some)
+            .map_err(|_| bad_request(Code::DigestInvalid, format!("{d:?} is not a digest"))),
     }
 }
 
@@ -230,7 +231,11 @@ impl Registry {
                 Ok(resp)
             }
             Method::PUT => {
-                let limit = self.hosted.config(&r.ns).map_err(from_hosted)?.max_manifest_size;
+                let limit = self
+                    .hosted
+                    .config(&r.ns)
+                    .map_err(from_hosted)?
+                    .max_manifest_size;
                 let body = ctx.take_body();
                 let bytes = http_body_util::Limited::new(body, limit as usize)
                     .collect()
@@ -259,7 +264,11 @@ impl Registry {
                     .map_err(from_hosted)?;
                 let mut resp = self.created(
                     ctx,
-                    &format!("{}/manifests/{}", base(ctx.path, "/manifests/"), pushed.digest),
+                    &format!(
+                        "{}/manifests/{}",
+                        base(ctx.path, "/manifests/"),
+                        pushed.digest
+                    ),
                 );
                 set(&mut resp, CONTENT_DIGEST, &pushed.digest.to_string());
                 if let Some(s) = &pushed.subject {
@@ -291,7 +300,9 @@ impl Registry {
                     .blob_size(r, digest)
                     .await
                     .map_err(from_hosted)?
-                    .ok_or_else(|| from_hosted(crate::hosted::Error::BlobUnknown(digest.clone())))?;
+                    .ok_or_else(|| {
+                        from_hosted(crate::hosted::Error::BlobUnknown(digest.clone()))
+                    })?;
                 let mut resp = response::with_body(StatusCode::OK, response::empty());
                 blob_headers(&mut resp, digest);
                 resp.headers_mut()
@@ -299,7 +310,11 @@ impl Registry {
                 Ok(resp)
             }
             Method::GET => {
-                let reader = self.hosted.open_blob(r, digest).await.map_err(from_hosted)?;
+                let reader = self
+                    .hosted
+                    .open_blob(r, digest)
+                    .await
+                    .map_err(from_hosted)?;
                 let size = reader.len();
                 Ok(blob_response(ctx, digest, Some(size), |start, end| {
                     reader.into_stream(start, end)
@@ -392,7 +407,11 @@ impl Registry {
                     fetch: crate::mirror::Fetch::CacheOnly,
                     ..grant
                 };
-                match self.mirror.head_blob(&src.upstream, &name, digest, grant).await {
+                match self
+                    .mirror
+                    .head_blob(&src.upstream, &name, digest, grant)
+                    .await
+                {
                     Ok(h) if h.size.is_some() => self
                         .hosted
                         .mount_stored(r, digest)
@@ -428,7 +447,10 @@ impl Registry {
             }
             Method::PUT => {
                 let digest = digest_param(ctx)?.ok_or_else(|| {
-                    bad_request(Code::DigestInvalid, "the digest query parameter is required")
+                    bad_request(
+                        Code::DigestInvalid,
+                        "the digest query parameter is required",
+                    )
                 })?;
                 let body = Some(chunks(ctx.take_body()));
                 self.commit(ctx, r, id, &digest, body).await
@@ -436,8 +458,7 @@ impl Registry {
             Method::DELETE => {
                 self.hosted.cancel(r, id).await.map_err(from_hosted)?;
                 let mut resp = response::with_body(StatusCode::NO_CONTENT, response::empty());
-                resp.headers_mut()
-                    .insert(header::CONTENT_LENGTH, 0.into());
+                resp.headers_mut().insert(header::CONTENT_LENGTH, 0.into());
                 Ok(resp)
             }
             _ => Err(method_not_allowed("GET, PATCH, PUT, DELETE")),
@@ -450,7 +471,7 @@ impl Registry {
         r: &HostedRepo,
         id: &str,
         digest: &Digest,
-        body: Option<impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send>,
+        body: Option<impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static>,
     ) -> Result<Response<Body>, ApiError> {
         self.hosted
             .finish(r, id, digest, body)
@@ -478,10 +499,13 @@ impl Registry {
             &with_ns(ctx, &format!("{blobs}/blobs/uploads/{id}")),
         );
         // distribution's form: the last byte held, 0-0 when empty.
-        set(&mut resp, header::RANGE, &format!("0-{}", size.saturating_sub(1)));
+        set(
+            &mut resp,
+            header::RANGE,
+            &format!("0-{}", size.saturating_sub(1)),
+        );
         set(&mut resp, UPLOAD_UUID, id);
-        resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, 0.into());
+        resp.headers_mut().insert(header::CONTENT_LENGTH, 0.into());
         resp
     }
 
@@ -489,8 +513,7 @@ impl Registry {
     fn created(&self, ctx: &Ctx<'_>, location: &str) -> Response<Body> {
         let mut resp = response::with_body(StatusCode::CREATED, response::empty());
         set(&mut resp, header::LOCATION, &with_ns(ctx, location));
-        resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, 0.into());
+        resp.headers_mut().insert(header::CONTENT_LENGTH, 0.into());
         resp
     }
 }
@@ -510,7 +533,6 @@ fn with_ns(ctx: &Ctx<'_>, path: &str) -> String {
 
 fn accepted() -> Response<Body> {
     let mut resp = response::with_body(StatusCode::ACCEPTED, response::empty());
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, 0.into());
+    resp.headers_mut().insert(header::CONTENT_LENGTH, 0.into());
     resp
 }

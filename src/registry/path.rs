@@ -161,7 +161,9 @@ mod tests {
             ep(&format!("/v2/a/referrers/{D}")),
             Ok(Endpoint::Referrers(..))
         ));
-        let up = |n: &str, s: Option<&str>| Ok(Endpoint::Upload(n.parse().unwrap(), s.map(str::to_owned)));
+        let up = |n: &str, s: Option<&str>| {
+            Ok(Endpoint::Upload(n.parse().unwrap(), s.map(str::to_owned)))
+        };
         assert_eq!(ep("/v2/a/blobs/uploads/"), up("a", None));
         assert_eq!(ep("/v2/a/blobs/uploads"), up("a", None));
         assert_eq!(ep("/v2/a/blobs/uploads/123-456"), up("a", Some("123-456")));

@@ -141,7 +141,12 @@ const TAGS: &str = "_tags";
 
 impl Store {
     /// Links `digest` (of `size` bytes) into `r`, now.
-    pub async fn hosted_link(&self, r: &HostedRepo, digest: &Digest, size: u64) -> Result<(), Error> {
+    pub async fn hosted_link(
+        &self,
+        r: &HostedRepo,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), Error> {
         let link = BlobLink {
             size,
             linked_ms: crate::tag::epoch_ms(std::time::SystemTime::now()),
@@ -189,7 +194,11 @@ impl Store {
     }
 
     /// Forgets a manifest of `r` (its bytes stay until collected).
-    pub async fn hosted_delete_manifest(&self, r: &HostedRepo, digest: &Digest) -> Result<(), Error> {
+    pub async fn hosted_delete_manifest(
+        &self,
+        r: &HostedRepo,
+        digest: &Digest,
+    ) -> Result<(), Error> {
         self.records.delete(&digest_key(r, MANIFESTS, digest)).await
     }
 
@@ -200,7 +209,12 @@ impl Store {
     }
 
     /// Points tag `tag` of `r` at a manifest.
-    pub async fn hosted_put_tag(&self, r: &HostedRepo, tag: &Tag, t: &PushedTag) -> Result<(), Error> {
+    pub async fn hosted_put_tag(
+        &self,
+        r: &HostedRepo,
+        tag: &Tag,
+        t: &PushedTag,
+    ) -> Result<(), Error> {
         let k = key(["hosted", r.ns.as_str(), r.repo.as_str(), TAGS, tag.as_str()]);
         self.put_record(&k, t).await
     }
@@ -239,7 +253,8 @@ impl Store {
         referrer: &Digest,
         desc: &Referrer,
     ) -> Result<(), Error> {
-        self.put_record(&referrer_key(r, subject, referrer), desc).await
+        self.put_record(&referrer_key(r, subject, referrer), desc)
+            .await
     }
 
     /// Forgets that `referrer` refers to `subject`.
@@ -249,7 +264,9 @@ impl Store {
         subject: &Digest,
         referrer: &Digest,
     ) -> Result<(), Error> {
-        self.records.delete(&referrer_key(r, subject, referrer)).await
+        self.records
+            .delete(&referrer_key(r, subject, referrer))
+            .await
     }
 
     /// The manifests of `r` that refer to `subject`.

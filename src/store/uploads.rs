@@ -6,7 +6,7 @@
 //! ```
 //!
 //! A session lives in the local directory (also with the S3 backend: its
-//! bytes reach the bucket once, at the commit, through [`BlobWriter`]). It
+//! bytes reach the bucket once, at the commit, through [`super::BlobWriter`]). It
 //! survives a restart: its offset is the length of `data`, which a client
 //! asks for (`GET` on the upload URL) to resume after a dropped connection.
 //! Bytes are hashed as they arrive; after a restart, or when a write
@@ -143,14 +143,20 @@ impl Uploads {
     }
 
     fn live(&self, id: &str) -> Arc<tokio::sync::Mutex<Live>> {
-        let mut m = self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         m.entry(id.to_owned())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Live { hash: None })))
             .clone()
     }
 
     fn forget(&self, id: &str) {
-        let mut m = self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         m.remove(id);
     }
 
@@ -197,7 +203,11 @@ impl Uploads {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(Error::io("stat", &data)(e)),
             };
-            Ok(Some((state, meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH))))
+            Ok(Some((
+                state,
+                meta.len(),
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            )))
         })
         .await?;
         match found {
@@ -209,6 +219,15 @@ impl Uploads {
             }),
             None => Err(UploadError::Unknown(id)),
         }
+    }
+
+    /// [`Uploads::status`] once a chunk being appended now has ended.
+    pub async fn settled(&self, id: &str) -> Result<Upload, UploadError> {
+        // Unknown ids leave nothing behind in the live table.
+        self.status(id).await?;
+        let live = self.live(id);
+        let _held = live.lock().await;
+        self.status(id).await
     }
 
     /// Appends a chunk to session `id`. `at` is where the client says it
@@ -227,6 +246,7 @@ impl Uploads {
         S: Stream<Item = io::Result<Bytes>> + Send,
     {
         let dir = self.session(id)?;
+        self.status(id).await?;
         let live = self.live(id);
         // One chunk at a time per session: offsets must not interleave.
         let mut live = live.lock().await;
@@ -393,6 +413,7 @@ impl Store {
     pub async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<Committed, UploadError> {
         let uploads = &self.uploads;
         let dir = uploads.session(id)?;
+        uploads.status(id).await?;
         let live = uploads.live(id);
         let mut live = live.lock().await;
         let size = uploads.status(id).await?.size;
@@ -464,7 +485,12 @@ mod tests {
         let store = Store::open_local(dir.path(), None).await.unwrap();
         let up = store.uploads();
         let id = up.start("local", "app").await.unwrap();
-        assert_eq!(up.append(&id, Some(0), stream(vec![Ok(b"hello ")]), None).await.unwrap(), 6);
+        assert_eq!(
+            up.append(&id, Some(0), stream(vec![Ok(b"hello ")]), None)
+                .await
+                .unwrap(),
+            6
+        );
         // A chunk that does not start at the end is refused.
         assert!(matches!(
             up.append(&id, Some(3), stream(vec![Ok(b"x")]), None).await,
@@ -472,23 +498,40 @@ mod tests {
         ));
         // The body breaks: what arrived is kept.
         let r = up
-            .append(&id, None, stream(vec![Ok(b"wor"), Err(io::Error::other("reset"))]), None)
+            .append(
+                &id,
+                None,
+                stream(vec![Ok(b"wor"), Err(io::Error::other("reset"))]),
+                None,
+            )
             .await;
         assert!(matches!(r, Err(UploadError::Body { kept: 3, .. })), "{r:?}");
         assert_eq!(up.status(&id).await.unwrap().size, 9);
         // A bound.
         assert!(matches!(
-            up.append(&id, Some(9), stream(vec![Ok(b"ld")]), Some(10)).await,
+            up.append(&id, Some(9), stream(vec![Ok(b"ld")]), Some(10))
+                .await,
             Err(UploadError::TooLarge { limit: 10 })
         ));
-        up.append(&id, Some(9), stream(vec![Ok(b"ld")]), None).await.unwrap();
+        up.append(&id, Some(9), stream(vec![Ok(b"ld")]), None)
+            .await
+            .unwrap();
         let d = Digest::sha256_of(b"hello world");
         // A restart: the in-memory hash is gone; the commit hashes the file.
         let again = Store::open_local(dir.path(), None).await.unwrap();
         let c = again.commit_upload(&id, &d).await.unwrap();
-        assert_eq!(c, Committed { size: 11, existed: false });
+        assert_eq!(
+            c,
+            Committed {
+                size: 11,
+                existed: false
+            }
+        );
         assert_eq!(again.stat(&d).await.unwrap(), Some(11));
-        assert!(matches!(again.uploads().status(&id).await, Err(UploadError::Unknown(_))));
+        assert!(matches!(
+            again.uploads().status(&id).await,
+            Err(UploadError::Unknown(_))
+        ));
     }
 
     #[tokio::test]
@@ -496,7 +539,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_local(dir.path(), None).await.unwrap();
         let id = store.uploads().start("local", "app").await.unwrap();
-        store.uploads().append(&id, None, stream(vec![Ok(b"abc")]), None).await.unwrap();
+        store
+            .uploads()
+            .append(&id, None, stream(vec![Ok(b"abc")]), None)
+            .await
+            .unwrap();
         let wrong = Digest::sha256_of(b"abd");
         assert!(matches!(
             store.commit_upload(&id, &wrong).await,
@@ -506,7 +553,10 @@ mod tests {
         assert_eq!(store.stat(&Digest::sha256_of(b"abc")).await.unwrap(), None);
         // Ids that could name a path are unknown, never opened.
         for bad in ["../../etc", "ABCDEF0123456789ABCDEF0123456789", ""] {
-            assert!(matches!(store.uploads().status(bad).await, Err(UploadError::Unknown(_))));
+            assert!(matches!(
+                store.uploads().status(bad).await,
+                Err(UploadError::Unknown(_))
+            ));
         }
     }
 

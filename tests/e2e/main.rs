@@ -14,6 +14,7 @@ mod crash;
 mod disk;
 mod errors;
 mod faults;
+mod hosted;
 mod hostile;
 mod load;
 mod offline;

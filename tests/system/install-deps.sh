@@ -10,6 +10,9 @@
 #     cannot install them, tls.sh reports their checks as SKIP.
 #   install-deps.sh --browser   for status.sh: the above, and chromium,
 #     node and npm (required).
+#   install-deps.sh --push  for hosted.sh: what --tls installs, and tries
+#     buildah too (optional like podman and docker.io: hosted.sh reports
+#     its checks as SKIP if apt cannot install it).
 #
 # Package postinst scripts must not start daemons (containerd, dockerd,
 # docker-registry): a temporary /usr/sbin/policy-rc.d (exit 101) forbids it.
@@ -23,11 +26,12 @@ opt_cmds=(); opt_pkgs=()
 case "${1:-}" in
   "") ;;
   --tls) opt_cmds=(podman dockerd); opt_pkgs=(podman docker.io);;
+  --push) opt_cmds=(podman dockerd buildah); opt_pkgs=(podman docker.io buildah);;
   --browser) need_cmds+=(chromium node npm); pkgs+=(chromium)
              # Node.js from Debian only where the machine has none.
              command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
              command -v npm >/dev/null 2>&1 || pkgs+=(npm);;
-  *) echo "usage: install-deps.sh [--tls | --browser]" >&2; exit 2;;
+  *) echo "usage: install-deps.sh [--tls | --push | --browser]" >&2; exit 2;;
 esac
 
 missing=(); opt_missing=()
