@@ -880,3 +880,92 @@ async fn the_cache_commands_work_on_the_bucket() {
     assert_eq!(gc.referenced, 4, "b: manifest, config, two layers");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_land_in_the_bucket_for_every_mirror_and_gc_deletes_them() {
+    let weed = s3::shared();
+    let prefix = s3::unique_prefix("hosted");
+    let up = FakeUpstream::start(Options::default()).await;
+    let cfg = format!(
+        "{}[[hosted]]\nname = \"local\"\nanonymous_push = true\n",
+        mirror_toml(weed, &up, &prefix, "part_size = \"5MiB\"")
+    );
+    // A layer larger than a part, pushed in chunks; the rest monolithic.
+    let img = docker_image(60, &[300_000, 12 << 20]);
+    let first = tempfile::tempdir().unwrap();
+    let a = Gateway::start(&cfg, first.path()).await;
+    let c = client();
+    let base = format!("{}/v2/local/app", a.url(0));
+    for b in std::iter::once(&img.config).chain(&img.layers) {
+        let r = c
+            .post(format!("{base}/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let loc = format!("{}{}", a.url(0), r.headers()["location"].to_str().unwrap());
+        let mut at = 0;
+        for chunk in b.bytes.chunks(5 << 20) {
+            let r = c
+                .patch(&loc)
+                .header("content-range", format!("{at}-{}", at + chunk.len() - 1))
+                .body(chunk.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            at += chunk.len();
+        }
+        let r = c
+            .put(format!("{loc}?digest={}", b.digest))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        // In the bucket, byte for byte.
+        assert!(stored(weed, &prefix, &b.digest).await == b.bytes);
+    }
+    let r = c
+        .put(format!("{base}/manifests/v1"))
+        .header("content-type", img.manifest.media_type)
+        .body(img.manifest.bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // No upload session is left locally, and none is a bucket object.
+    assert!(files_under(&first.path().join("uploads")).is_empty());
+    // Another mirror with an empty root on the bucket serves the push.
+    let second = tempfile::tempdir().unwrap();
+    let b = Gateway::start(&cfg, second.path()).await;
+    pull(&c, &b, "local/app", "v1", &img).await;
+    let tags: serde_json::Value = c
+        .get(format!("{}/v2/local/app/tags/list", b.url(0)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
+    assert_eq!(up.requests().len(), 0, "nothing went upstream");
+
+    // Deleted, then collected: the objects leave the bucket.
+    let r = c
+        .delete(format!("{base}/manifests/{}", img.manifest.digest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(7200);
+    let report = a.app().hosted().gc_at(later).await.unwrap();
+    assert_eq!(report.deleted, 4, "{report:?}");
+    let left = keys_under(weed, &prefix).await;
+    for b in std::iter::once(&img.config)
+        .chain(&img.layers)
+        .chain([&img.manifest])
+    {
+        let key = blob_key(&prefix, &b.digest).to_string();
+        assert!(!left.contains(&key), "{} left the bucket", b.digest);
+    }
+}
