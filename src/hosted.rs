@@ -262,7 +262,9 @@ impl Hosted {
         S: Stream<Item = io::Result<Bytes>> + Send + 'static,
     {
         self.upload_size(r, id).await?;
-        let limit = self.room(&r.ns).await?;
+        // One upload never outgrows the namespace; whether the blob fits
+        // beside the others is known once its digest is (the commit).
+        let limit = self.config(&r.ns)?.max_size;
         let (uploads, id) = (self.store.uploads().clone(), id.to_owned());
         let task = tokio::spawn(async move { uploads.append(&id, at, body, limit).await });
         match task.await {
@@ -297,9 +299,9 @@ impl Hosted {
     {
         if let Some(body) = last {
             self.append(r, id, None, body).await?;
-        } else {
-            self.upload_size(r, id).await?;
         }
+        let size = self.upload_size(r, id).await?;
+        self.check_room(&r.ns, digest, size).await?;
         let (me, r, id, digest) = (self.clone(), r.clone(), id.to_owned(), digest.clone());
         let task = tokio::spawn(async move {
             let _shared = me.gc_lock.read().await;
@@ -398,14 +400,21 @@ impl Hosted {
         Ok(out)
     }
 
-    /// Bytes namespace `ns` may still take (`None`: unbounded).
-    async fn room(&self, ns: &UpstreamId) -> Result<Option<u64>, Error> {
+    /// Whether namespace `ns` has room for blob `digest` of `size` bytes
+    /// (a blob it holds already costs nothing).
+    async fn check_room(&self, ns: &UpstreamId, digest: &Digest, size: u64) -> Result<(), Error> {
         let Some(limit) = self.config(ns)?.max_size else {
-            return Ok(None);
+            return Ok(());
         };
         let mut usage = self.usage.lock().await;
-        let used: u64 = self.load_usage(&mut usage, ns).await?.values().sum();
-        Ok(Some(limit.saturating_sub(used)))
+        let used = self.load_usage(&mut usage, ns).await?;
+        if !used.contains_key(digest) && used.values().sum::<u64>() + size > limit {
+            return Err(Error::Quota {
+                ns: ns.clone(),
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// Stores a pushed manifest under `reference` of `r`, after checking

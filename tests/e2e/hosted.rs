@@ -901,3 +901,48 @@ async fn concurrent_pushes_of_images_sharing_layers() {
     }
     assert_store_verified(dir.path());
 }
+
+#[tokio::test]
+async fn max_size_bounds_a_namespace() {
+    let up = FakeUpstream::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        &hosted_config(&up, "anonymous_push = true\nmax_size = \"1MiB\"", ""),
+        dir.path(),
+    )
+    .await;
+    let p = Pusher::new(&gw.url(0));
+    let a = image::random_bytes(40, 600_000);
+    p.blob("local/a", &a).await;
+    // The same blob in another repository costs nothing more.
+    p.blob("local/b", &a).await;
+    // A second one does not fit: refused at its commit, nothing stored.
+    let b = image::random_bytes(41, 600_000);
+    let d = image::sha256_digest(&b);
+    let r = p
+        .req(
+            Method::POST,
+            &format!("/v2/local/a/blobs/uploads/?digest={d}"),
+        )
+        .body(b.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(r).await, "DENIED");
+    assert_eq!(
+        p.status(Method::HEAD, &format!("/v2/local/a/blobs/{d}"))
+            .await,
+        StatusCode::NOT_FOUND
+    );
+    // Deleting frees the room.
+    let da = image::sha256_digest(&a);
+    for repo in ["a", "b"] {
+        assert_eq!(
+            p.status(Method::DELETE, &format!("/v2/local/{repo}/blobs/{da}"))
+                .await,
+            StatusCode::ACCEPTED
+        );
+    }
+    p.blob("local/a", &b).await;
+}

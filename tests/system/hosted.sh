@@ -620,11 +620,11 @@ check_8() {
     ok "$R 8b PUT an image manifest whose layer was never pushed: 400 MANIFEST_BLOB_UNKNOWN"
   else bad "$R 8b PUT an image manifest with a missing layer" "status $code, body $(short 300 <"$W/curl.body"), want 400 MANIFEST_BLOB_UNKNOWN"; fi
   # positive control: an index over the manifests pushed in 1a and 1b
-  body=$(jq -cn --arg a "$(img .small.digest)" --argjson as "$(stat -c %s "$W/images/small/manifest.json")" \
-    --arg b "$(img '."small-oci".digest')" --argjson bs "$(stat -c %s "$W/images/small-oci/manifest.json")" \
+  body=$(jq -cn --arg a "$(img .small.digest)" --argjson asz "$(stat -c %s "$W/images/small/manifest.json")" \
+    --arg b "$(img '."small-oci".digest')" --argjson bsz "$(stat -c %s "$W/images/small-oci/manifest.json")" \
     '{schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json", manifests: [
-      {mediaType: "application/vnd.docker.distribution.manifest.v2+json", digest: $a, size: $as, platform: {architecture: "amd64", os: "linux"}},
-      {mediaType: "application/vnd.oci.image.manifest.v1+json", digest: $b, size: $bs, platform: {architecture: "amd64", os: "linux", variant: "oci"}}]}')
+      {mediaType: "application/vnd.docker.distribution.manifest.v2+json", digest: $a, size: $asz, platform: {architecture: "amd64", os: "linux"}},
+      {mediaType: "application/vnd.oci.image.manifest.v1+json", digest: $b, size: $bsz, platform: {architecture: "amd64", os: "linux", variant: "oci"}}]}')
   printf '%s' "$body" >"$W/index-$ROUND.json"
   local want; want="sha256:$(sha256_of "$W/index-$ROUND.json")"
   code=$(curl_api PUT "http://$REG/v2/local/app/manifests/index" "$CI" \
