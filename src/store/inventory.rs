@@ -541,7 +541,9 @@ impl Store {
     pub async fn gc(&self, grace: Duration, dry: bool) -> Result<GcOutcome, Error> {
         // Roots first, blobs second: a manifest stored in between has blobs
         // younger than the grace.
-        let (referenced, manifests) = self.referenced(&mut Memo::default()).await?;
+        let (mut referenced, manifests) = self.referenced(&mut Memo::default()).await?;
+        // Pushed content is the hosted namespaces' to collect.
+        referenced.extend(self.hosted_digests().await?);
         let blobs = self.blobs.list().await?;
         let cutoff = SystemTime::now()
             .checked_sub(grace)
@@ -633,6 +635,8 @@ impl Store {
             keep.extend(c.digests().cloned());
             keep.insert(r);
         }
+        // And whatever a hosted namespace holds.
+        keep.extend(self.hosted_digests().await?);
         // Manifest records first: once a manifest is gone, its blobs are
         // nobody's, never the other way round.
         let mut removed = HashSet::new();

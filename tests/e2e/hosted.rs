@@ -806,6 +806,13 @@ async fn sessions_survive_a_restart_abandoned_ones_go_and_gc_collects() {
             "eviction keeps pushed content"
         );
     }
+    // The cache's own gc (`mirrorgate cache gc`) leaves pushed content to
+    // the namespace, even a blob no manifest references yet.
+    let cache_gc = store.gc(Duration::ZERO, false).await.unwrap();
+    assert!(
+        !cache_gc.deleted.contains(&digest),
+        "cache gc took a pushed blob"
+    );
     let report = hosted.gc_at(later).await.unwrap();
     let stat = |d: &str| {
         let store = store.clone();
