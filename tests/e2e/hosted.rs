@@ -886,9 +886,24 @@ async fn concurrent_pushes_of_images_sharing_layers() {
             assert_eq!(r.status(), StatusCode::CREATED);
         }));
     }
+    // Collections run all along: they never take what a push holds.
+    let hosted = gw.app().hosted().clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let collector = tokio::spawn(async move {
+        let mut runs = 0u32;
+        while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            hosted.gc().await.unwrap();
+            runs += 1;
+            tokio::task::yield_now().await;
+        }
+        runs
+    });
     for t in tasks {
         t.await.unwrap();
     }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(collector.await.unwrap() > 0);
     let p = Pusher::new(&url);
     for (i, img) in images.iter().enumerate() {
         let r = p
@@ -952,4 +967,42 @@ async fn max_size_bounds_a_namespace() {
         );
     }
     p.blob("local/a", &b).await;
+}
+
+#[tokio::test]
+async fn routed_by_host_and_pinned_listener_with_deny_rules() {
+    let up = FakeUpstream::start(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\n[[listener]]\naddr = \"127.0.0.1:0\"\nupstream = \"local\"\n{}\
+         [[hosted]]\nname = \"local\"\nhosts = [\"registry.local.test\"]\nanonymous_push = true\ndeny = [\"secret/**\"]\n",
+        upstream_toml("docker.io", &up.url(), "default = true")
+    );
+    let gw = Gateway::start(&cfg, dir.path()).await;
+    // The pinned listener: names without a prefix are the namespace's.
+    let pinned = Pusher::new(&gw.url(1));
+    let d = pinned.blob("app", b"pinned").await;
+    // The Host header (SNI on TLS) selects it on the shared listener.
+    let r = client()
+        .head(format!("{}/v2/app/blobs/{d}", gw.url(0)))
+        .header("host", "registry.local.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Without it, the same path is the default upstream's.
+    let r = client()
+        .post(format!("{}/v2/app/blobs/uploads/", gw.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // Denied repositories can be neither pushed nor pulled.
+    let r = pinned
+        .req(Method::POST, "/v2/secret/x/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(r).await, "DENIED");
 }
