@@ -203,13 +203,19 @@ impl Hosted {
         if self.store.hosted_blob_link(r, digest).await?.is_some() {
             return Ok(Some(size));
         }
-        Ok(self.is_public(digest).then_some(size))
+        Ok(self.is_public(digest).await.then_some(size))
     }
 
     /// Whether the store holds `digest` for no private repository (hosted
-    /// or mirrored): content anyone could pull from the mirror.
-    fn is_public(&self, digest: &Digest) -> bool {
-        self.store.private_marks().owned_by(digest, "").is_none()
+    /// or mirrored): content anyone could pull from the mirror. On a shared
+    /// bucket the marks are read again first (another replica may have
+    /// marked it since); a failure to read them counts as private.
+    async fn is_public(&self, digest: &Digest) -> bool {
+        let marks = self.store.private_marks();
+        if self.store.leases().is_some() && !marks.refresh(digest).await {
+            return false;
+        }
+        marks.owned_by(digest, "").is_none()
     }
 
     /// Opens a blob visible in `r`.
@@ -337,7 +343,7 @@ impl Hosted {
         let Some(size) = self.blob_size(from, digest).await? else {
             return Ok(false);
         };
-        if !self.is_public(digest) {
+        if !self.is_public(digest).await {
             // Pushed content: the marks name every repository holding it.
             self.store.mark_private(digest, Self::owner(r)).await?;
         }
@@ -568,7 +574,7 @@ impl Hosted {
         match link {
             Some(l) if l.linked_ms >= fresh_after => Ok(()),
             Some(_) => Ok(self.store.hosted_link(r, &d.digest, size).await?),
-            None if self.is_public(&d.digest) => self.link(r, &d.digest, size).await,
+            None if self.is_public(&d.digest).await => self.link(r, &d.digest, size).await,
             None => Err(unknown()),
         }
     }

@@ -894,6 +894,9 @@ async fn pushes_land_in_the_bucket_for_every_mirror_and_gc_deletes_them() {
     let img = docker_image(60, &[300_000, 12 << 20]);
     let first = tempfile::tempdir().unwrap();
     let a = Gateway::start(&cfg, first.path()).await;
+    // Another mirror on the bucket, with an empty root, running already.
+    let second = tempfile::tempdir().unwrap();
+    let b = Gateway::start(&cfg, second.path()).await;
     let c = client();
     let base = format!("{}/v2/local/app", a.url(0));
     for b in std::iter::once(&img.config).chain(&img.layers) {
@@ -935,10 +938,19 @@ async fn pushes_land_in_the_bucket_for_every_mirror_and_gc_deletes_them() {
     assert_eq!(r.status(), 201);
     // No upload session is left locally, and none is a bucket object.
     assert!(files_under(&first.path().join("uploads")).is_empty());
-    // Another mirror with an empty root on the bucket serves the push.
-    let second = tempfile::tempdir().unwrap();
-    let b = Gateway::start(&cfg, second.path()).await;
+    // The other mirror serves the push, and keeps it private to its
+    // repository (the marks were made after it started).
     pull(&c, &b, "local/app", "v1", &img).await;
+    let r = c
+        .head(format!(
+            "{}/v2/local/other/blobs/{}",
+            b.url(0),
+            img.layers[0].digest
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     let tags: serde_json::Value = c
         .get(format!("{}/v2/local/app/tags/list", b.url(0)))
         .send()
