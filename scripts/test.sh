@@ -27,6 +27,12 @@
 #      playwright-core (npm): renders, lists the upstreams, updates by
 #      itself after a skopeo pull, works without JavaScript; a reload
 #      (tests/system/status.sh; screenshots in target/test-output/)
+#   7e. hosted namespaces (the push API) with real clients, on the
+#      filesystem and on S3: skopeo, podman, buildah, docker (dockerd) and
+#      ctr push, each pulled back by another client and compared by digest;
+#      base layers pulled through the mirror not uploaded again; concurrent
+#      pushes; an index with a missing child refused; anonymous and
+#      non-pusher pushes refused (tests/system/hosted.sh)
 #   8. the end-to-end benchmarks in their short mode (benches/e2e.sh --quick,
 #      benches/s3.py --quick and benches/cluster.sh --mib 8, debug binary):
 #      checks that they run and
@@ -92,6 +98,9 @@ if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
 
   step "status page: headless Chromium (playwright-core) with the three upstream stand-ins, live update after a skopeo pull, reload"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/status.sh
+
+  step "hosted system test: skopeo, podman, buildah, docker, ctr push and pull back, on the filesystem and on S3"
+  MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/hosted.sh
 
   step "cluster system test: replicas on one bucket, skopeo + ctr, scale-out, rolling restart, partition, SIGKILL/SIGSTOP mid-pull"
   MIRRORGATE_BIN="$PWD/target/debug/mirrorgate" bash tests/system/cluster.sh

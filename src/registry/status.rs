@@ -111,12 +111,26 @@ pub struct Report {
     pub store: StoreStatus,
     /// Blob downloads under way.
     pub downloads: Vec<DownloadStatus>,
+    /// Pushes under way: the upload sessions of hosted namespaces.
+    pub uploads: Vec<UploadStatus>,
     /// The repositories that take the most space.
     pub largest_repositories: Vec<UsageRow>,
     /// The latest pulls, newest first.
     pub recent_pulls: Vec<Pull>,
     /// Config reloads.
     pub config: ConfigStatus,
+}
+
+/// An upload session of a hosted namespace.
+#[derive(Debug, Serialize)]
+pub struct UploadStatus {
+    /// `<namespace>/<repository>` (hidden from anonymous viewers when
+    /// private).
+    pub repository: Option<String>,
+    /// Bytes received so far.
+    pub received: u64,
+    /// Seconds since bytes last arrived.
+    pub idle_seconds: u64,
 }
 
 /// One upstream's health.
@@ -454,6 +468,21 @@ impl Registry {
                 }
             })
             .collect();
+        let uploads = match self.hosted.store().uploads().list().await {
+            Ok(list) => list
+                .into_iter()
+                .map(|u| UploadStatus {
+                    repository: (!hidden(&u.state.ns, &u.state.repo))
+                        .then(|| format!("{}/{}", u.state.ns, u.state.repo)),
+                    received: u.size,
+                    idle_seconds: now.duration_since(u.touched).map_or(0, |d| d.as_secs()),
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot list upload sessions");
+                Vec::new()
+            }
+        };
         let (reloads, refused) = self.metrics.reloads();
         let last_reload = self
             .status
@@ -509,6 +538,7 @@ impl Registry {
                 }),
             },
             downloads,
+            uploads,
             largest_repositories: largest,
             recent_pulls: self
                 .metrics
@@ -713,6 +743,7 @@ fn render(r: &Report, now: SystemTime) -> String {
     render_cache(&mut h, r);
     render_upstreams(&mut h, r, now);
     render_downloads(&mut h, r);
+    render_uploads(&mut h, r);
     render_pulls(&mut h, r, now);
     render_store(&mut h, r);
     render_listeners(&mut h, r, now);
@@ -858,6 +889,30 @@ fn render_downloads(h: &mut String, r: &Report) {
             d.size.map_or_else(|| "?".to_owned(), bytes),
             digest = esc(&d.digest),
             short = esc(d.digest.get(..19).unwrap_or(&d.digest)),
+        );
+    }
+    h.push_str("</tbody></table></section>");
+}
+
+fn render_uploads(h: &mut String, r: &Report) {
+    if r.uploads.is_empty() {
+        // Nothing to say on a mirror that nobody pushes to.
+        return;
+    }
+    h.push_str(
+        "<section id=\"uploads\"><h2>Pushes in progress</h2><table><thead><tr>\
+<th>repository</th><th class=\"n\">received</th><th class=\"n\">idle</th></tr></thead><tbody>",
+    );
+    for u in &r.uploads {
+        let repo = u
+            .repository
+            .as_deref()
+            .map_or_else(|| "<span class=\"muted\">private</span>".to_owned(), esc);
+        let _ = write!(
+            h,
+            "<tr><td>{repo}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            bytes(u.received),
+            duration(u.idle_seconds),
         );
     }
     h.push_str("</tbody></table></section>");
@@ -1037,6 +1092,11 @@ mod tests {
                 s3: None,
             },
             downloads: Vec::new(),
+            uploads: vec![UploadStatus {
+                repository: Some("<b>local/app</b>".to_owned()),
+                received: 1,
+                idle_seconds: 2,
+            }],
             largest_repositories: Vec::new(),
             recent_pulls: Vec::new(),
             config: ConfigStatus {
@@ -1063,6 +1123,7 @@ mod tests {
         assert!(CSP.contains("default-src 'none'") && !CSP.contains("unsafe-eval"));
         // Text from outside is escaped.
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(page.contains("&lt;b&gt;local/app&lt;/b&gt;"));
         assert!(page.contains("<code>&lt;dir&gt;</code>"));
     }
 }

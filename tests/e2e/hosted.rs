@@ -235,16 +235,20 @@ async fn uploads_monolithic_chunked_resumed_and_cancelled() {
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.bytes().await.unwrap(), data[10..20]);
 
-    // Cancel.
+    // Cancel; the status page shows the session until then.
     let r = p
         .req(Method::POST, "/v2/local/app/blobs/uploads/")
         .send()
         .await
         .unwrap();
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let status = gw.status_json().await;
+    assert_eq!(status["uploads"][0]["repository"], "local/app");
+    assert_eq!(status["uploads"][0]["received"], 0);
     assert_eq!(p.status(Method::DELETE, &loc).await, StatusCode::NO_CONTENT);
     let r = p.req(Method::GET, &loc).send().await.unwrap();
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(gw.status_json().await["uploads"], serde_json::json!([]));
     // Monolithic, through a path prefix and `?ns=` alike.
     let small = b"monolithic".to_vec();
     let d = p.blob("local/app", &small).await;

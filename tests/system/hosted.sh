@@ -9,33 +9,41 @@
 #   bash tests/system/hosted.sh
 #
 # Each round (fs, then s3) checks:
-#   1  skopeo copy dir: -> local/: Docker v2s2, OCI, an OCI index (--all);
-#      ctr pulls each back (hosts.toml, --user): digest, unpacked chain ID
+#   1  skopeo copy dir: -> local/: Docker v2s2, OCI, an OCI index (--all), and
+#      a 20 MiB layer (more than one S3 part); ctr pulls each back
+#      (hosts.toml, --user): digest, unpacked chain ID; tags/list
 #   2  podman push: an image from `podman pull dir:` (layers compressed by
-#      podman: a real upload), and one pulled through the mirror and retagged;
-#      skopeo pulls them back
+#      podman: a real upload), and one pulled through the mirror and retagged
+#      (layers mounted from docker.io/library/small); skopeo pulls them back
 #   3  buildah from <the mirror's docker.io/library/alpine:3>, copy a file,
 #      commit, push; skopeo pulls it back; alpine's layer is not uploaded
 #   4  dockerd: docker pull through the mirror, docker build (legacy
-#      builder, COPY only), docker push; docker pull of a skopeo-pushed image;
-#      skopeo pulls back (SKIP when dockerd cannot run)
-#   5  ctr images import + ctr images push (--hosts-dir, --user); skopeo
-#      pulls it back
+#      builder, COPY only), docker push (only the new layer and the config
+#      uploaded); docker pull of a skopeo-pushed image; that image retagged
+#      and pushed: its layers mounted from local/app. skopeo pulls back.
+#      SKIP when dockerd cannot run
+#   5  ctr images import + ctr images push (--hosts-dir, --user), to the path
+#      prefix and to a listener pinned to the namespace; skopeo pulls back
 #   6  base-layer dedup: skopeo pulls alpine:3 through the mirror, then pushes
 #      an image on top of it: the access log shows a HEAD 200 on alpine's
 #      layer and uploads of only the new layer and the config
 #   7  four concurrent skopeo pushes of images sharing every blob
 #   8  curl: an index naming a manifest never pushed -> 400
-#      MANIFEST_BLOB_UNKNOWN; the same for an image manifest with a missing
-#      layer; a hand-made index over pushed manifests -> 201
-#   9  anonymous push refused (skopeo fails, POST -> 401), nothing created
-#   10 `reader` (not in push = [...]) gets 403 on push, but pulls
-#   11 the mirror is alive, `mirrorgate verify` re-hashes the store
+#      MANIFEST_BLOB_UNKNOWN, no tag left; the same for an image manifest with
+#      a missing layer; a hand-made index over pushed manifests -> 201
+#   9  anonymous push refused (skopeo fails; POST, manifest PUT -> 401),
+#      nothing created
+#   10 `reader` (not in push = [...]) gets 403 on POST, manifest PUT, DELETE
+#      and with skopeo, but pulls; a wrong password gets 401
+#   12 skopeo delete: refused for reader; for ci the tag and the manifest go
+#   11 (last) the mirror is alive, no panic in its log, `mirrorgate verify`
+#      re-hashes the store
+# Client logs and the mirror's log (with its access log) are in the work dir.
 #
 # Environment:
 #   MIRRORGATE_BIN      mirror binary (default: <repo>/target/debug/mirrorgate)
 #   KEEP_WORKDIR=1      keep the temp dir (configs, logs, data)
-#   SYSTEM_TEST_BUDGET  seconds for both rounds (default 600); later checks
+#   SYSTEM_TEST_BUDGET  seconds for both rounds (default 300); later checks
 #                       fail as "not run"
 #   HOSTED_ROUNDS       "fs s3" (default), or one of them
 # Output: PASS:/FAIL:/SKIP: lines, then "N passed, M failed, K skipped".
@@ -44,7 +52,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh disable=SC2034  # lib.sh reads variables set here
 . "$HERE/lib.sh"
-BUDGET="${SYSTEM_TEST_BUDGET:-600}"
+BUDGET="${SYSTEM_TEST_BUDGET:-300}"
 ROUNDS="${HOSTED_ROUNDS:-fs s3}"
 DEAD_PROXY="http://127.0.0.1:9"   # nothing listens there
 PUSHER=ci; PUSHER_PASS=cipass; READER=reader; READER_PASS=readerpass
@@ -80,8 +88,8 @@ step "dependencies"
 bash "$HERE/install-deps.sh" --push || setup_failed "install-deps.sh --push failed"
 make_workdir mirrorgate-hosted
 echo "work dir: $W"
-read -r HUB_PORT GHCR_PORT QUAY_PORT P_FS P_S3 <<<"$(free_ports 5)"
-echo "ports: hub=$HUB_PORT ghcr=$GHCR_PORT quay=$QUAY_PORT mirror fs=$P_FS s3=$P_S3"
+read -r HUB_PORT GHCR_PORT QUAY_PORT P_FS P_S3 PIN_FS PIN_S3 <<<"$(free_ports 7)"
+echo "ports: hub=$HUB_PORT ghcr=$GHCR_PORT quay=$QUAY_PORT mirror fs=$P_FS (pinned to local: $PIN_FS) s3=$P_S3 (pinned: $PIN_S3)"
 
 step "upstream stand-ins: PKI, images, registries, seeding"
 make_pki
@@ -93,7 +101,9 @@ find_mirror_bin
 
 # More images, in mkimages.py's dir: format and added to its summary (img):
 #   podimg     fresh layers, for podman's own upload (it recompresses them)
-#   ctrimg     fresh OCI image, for ctr's upload
+#   ctrimg     fresh OCI image, for ctr's upload (oci-archive: holds OCI only)
+#   nsimg      fresh OCI image, for ctr's upload to the pinned listener
+#   big        one 20 MiB layer: an upload of more than one S3 part
 #   conc       fresh layers, shared by conc (Docker v2s2) and conc-oci (OCI)
 #   dedup      alpine's layer + one new layer, new config
 python3 - "$LIB_DIR" "$W/images" >"$LOGS/mkextra.log" 2>&1 <<'EOF' || setup_failed "extra images" "$LOGS/mkextra.log"
@@ -107,7 +117,10 @@ amd64 = mk.Platform("amd64")
 rng = lambda n: random.Random("hosted.sh/%s" % n)
 summary["podimg"] = mk.single(os.path.join(out, "podimg"), mk.ImageContent(rng("podimg"), "podimg", amd64, [300 * K, 200 * K]), False)
 summary["ctrimg"] = mk.single(os.path.join(out, "ctrimg"), mk.ImageContent(rng("ctrimg"), "ctrimg", amd64, [400 * K]), True)
+summary["nsimg"] = mk.single(os.path.join(out, "nsimg"), mk.ImageContent(rng("nsimg"), "nsimg", amd64, [200 * K, 100 * K]), True)
 conc = mk.ImageContent(rng("conc"), "conc", amd64, [512 * K, 512 * K, 256 * K])
+# one 20 MiB layer (level 1, random: about as big gzip'd): more than one S3 part (8 MiB)
+summary["big"] = mk.single(os.path.join(out, "big"), mk.ImageContent(rng("big"), "big", amd64, [20 * 1024 * K], level=1), False)
 summary["conc"] = mk.single(os.path.join(out, "conc"), conc, False)
 summary["conc-oci"] = mk.single(os.path.join(out, "conc-oci"), conc, True)
 # alpine exactly as mkimages.py made it (default seed), plus a new layer
@@ -126,7 +139,7 @@ d.config = mk.Blob(mk.jbytes(cfg), mk.MT_DOCKER_CONFIG)
 summary["dedup"] = mk.single(os.path.join(out, "dedup"), d, False)
 mk.write_file(os.path.join(out, "images.json"), (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
 EOF
-info "extra images: $(jq -c '{podimg, ctrimg, conc, "conc-oci", dedup} | map_values(.digest[7:19])' "$IMAGES")"
+info "extra images: $(jq -c '{podimg, ctrimg, nsimg, big, conc, "conc-oci", dedup} | map_values(.digest[7:19])' "$IMAGES")"
 diff_ids() { jq -c '.rootfs.diff_ids' "$1"; }   # CONFIG_FILE -> JSON array
 src_diff_ids() { diff_ids "$W/images/$1/$(img ".\"$1\".config" | cut -c8-)"; }
 
@@ -223,7 +236,7 @@ curl_api() { # METHOD URL CREDS|- [curl args] -> "STATUS" ; body in W/curl.body,
 err_code() { jq -r '.errors[0].code // empty' "$W/curl.body" 2>/dev/null || true; }
 
 # ----------------------------------------------------------------- a round
-start_mirror() { # ROUND PORT
+start_mirror() { # ROUND PORT PINNED_PORT
   local cfg="$CONF/mirrorgate-$1.toml"
   {
     cat <<EOF
@@ -237,6 +250,10 @@ anonymous = false
 
 [[listener]]
 addr = "$IP:$2"
+
+[[listener]]   # pinned to the hosted namespace: /v2/<repo>/... is local/<repo>
+addr = "$IP:$3"
+upstream = "local"
 
 [[hosted]]
 name = "local"
@@ -258,8 +275,8 @@ EOF
   start_bg "$MG_LOG" "$MG_LOG" env HUB_PASSWORD="$HUB_PASS" RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 \
     "$BIN" serve --config "$cfg"
   MIRROR_PID=$LAST_PID; MIRROR_DEAD=""
-  ping() { [ "$(curl -s -o /dev/null -w '%{http_code}' -u "$RD" "http://$REG/v2/")" = 200 ]; }
-  if ! wait_until 30 "$MIRROR_PID" ping; then
+  mirror_up() { [ "$(curl -s -o /dev/null -w '%{http_code}' -u "$RD" "http://$REG/v2/")" = 200 ]; }
+  if ! wait_until 30 "$MIRROR_PID" mirror_up; then
     mirror_dead && setup_failed "$MIRROR_DEAD" "$MG_LOG"
     setup_failed "mirrorgate ($1) did not answer 200 on http://$REG/v2/ within 30s" "$MG_LOG"
   fi
@@ -276,7 +293,7 @@ stop_mirror() {
 check_1() {
   local name ref image all log
   step "$ROUND 1. skopeo pushes v2s2, OCI, an OCI index; ctr pulls them back"
-  for spec in "1a small local/app:v1" "1b small-oci local/app:oci" "1c multi-oci local/multi:oci --all"; do
+  for spec in "1a small local/app:v1" "1b small-oci local/app:oci" "1c multi-oci local/multi:oci --all" "1d big local/big:v1"; do
     read -r name image ref all <<<"$spec"
     over_budget "$R $name skopeo push $image" && continue
     log="$LOGS/$ROUND-push-$name.log"
@@ -291,11 +308,11 @@ check_1() {
     local cfg; cfg=$(img ".\"$image\" | .config // .instances.\"linux/amd64\".config")
     ctr_check "$R $name ctr pulls back $REG/$ref" "$REG/$ref" "$image" "$cfg"
   done
-  over_budget "$R 1d tags/list" && return 0
+  over_budget "$R 1e tags/list" && return 0
   local code; code=$(curl_api GET "http://$REG/v2/local/app/tags/list" "$RD")
   if [ "$code" = 200 ] && [ "$(jq -c '.tags | sort' "$W/curl.body")" = '["oci","v1"]' ]; then
-    ok "$R 1d GET /v2/local/app/tags/list as reader: $(jq -c . "$W/curl.body")"
-  else bad "$R 1d tags/list" "status $code: $(short 300 <"$W/curl.body")"; fi
+    ok "$R 1e GET /v2/local/app/tags/list as reader: $(jq -c . "$W/curl.body")"
+  else bad "$R 1e tags/list" "status $code: $(short 300 <"$W/curl.body")"; fi
   return 0
 }
 
@@ -491,6 +508,29 @@ check_4() {
       local rd; rd=$("${DOCKER[@]}" image inspect --format '{{range .RepoDigests}}{{.}} {{end}}' "$ref" 2>/dev/null)
       if [[ " $rd" == *"@$(img .small.digest) "* ]]; then ok "$R 4b docker pull $ref (pushed by skopeo): RepoDigests @$(img .small.digest | cut -c1-19)…"
       else bad "$R 4b docker pull $ref" "RepoDigests '$rd', want @$(img .small.digest)"; fi
+      # 4c: retag into another repository and push: docker mounts every
+      # layer from local/app (a hosted-to-hosted mount), uploads only the config
+      if ! over_budget "$R 4c docker push by mounts"; then
+        local copy="$REG/local/dcopy:v1"
+        m=$(mark)
+        if ! { "${DOCKER[@]}" tag "$ref" "$copy" && timeout "$(cmd_timeout)" "${DOCKER[@]}" push "$copy"; } >"$log.push2" 2>&1; then
+          cat "$log.push2" >>"$log"; FAILED_LOGS+=("$log"); bad "$R 4c docker push $copy" "$(errtail "$log.push2")"
+        else
+          cat "$log.push2" >>"$log"
+          d=$(grep -oE 'digest: sha256:[0-9a-f]{64}' "$log.push2" | tail -n 1 | cut -d' ' -f2)
+          wait_logged "$m" 'method=PUT path=/v2/local/dcopy/manifests/'
+          pull_back local/dcopy:v1 "$d"; why="$WHY"
+          if [ -z "$WHY" ]; then
+            [ "$(man_layers "$OUT" | tr '\n' ' ')" = "$(img '.small.layers | join(" ")') " ] || why+="layers are not small's; "
+            # docker uploads the config (it mounts only layers)
+            local got; got=$(committed "$m" dcopy | grep -vxF "$(man_config "$OUT")" || true)
+            [ -z "$got" ] || why+="layers were uploaded, not mounted: $(short 300 <<<"$got"); "
+          fi
+          local mounted; mounted=$(grep -c 'Mounted from local/app' "$log.push2" || true)
+          if [ -z "$why" ]; then ok "$R 4c docker tag + push $copy: $mounted layers \"Mounted from local/app\", only the config uploaded [$(uploads_summary "$m" dcopy)]; skopeo pulls it back (${d:0:19}…)"
+          else bad "$R 4c docker push $copy" "$why"; fi
+        fi
+      fi
     fi
   fi
   stop_dockerd
@@ -520,8 +560,32 @@ check_5() {
   want=$(sorted_lines "$(img .ctrimg.config)" "$(img '.ctrimg.layers[]')")
   got=$(committed "$m" ctrapp)
   [ "$got" = "$want" ] || why+="uploads committed [$(short 300 <<<"$got")], want config + layer; "
-  if [ -z "$why" ]; then ok "$R 5 ctr images push --hosts-dir --user ci $ref; skopeo pulls back the same bytes (${PULLED:0:19}…) [$(uploads_summary "$m" ctrapp)]"
-  else FAILED_LOGS+=("$log"); bad "$R 5 ctr images push $ref" "$why"; fi
+  if [ -z "$why" ]; then ok "$R 5a ctr images push --hosts-dir --user ci $ref; skopeo pulls back the same bytes (${PULLED:0:19}…) [$(uploads_summary "$m" ctrapp)]"
+  else FAILED_LOGS+=("$log"); bad "$R 5a ctr images push $ref" "$why"; fi
+  # 5b: another image pushed to the listener pinned to local (no prefix in
+  # the path); the Locations must stay on that listener's path shape.
+  over_budget "$R 5b ctr push to the pinned listener" && return 0
+  local nref="$PINNED/ctrns:v1"
+  arch="$W/nsimg-$ROUND.tar"
+  if ! { timeout "$(cmd_timeout)" "${SKOPEO[@]}" copy "dir:$W/images/nsimg" "oci-archive:$arch:v1" &&
+         timeout "$(cmd_timeout)" "${CTR[@]}" images import --base-name "$PINNED/ctrns" --no-unpack "$arch"; } >>"$log" 2>&1; then
+    FAILED_LOGS+=("$log"); bad "$R 5b ctr images import nsimg" "$(errtail "$log")"; return 0
+  fi
+  m=$(mark)
+  if ! timeout "$(cmd_timeout)" "${CTR[@]}" images push --hosts-dir "$HOSTS" --user "$CI" "$nref" >>"$log" 2>&1; then
+    FAILED_LOGS+=("$log"); bad "$R 5b ctr images push $nref (pinned listener)" "$(errtail "$log")"; return 0
+  fi
+  wait_logged "$m" 'method=PUT path=/v2/ctrns/manifests/'
+  why=""
+  logged "$m" "method=PUT path=/v2/ctrns/manifests/v1 upstream=\"local\" status=201" \
+    || why+="no 201 for PUT /v2/ctrns/manifests/v1 on local in the access log: $(access_since "$m" | grep -F 'manifests' | short 300); "
+  got=$(access_since "$m" | grep -E "method=(POST|PATCH|PUT) path=/v2/ctrns/blobs/uploads/" | grep -E 'status=201' \
+    | grep -oE '[?&]digest=sha256(:|%3[Aa])[0-9a-f]{64}' | sed -E 's/.*(:|%3[Aa])/sha256:/' | sort -u)
+  want=$(sorted_lines "$(img .nsimg.config)" "$(img '.nsimg.layers[]')")
+  [ "$got" = "$want" ] || why+="uploads committed on the pinned listener [$(short 300 <<<"$got")], want config + 2 layers; "
+  pull_back local/ctrns:v1 "$(img .nsimg.digest)"; why+="$WHY"
+  if [ -z "$why" ]; then ok "$R 5b ctr images push $nref (listener pinned to local): uploads and manifest in local/ctrns; skopeo pulls it back as $REG/local/ctrns:v1 [$(access_since "$m" | grep -E "path=/v2/ctrns/blobs/uploads/" | grep -cE 'method=(POST|PUT)' || true) POST/PUT]"
+  else FAILED_LOGS+=("$log"); bad "$R 5b ctr images push $nref (pinned listener)" "$why"; fi
   return 0
 }
 
@@ -692,16 +756,43 @@ check_10() {
   return 0
 }
 
+# 12 -----------------------------------------------------------------------
+check_12() {
+  step "$ROUND 12. skopeo delete (delete = true)"
+  over_budget "$R 12 skopeo delete" && return 0
+  local log="$LOGS/$ROUND-delete.log" code d
+  d=$(cat "$LOGS/$ROUND-podman-2a.log.digest" 2>/dev/null || true)
+  if [ -z "$d" ]; then skipped "$R 12 skopeo delete" "nothing to delete: podman's push (2a) did not run"; return 0; fi
+  if ! timeout "$(cmd_timeout)" "${SKOPEO[@]}" delete --tls-verify=false --creds "$RD" "docker://$REG/local/podapp:v1" >"$log" 2>&1 \
+     && grep -qiE 'denied|403' "$log"; then
+    ok "$R 12a skopeo delete as reader: refused $(grep -m1 -oE '\(403 [A-Za-z]+\)' "$log")"
+  else FAILED_LOGS+=("$log"); bad "$R 12a skopeo delete as reader is refused" "$(errtail "$log")"; fi
+  if ! timeout "$(cmd_timeout)" "${SKOPEO[@]}" delete --tls-verify=false --creds "$CI" "docker://$REG/local/podapp:v1" >>"$log" 2>&1; then
+    FAILED_LOGS+=("$log"); bad "$R 12b skopeo delete local/podapp:v1" "$(errtail "$log")"; return 0
+  fi
+  local why="" c1 c2 c3
+  c1=$(curl_api GET "http://$REG/v2/local/podapp/manifests/v1" "$RD" -H "Accept: $ACCEPT")
+  c2=$(curl_api GET "http://$REG/v2/local/podapp/manifests/$d" "$RD" -H "Accept: $ACCEPT")
+  c3=$(curl_api GET "http://$REG/v2/local/podapp/tags/list" "$RD")
+  [ "$c1" = 404 ] || why+="GET the tag -> $c1; "
+  [ "$c2" = 404 ] || why+="GET the digest -> $c2; "
+  [ "$c3" = 404 ] || [ "$(jq -c '.tags' "$W/curl.body" 2>/dev/null)" = '[]' ] || why+="tags/list -> $c3 $(short 200 <"$W/curl.body"); "
+  pull_back local/app:v1 "$(img .small.digest)"; [ -z "$WHY" ] || why+="local/app:v1 after the delete: $WHY"
+  if [ -z "$why" ]; then ok "$R 12b skopeo delete local/podapp:v1 (DELETE by digest): the tag and the manifest are gone (404), local/app:v1 still pulls"
+  else bad "$R 12b skopeo delete local/podapp:v1" "$why"; fi
+  return 0
+}
+
 # 11 -----------------------------------------------------------------------
 check_11() {
   step "$ROUND 11. the mirror and its store"
   if mirror_dead; then bad "$R 11a mirror alive" "$MIRROR_DEAD"; return 0; fi
   ok "$R 11a the mirror is alive after every client"
-  local n; n=$(grep -cE ' (ERROR|WARN) |panicked' "$MG_LOG" || true)
-  if [ "$n" = 0 ]; then ok "$R 11b no ERROR, WARN or panic in the mirror's log"
-  else info "$R: $n ERROR/WARN lines in the mirror's log, e.g.: $(grep -m3 -E ' (ERROR|WARN) |panicked' "$MG_LOG" | cut -c1-300 | tr '\n' ' ')"
-       ok "$R 11b no panic in the mirror's log ($n ERROR/WARN lines, shown above)"
-       grep -q panicked "$MG_LOG" && bad "$R 11b no panic" "$(grep -m1 panicked "$MG_LOG")"; fi
+  local n; n=$(grep -cE ' (ERROR|WARN) ' "$MG_LOG" || true)
+  if grep -q panicked "$MG_LOG"; then bad "$R 11b no panic in the mirror's log" "$(grep -m1 panicked "$MG_LOG" | cut -c1-300)"
+  elif [ "$n" = 0 ]; then ok "$R 11b no ERROR, WARN or panic in the mirror's log"
+  else info "$R: $n ERROR/WARN lines in the mirror's log, e.g.: $(grep -m3 -E ' (ERROR|WARN) ' "$MG_LOG" | cut -c1-300 | tr '\n' ' ')"
+       ok "$R 11b no panic in the mirror's log ($n ERROR/WARN lines, shown above)"; fi
   over_budget "$R 11c verify" && return 0
   if timeout "$(cmd_timeout)" env HUB_PASSWORD="$HUB_PASS" "$BIN" verify --config "$MG_CONF" >"$LOGS/$ROUND-verify.log" 2>&1; then
     ok "$R 11c mirrorgate verify: $(head -n 1 "$LOGS/$ROUND-verify.log")"
@@ -712,17 +803,20 @@ check_11() {
 # ----------------------------------------------------------------- the rounds
 for ROUND in $ROUNDS; do
   R="$ROUND"
-  case "$ROUND" in fs) P=$P_FS;; s3) P=$P_S3;; *) setup_failed "unknown round $ROUND (HOSTED_ROUNDS: fs s3)";; esac
-  REG="$IP:$P"
+  case "$ROUND" in fs) P=$P_FS; PIN=$PIN_FS;; s3) P=$P_S3; PIN=$PIN_S3;; *) setup_failed "unknown round $ROUND (HOSTED_ROUNDS: fs s3)";; esac
+  REG="$IP:$P"; PINNED="$IP:$PIN"
   step "==== round $ROUND: mirrorgate on $REG, store: $([ "$ROUND" = s3 ] && echo "S3 (SeaweedFS 127.0.0.1:$S3_PORT)" || echo "filesystem")"
-  start_mirror "$ROUND" "$P"
+  start_mirror "$ROUND" "$P" "$PIN"
   HOSTS="$W/hosts-$ROUND"
   mkdir -p "$HOSTS/$REG"
   printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve", "push"]\n' "$REG" "$REG" >"$HOSTS/$REG/hosts.toml"
+  mkdir -p "$HOSTS/$PINNED"
+  printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve", "push"]\n' "$PINNED" "$PINNED" >"$HOSTS/$PINNED/hosts.toml"
   if [ "$CTR_OK" = 1 ]; then   # containerd starts each round without content, so it fetches every blob
     ctrq images ls -q 2>/dev/null | xargs -r "${CTR[@]}" images rm --sync >/dev/null 2>&1 || true
+    info "containerd: $(ctrq images ls -q 2>/dev/null | wc -l) images, $(ctrq content ls -q 2>/dev/null | wc -l) blobs left from earlier rounds"
   fi
-  check_1; check_2; check_3; check_4; check_5; check_6; check_7; check_8; check_9; check_10; check_11
+  check_1; check_2; check_3; check_4; check_5; check_6; check_7; check_8; check_9; check_10; check_12; check_11
   stop_mirror
 done
 
