@@ -87,8 +87,21 @@ impl Pusher {
         );
     }
 
+    async fn send(&self, m: Method, path: &str) -> reqwest::Response {
+        self.req(m, path).send().await.unwrap()
+    }
+
     async fn status(&self, m: Method, path: &str) -> StatusCode {
-        self.req(m, path).send().await.unwrap().status()
+        self.send(m, path).await.status()
+    }
+
+    /// Starts an upload session in `repo`; returns its URL.
+    async fn start(&self, repo: &str) -> String {
+        let r = self
+            .send(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        r.headers()["location"].to_str().unwrap().to_owned()
     }
 }
 
@@ -115,11 +128,7 @@ async fn uploads_monolithic_chunked_resumed_and_cancelled() {
     let digest = image::sha256_digest(&data);
 
     // A session: 202 with its URL, nothing held yet.
-    let r = p
-        .req(Method::POST, "/v2/local/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
+    let r = p.send(Method::POST, "/v2/local/app/blobs/uploads/").await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
     assert!(loc.starts_with("/v2/local/app/blobs/uploads/"), "{loc}");
@@ -177,23 +186,14 @@ async fn uploads_monolithic_chunked_resumed_and_cancelled() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     // A wrong digest at the end is refused, and nothing is stored.
     let other = image::sha256_digest(b"something else");
-    let r = p
-        .req(Method::PUT, &format!("{loc}?digest={other}"))
-        .send()
-        .await
-        .unwrap();
+    let r = p.send(Method::PUT, &format!("{loc}?digest={other}")).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     assert_eq!(p.status(Method::GET, &loc).await, StatusCode::NOT_FOUND);
 
     // Again, chunked without Content-Range (docker's streamed PATCH), and
     // the last bytes in the PUT.
-    let r = p
-        .req(Method::POST, "/v2/local/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
-    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let loc = p.start("local/app").await;
     let r = p
         .req(Method::PATCH, &loc)
         .body(data[..200_000].to_vec())
@@ -219,10 +219,8 @@ async fn uploads_monolithic_chunked_resumed_and_cancelled() {
     );
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
     let r = p
-        .req(Method::GET, &format!("/v2/local/app/blobs/{digest}"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, &format!("/v2/local/app/blobs/{digest}"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap(), data);
     // A range of it.
@@ -236,12 +234,7 @@ async fn uploads_monolithic_chunked_resumed_and_cancelled() {
     assert_eq!(r.bytes().await.unwrap(), data[10..20]);
 
     // Cancel; the status page shows the session until then.
-    let r = p
-        .req(Method::POST, "/v2/local/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
-    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let loc = p.start("local/app").await;
     let status = gw.status_json().await;
     assert_eq!(status["uploads"][0]["repository"], "local/app");
     assert_eq!(status["uploads"][0]["received"], 0);
@@ -253,17 +246,13 @@ async fn uploads_monolithic_chunked_resumed_and_cancelled() {
     let small = b"monolithic".to_vec();
     let d = p.blob("local/app", &small).await;
     let r = p
-        .req(Method::HEAD, &format!("/v2/app/blobs/{d}?ns=local"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::HEAD, &format!("/v2/app/blobs/{d}?ns=local"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-length"], "10");
     let r = p
-        .req(Method::POST, "/v2/app/blobs/uploads/?ns=local")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, "/v2/app/blobs/uploads/?ns=local")
+        .await;
     assert!(
         r.headers()["location"]
             .to_str()
@@ -272,11 +261,7 @@ async fn uploads_monolithic_chunked_resumed_and_cancelled() {
         "the session URL keeps the client's ns"
     );
     // A pull-only upstream still refuses pushes.
-    let r = p
-        .req(Method::POST, "/v2/library/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
+    let r = p.send(Method::POST, "/v2/library/app/blobs/uploads/").await;
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_store_verified(dir.path());
 }
@@ -303,10 +288,8 @@ async fn manifests_are_checked_and_served_with_tags_referrers_and_deletes() {
     p.image("local/app", "v1", &img).await;
     for reference in ["v1", img.manifest.digest.as_str()] {
         let r = p
-            .req(Method::GET, &format!("/v2/local/app/manifests/{reference}"))
-            .send()
-            .await
-            .unwrap();
+            .send(Method::GET, &format!("/v2/local/app/manifests/{reference}"))
+            .await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["content-type"], img.manifest.media_type);
         assert_eq!(
@@ -436,10 +419,8 @@ async fn manifests_are_checked_and_served_with_tags_referrers_and_deletes() {
     assert_eq!(list[0]["artifactType"], "application/vnd.example.signature");
     assert_eq!(list[0]["annotations"]["org.example.by"], "test");
     let r = p
-        .req(Method::GET, &format!("{referrers}?artifactType=other"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, &format!("{referrers}?artifactType=other"))
+        .await;
     assert_eq!(r.headers()["oci-filters-applied"], "artifactType");
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["manifests"].as_array().unwrap().is_empty());
@@ -466,14 +447,7 @@ async fn manifests_are_checked_and_served_with_tags_referrers_and_deletes() {
         .await,
         StatusCode::ACCEPTED
     );
-    let v: serde_json::Value = p
-        .req(Method::GET, &referrers)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = p.send(Method::GET, &referrers).await.json().await.unwrap();
     assert!(v["manifests"].as_array().unwrap().is_empty());
     assert_eq!(
         p.status(
@@ -500,10 +474,8 @@ async fn manifests_are_checked_and_served_with_tags_referrers_and_deletes() {
 
     // The catalog of the namespace.
     let v: serde_json::Value = p
-        .req(Method::GET, "/local/v2/_catalog")
-        .send()
+        .send(Method::GET, "/local/v2/_catalog")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -518,10 +490,8 @@ async fn manifests_are_checked_and_served_with_tags_referrers_and_deletes() {
     .await
     .unwrap();
     let r = p
-        .req(Method::DELETE, "/v2/local/multi/manifests/latest")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, "/v2/local/multi/manifests/latest")
+        .await;
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(error_code(r).await, "UNSUPPORTED");
     assert_store_verified(dir.path());
@@ -553,10 +523,8 @@ async fn who_may_push_and_what_other_repositories_see() {
 
     // Anonymous: a challenge; bob is not in `push`; alice may.
     let r = anon
-        .req(Method::POST, "/v2/local/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, "/v2/local/app/blobs/uploads/")
+        .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(
         r.headers()["www-authenticate"]
@@ -564,11 +532,7 @@ async fn who_may_push_and_what_other_repositories_see() {
             .unwrap()
             .starts_with("Basic ")
     );
-    let r = bob
-        .req(Method::POST, "/v2/local/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
+    let r = bob.send(Method::POST, "/v2/local/app/blobs/uploads/").await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(error_code(r).await, "DENIED");
     let mine = alice.blob("local/app", b"alice's layer").await;
@@ -729,12 +693,7 @@ async fn sessions_survive_a_restart_abandoned_ones_go_and_gc_collects() {
     let p = Pusher::new(&gw.url(0));
     let data = image::random_bytes(21, 64_000);
     let digest = image::sha256_digest(&data);
-    let r = p
-        .req(Method::POST, "/v2/local/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
-    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let loc = p.start("local/app").await;
     let r = p
         .req(Method::PATCH, &loc)
         .body(data[..30_000].to_vec())
@@ -761,12 +720,7 @@ async fn sessions_survive_a_restart_abandoned_ones_go_and_gc_collects() {
     assert_eq!(r.status(), StatusCode::CREATED);
 
     // An abandoned session is swept once its namespace's timeout passed.
-    let r = p
-        .req(Method::POST, "/v2/local/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
-    let idle = r.headers()["location"].to_str().unwrap().to_owned();
+    let idle = p.start("local/app").await;
     let hosted = gw.app().hosted().clone();
     let now = SystemTime::now();
     assert_eq!(hosted.sweep_uploads_at(now).await.unwrap(), 0);
@@ -858,10 +812,8 @@ async fn concurrent_pushes_of_images_sharing_layers() {
             // Chunked, in 64 KiB pieces, to interleave with the others.
             for b in img.layers.iter().chain([&img.config]) {
                 let r = p
-                    .req(Method::POST, &format!("/v2/local/app{i}/blobs/uploads/"))
-                    .send()
-                    .await
-                    .unwrap();
+                    .send(Method::POST, &format!("/v2/local/app{i}/blobs/uploads/"))
+                    .await;
                 let loc = r.headers()["location"].to_str().unwrap().to_owned();
                 for (n, chunk) in b.bytes.chunks(65_536).enumerate() {
                     let start = n * 65_536;
@@ -878,10 +830,8 @@ async fn concurrent_pushes_of_images_sharing_layers() {
                     assert_eq!(r.status(), StatusCode::ACCEPTED);
                 }
                 let r = p
-                    .req(Method::PUT, &format!("{loc}?digest={}", b.digest))
-                    .send()
-                    .await
-                    .unwrap();
+                    .send(Method::PUT, &format!("{loc}?digest={}", b.digest))
+                    .await;
                 assert_eq!(r.status(), StatusCode::CREATED);
             }
             let r = p
@@ -911,17 +861,13 @@ async fn concurrent_pushes_of_images_sharing_layers() {
     let p = Pusher::new(&url);
     for (i, img) in images.iter().enumerate() {
         let r = p
-            .req(Method::GET, &format!("/v2/local/app{i}/manifests/1"))
-            .send()
-            .await
-            .unwrap();
+            .send(Method::GET, &format!("/v2/local/app{i}/manifests/1"))
+            .await;
         assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
         for b in &img.layers {
             let r = p
-                .req(Method::GET, &format!("/v2/local/app{i}/blobs/{}", b.digest))
-                .send()
-                .await
-                .unwrap();
+                .send(Method::GET, &format!("/v2/local/app{i}/blobs/{}", b.digest))
+                .await;
             assert_eq!(r.bytes().await.unwrap(), b.bytes);
         }
     }
@@ -1003,10 +949,8 @@ async fn routed_by_host_and_pinned_listener_with_deny_rules() {
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     // Denied repositories can be neither pushed nor pulled.
     let r = pinned
-        .req(Method::POST, "/v2/secret/x/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, "/v2/secret/x/blobs/uploads/")
+        .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(error_code(r).await, "DENIED");
 }
