@@ -782,17 +782,7 @@ impl Registry {
             .await
             .map_err(|e| from_mirror(&e, Subject::Manifest))?;
         ctx.log.cache = Some(m.status);
-        let len = m.bytes.len();
-        let body = if ctx.head {
-            response::empty()
-        } else {
-            response::full(m.bytes)
-        };
-        let mut r = response::with_body(StatusCode::OK, body);
-        set(&mut r, header::CONTENT_TYPE, m.media_type.as_str());
-        set(&mut r, CONTENT_DIGEST, &m.digest.to_string());
-        set(&mut r, header::ETAG, &format!("\"{}\"", m.digest));
-        r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+        let mut r = manifest_response(ctx, m.bytes, &m.media_type, &m.digest);
         if m.status == CacheStatus::Stale {
             // The OCI spec's form of a warning (code 299, agent `-`), which
             // clients surface to their users.
@@ -867,6 +857,27 @@ impl Registry {
         let visible: Vec<&String> = repos.iter().filter(|r| visible(r)).collect();
         page(ctx, &visible, "repositories", None)
     }
+}
+
+/// A manifest's `GET`/`HEAD` response.
+fn manifest_response(
+    ctx: &Ctx<'_>,
+    bytes: Bytes,
+    media_type: &crate::oci::MediaType,
+    digest: &Digest,
+) -> Response<Body> {
+    let len = bytes.len();
+    let body = if ctx.head {
+        response::empty()
+    } else {
+        response::full(bytes)
+    };
+    let mut r = response::with_body(StatusCode::OK, body);
+    set(&mut r, header::CONTENT_TYPE, media_type.as_str());
+    set(&mut r, CONTENT_DIGEST, &digest.to_string());
+    set(&mut r, header::ETAG, &format!("\"{digest}\""));
+    r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+    r
 }
 
 /// The headers of a blob response.

@@ -26,7 +26,9 @@ use super::error::{ApiError, Code, Origin, from_hosted};
 use super::path::Endpoint;
 use super::response::{self, CONTENT_DIGEST, set};
 use super::route::Selection;
-use super::{Body, Ctx, Registry, RequestBody, Routes, blob_headers, blob_response, page};
+use super::{
+    Body, Ctx, Registry, RequestBody, Routes, blob_headers, blob_response, manifest_response, page,
+};
 use crate::hosted::HostedRepo;
 use crate::oci::{Digest, Reference};
 
@@ -216,19 +218,7 @@ impl Registry {
                     .manifest(r, reference)
                     .await
                     .map_err(from_hosted)?;
-                let len = m.bytes.len();
-                let body = if ctx.head {
-                    response::empty()
-                } else {
-                    response::full(m.bytes)
-                };
-                let mut resp = response::with_body(StatusCode::OK, body);
-                set(&mut resp, header::CONTENT_TYPE, m.media_type.as_str());
-                set(&mut resp, CONTENT_DIGEST, &m.digest.to_string());
-                set(&mut resp, header::ETAG, &format!("\"{}\"", m.digest));
-                resp.headers_mut()
-                    .insert(header::CONTENT_LENGTH, len.into());
-                Ok(resp)
+                Ok(manifest_response(ctx, m.bytes, &m.media_type, &m.digest))
             }
             Method::PUT => {
                 let limit = self
