@@ -153,6 +153,17 @@ pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
         scope: Scope,
     ) -> BoxFuture<'a, Result<BlobWriter, Error>>;
 
+    /// Starts a durable, verified write of `digest` over the bytes of the
+    /// local file `from` (a pushed upload's, under the store's local
+    /// directory), moved rather than copied. `hashed` has seen every byte
+    /// of it when given; otherwise it is hashed again.
+    fn create_from<'a>(
+        &'a self,
+        digest: &'a Digest,
+        from: PathBuf,
+        hashed: Option<crate::oci::Digester>,
+    ) -> BoxFuture<'a, Result<BlobWriter, Error>>;
+
     /// How a write of `digest` made for [`Scope::ReadTier`] becomes
     /// durable instead (`None`: every write of this backend is).
     fn durable_publish(&self, _digest: &Digest) -> Option<Durable> {

@@ -43,6 +43,7 @@ pub async fn run(fixture: &dyn Fixture, tag: &str) {
     aborted_writes_leave_nothing(fixture, &store, &c).await;
     concurrent_writers_of_one_digest(&store, &c).await;
     large_blob_in_many_writes(&store, &c).await;
+    pushed_uploads(fixture, &store, &c).await;
     delete(&store, &c).await;
     records(&store, &c).await;
     survives_a_restart(fixture, &c).await;
@@ -239,6 +240,47 @@ async fn large_blob_in_many_writes(store: &Store, c: &Content) {
     assert_eq!(store.stat(&d).await.unwrap(), Some(data.len() as u64));
     let back = read_back(store, &d).await.unwrap();
     assert!(back == data, "large blob reads back identical");
+}
+
+/// A pushed upload's session becomes the blob (moved, not copied) only
+/// when its bytes hash to the digest named; a wrong digest stores nothing
+/// and leaves nothing behind.
+async fn pushed_uploads(fixture: &dyn Fixture, store: &Store, c: &Content) {
+    let data = c.bytes("pushed", 6 * 1024 * 1024 + 17);
+    let d = Digest::sha256_of(&data);
+    let up = store.uploads();
+    let id = up.start("local", "app").await.unwrap();
+    let chunks: Vec<std::io::Result<Bytes>> = data
+        .chunks(1 << 20)
+        .map(|b| Ok(Bytes::copy_from_slice(b)))
+        .collect();
+    up.append(&id, Some(0), futures_util::stream::iter(chunks), None)
+        .await
+        .unwrap();
+    let done = store.commit_upload(&id, &d).await.unwrap();
+    assert_eq!(done.size, data.len() as u64);
+    assert!(!done.existed);
+    assert_eq!(read_back(store, &d).await.as_ref(), Some(&data));
+    // Again: the store holds it already, nothing is written.
+    let id = up.start("local", "app").await.unwrap();
+    let all = futures_util::stream::iter([Ok(data.clone())]);
+    up.append(&id, None, all, None).await.unwrap();
+    assert!(store.commit_upload(&id, &d).await.unwrap().existed);
+    // A wrong digest: nothing stored, nothing left.
+    let other = c.bytes("pushed-other", 4096);
+    let id = up.start("local", "app").await.unwrap();
+    let one = futures_util::stream::iter([Ok(other.clone())]);
+    up.append(&id, None, one, None).await.unwrap();
+    let wrong = Digest::sha256_of(b"not these bytes");
+    assert!(store.commit_upload(&id, &wrong).await.is_err());
+    assert_eq!(store.stat(&wrong).await.unwrap(), None);
+    assert_eq!(store.stat(&Digest::sha256_of(&other)).await.unwrap(), None);
+    assert!(up.status(&id).await.is_err());
+    assert_eq!(
+        fixture.leftovers().await,
+        0,
+        "a refused upload left something"
+    );
 }
 
 async fn delete(store: &Store, c: &Content) {

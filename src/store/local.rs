@@ -207,6 +207,20 @@ impl LocalBlobs {
         blocking(move || BlobWriter::create(tmp, digest, Some(guard), publish)).await
     }
 
+    /// [`LocalBlobs::writer_with`] over the bytes of the local file `from`,
+    /// moved rather than copied (see [`BlobWriter::adopt`]).
+    pub(crate) async fn writer_from(
+        &self,
+        digest: &Digest,
+        from: PathBuf,
+        hashed: Option<crate::oci::Digester>,
+        publish: Box<dyn Publish>,
+    ) -> Result<BlobWriter, Error> {
+        let tmp = self.0.layout.tmp_file(digest.hex());
+        let (guard, digest) = (self.hold(digest), digest.clone());
+        blocking(move || BlobWriter::adopt(tmp, &from, digest, hashed, Some(guard), publish)).await
+    }
+
     /// Publishes a verified spool into this store: rename into place, then
     /// account for it.
     pub(crate) fn publisher(&self) -> Box<dyn Publish> {
@@ -409,6 +423,15 @@ impl Backend for LocalBlobs {
         _scope: Scope,
     ) -> BoxFuture<'a, Result<BlobWriter, Error>> {
         Box::pin(self.writer_with(digest, self.publisher()))
+    }
+
+    fn create_from<'a>(
+        &'a self,
+        digest: &'a Digest,
+        from: PathBuf,
+        hashed: Option<crate::oci::Digester>,
+    ) -> BoxFuture<'a, Result<BlobWriter, Error>> {
+        Box::pin(self.writer_from(digest, from, hashed, self.publisher()))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<super::StoredBlob>, Error>> {

@@ -816,6 +816,18 @@ impl Backend for S3Blobs {
         })
     }
 
+    fn create_from<'a>(
+        &'a self,
+        digest: &'a Digest,
+        from: std::path::PathBuf,
+        hashed: Option<crate::oci::Digester>,
+    ) -> BoxFuture<'a, Result<BlobWriter, Error>> {
+        Box::pin(async move {
+            let publish = self.s3_publish(digest);
+            self.0.tier.writer_from(digest, from, hashed, publish).await
+        })
+    }
+
     fn durable_publish(&self, digest: &Digest) -> Option<super::Durable> {
         Some(super::Durable(self.s3_publish(digest)))
     }

@@ -30,7 +30,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::{Error, Scope, Store, blocking};
+use super::{Error, Store, blocking};
 use crate::oci::{Algorithm, Digest, Digester};
 
 /// Who an upload is for.
@@ -418,43 +418,61 @@ impl Store {
         let mut live = live.lock().await;
         let size = uploads.status(id).await?.size;
         let data = dir.join("data");
-        let actual = match live.hash.take() {
-            Some((h, n)) if n == size && digest.algorithm() == Algorithm::Sha256 => h.finish(),
-            _ => {
-                let (path, alg) = (data.clone(), digest.algorithm());
-                blocking(move || hash_file(&path, alg)).await?
-            }
+        // The hash of the bytes as they arrived, when it covers them all
+        // and is of the digest's algorithm; else the file is read again.
+        let hashed = match live.hash.take() {
+            Some((h, n)) if n == size && digest.algorithm() == Algorithm::Sha256 => Some(h),
+            _ => None,
         };
-        if actual != *digest {
-            remove_dir(dir).await?;
-            uploads.forget(id);
-            return Err(UploadError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-                size,
-            });
-        }
         let existed = self.stat(digest).await? == Some(size);
-        if !existed {
-            let mut w = self.writer(digest, Scope::Durable).await?;
-            let path = data.clone();
-            let w = blocking(move || {
-                let mut f = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f.read(&mut buf).map_err(Error::io("read", &path))?;
-                    if n == 0 {
-                        return Ok(w);
-                    }
-                    w.write(&buf[..n])?;
+        if existed {
+            let actual = match hashed {
+                Some(h) => h.finish(),
+                None => {
+                    let (path, alg) = (data.clone(), digest.algorithm());
+                    blocking(move || hash_file(&path, alg)).await?
                 }
-            })
-            .await?;
-            w.finish(Some(size)).await?;
+            };
+            if actual != *digest {
+                return Err(self.mismatch(&dir, id, digest, actual, size).await);
+            }
+        } else {
+            // The session's file becomes the blob: moved, not copied, and
+            // verified by the store's writer like any other write.
+            let mut w = self.blobs.create_from(digest, data.clone(), hashed).await?;
+            match w.verify(Some(size)) {
+                Ok(_) => w.commit().await?,
+                Err(Error::DigestMismatch { actual, .. }) => {
+                    return Err(self.mismatch(&dir, id, digest, actual, size).await);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         remove_dir(dir).await?;
         uploads.forget(id);
         Ok(Committed { size, existed })
+    }
+}
+
+impl Store {
+    /// Ends a session whose bytes do not hash to `expected`.
+    async fn mismatch(
+        &self,
+        dir: &Path,
+        id: &str,
+        expected: &Digest,
+        actual: Digest,
+        size: u64,
+    ) -> UploadError {
+        if let Err(e) = remove_dir(dir.to_owned()).await {
+            return e.into();
+        }
+        self.uploads.forget(id);
+        UploadError::DigestMismatch {
+            expected: expected.clone(),
+            actual,
+            size,
+        }
     }
 }
 

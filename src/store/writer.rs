@@ -96,6 +96,69 @@ impl BlobWriter {
         })
     }
 
+    /// A writer over bytes already in the local file `from` (a pushed
+    /// upload's), moved to `tmp` instead of copied (`from` must be on the
+    /// same filesystem). `hashed` has seen every byte of it when given;
+    /// otherwise the file is hashed here. Then [`verify`](Self::verify) and
+    /// [`commit`](Self::commit) as for any write. Blocking.
+    pub(crate) fn adopt(
+        tmp: PathBuf,
+        from: &std::path::Path,
+        digest: Digest,
+        hashed: Option<Digester>,
+        guard: Option<super::InUseGuard>,
+        mut publish: Box<dyn Publish>,
+    ) -> Result<Self, Error> {
+        let opened = std::fs::rename(from, &tmp)
+            .map_err(Error::io("rename", from))
+            .and_then(|()| {
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&tmp)
+                    .map_err(Error::io("open", &tmp))?;
+                let reader = std::fs::File::open(&tmp).map_err(Error::io("open", &tmp))?;
+                let written = file.metadata().map_err(Error::io("stat", &tmp))?.len();
+                let hasher = match hashed {
+                    Some(h) => h,
+                    None => {
+                        let mut h = Digester::new(digest.algorithm());
+                        let mut f = std::fs::File::open(&tmp).map_err(Error::io("open", &tmp))?;
+                        let mut buf = vec![0u8; 1 << 20];
+                        loop {
+                            let n = std::io::Read::read(&mut f, &mut buf)
+                                .map_err(Error::io("read", &tmp))?;
+                            if n == 0 {
+                                break h;
+                            }
+                            h.update(&buf[..n]);
+                        }
+                    }
+                };
+                Ok((file, reader, written, hasher))
+            });
+        let (file, reader, written, hasher) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                spawn_abort(publish);
+                return Err(e);
+            }
+        };
+        let spool = Spool::new(reader, guard);
+        publish.start(&spool);
+        publish.progress(written);
+        Ok(Self {
+            hasher: Some(hasher),
+            digest,
+            tmp,
+            file: Some(file),
+            spool,
+            written,
+            verified: false,
+            publish: Some(publish),
+        })
+    }
+
     /// The digest the content must hash to.
     pub fn digest(&self) -> &Digest {
         &self.digest
