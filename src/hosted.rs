@@ -89,6 +89,21 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
+/// The result of a step spawned to run to its end (a panic or a runtime
+/// shutting down becomes a store error).
+fn joined<T>(
+    r: Result<Result<T, Error>, tokio::task::JoinError>,
+    op: &'static str,
+) -> Result<T, Error> {
+    r.unwrap_or_else(|e| {
+        Err(Error::Store(store::Error::Io {
+            op,
+            path: std::path::PathBuf::new(),
+            source: io::Error::other(e),
+        }))
+    })
+}
+
 /// What a manifest push stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {
@@ -272,15 +287,8 @@ impl Hosted {
         // beside the others is known once its digest is (the commit).
         let limit = self.config(&r.ns)?.max_size;
         let (uploads, id) = (self.store.uploads().clone(), id.to_owned());
-        let task = tokio::spawn(async move { uploads.append(&id, at, body, limit).await });
-        match task.await {
-            Ok(r) => Ok(r?),
-            Err(e) => Err(Error::Store(store::Error::Io {
-                op: "append",
-                path: std::path::PathBuf::new(),
-                source: io::Error::other(e),
-            })),
-        }
+        let task = tokio::spawn(async move { Ok(uploads.append(&id, at, body, limit).await?) });
+        joined(task.await, "append")
     }
 
     /// Cancels session `id` of `r`.
@@ -311,23 +319,17 @@ impl Hosted {
         let (me, r, id, digest) = (self.clone(), r.clone(), id.to_owned(), digest.clone());
         let task = tokio::spawn(async move {
             let _shared = me.gc_lock.read().await;
-            // Marked before it can be served: pushed content is never
-            // public, even for a moment.
-            if me.store.stat(&digest).await?.is_none() {
-                me.store.mark_private(&digest, Self::owner(&r)).await?;
-            }
-            let c = me.store.commit_upload(&id, &digest).await?;
+            // A new blob is marked once its bytes check out and before it
+            // is published: pushed content is never public, even for a
+            // moment, and a refused push marks nothing.
+            let c = me
+                .store
+                .commit_upload(&id, &digest, Some(Self::owner(&r)))
+                .await?;
             me.link(&r, &digest, c.size).await?;
             Ok::<_, Error>(c.size)
         });
-        match task.await {
-            Ok(r) => r,
-            Err(e) => Err(Error::Store(store::Error::Io {
-                op: "commit upload",
-                path: std::path::PathBuf::new(),
-                source: io::Error::other(e),
-            })),
-        }
+        joined(task.await, "commit upload")
     }
 
     /// Links `digest` into `r` when it is visible in `from` (a hosted
@@ -363,18 +365,21 @@ impl Hosted {
     }
 
     async fn link(&self, r: &HostedRepo, digest: &Digest, size: u64) -> Result<(), Error> {
-        if let Some(limit) = self.config(&r.ns)?.max_size {
-            let mut usage = self.usage.lock().await;
-            let used = self.load_usage(&mut usage, &r.ns).await?;
-            if !used.contains_key(digest) && used.values().sum::<u64>() + size > limit {
-                return Err(Error::Quota {
-                    ns: r.ns.clone(),
-                    limit,
-                });
-            }
-            used.insert(digest.clone(), size);
+        let Some(limit) = self.config(&r.ns)?.max_size else {
+            return Ok(self.store.hosted_link(r, digest, size).await?);
+        };
+        // The record is written under the count's lock, so a recount never
+        // misses it.
+        let mut usage = self.usage.lock().await;
+        let used = self.load_usage(&mut usage, &r.ns).await?;
+        if !used.contains_key(digest) && used.values().sum::<u64>() + size > limit {
+            return Err(Error::Quota {
+                ns: r.ns.clone(),
+                limit,
+            });
         }
         self.store.hosted_link(r, digest, size).await?;
+        used.insert(digest.clone(), size);
         Ok(())
     }
 
@@ -424,8 +429,26 @@ impl Hosted {
     }
 
     /// Stores a pushed manifest under `reference` of `r`, after checking
-    /// it (see the module docs). `content_type` is the request's.
+    /// it (see the module docs). `content_type` is the request's. Runs to
+    /// its end even when the request is dropped (its records are written
+    /// whole: manifest, referrer, tag).
     pub async fn put_manifest(
+        self: &Arc<Self>,
+        r: &HostedRepo,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<Pushed, Error> {
+        let (me, r, reference) = (self.clone(), r.clone(), reference.clone());
+        let ct = content_type.map(str::to_owned);
+        let task = tokio::spawn(async move {
+            me.put_manifest_now(&r, &reference, ct.as_deref(), bytes)
+                .await
+        });
+        joined(task.await, "push manifest")
+    }
+
+    async fn put_manifest_now(
         &self,
         r: &HostedRepo,
         reference: &Reference,
@@ -662,10 +685,11 @@ impl Hosted {
         if self.store.hosted_blob_link(r, digest).await?.is_none() {
             return Err(Error::BlobUnknown(digest.clone()));
         }
+        let mut usage = self.usage.lock().await;
         self.store.hosted_unlink(r, digest).await?;
-        if let Some(u) = self.usage.lock().await.get_mut(&r.ns) {
-            u.remove(digest);
-        }
+        // Another repository of the namespace may hold it still: count
+        // again at the next need.
+        usage.remove(&r.ns);
         Ok(())
     }
 
@@ -741,7 +765,6 @@ impl Hosted {
         let mut report = GcReport::default();
         // Mark: what each repository's manifests reference, and every link.
         let mut candidates: Vec<(HostedRepo, Digest)> = Vec::new();
-        let mut kept: HashSet<Digest> = HashSet::new();
         for (ns, c) in config.iter() {
             let old = now.saturating_sub(c.upload_timeout.as_millis() as u64);
             for repo in self.store.hosted_repos(ns).await? {
@@ -760,7 +783,6 @@ impl Hosted {
                             Ok(Refs::Index(_)) | Err(_) => {}
                         }
                     }
-                    kept.insert(m);
                 }
                 for d in self.store.hosted_links(&r).await? {
                     let young = self
@@ -768,9 +790,7 @@ impl Hosted {
                         .hosted_blob_link(&r, &d)
                         .await?
                         .is_none_or(|l| l.linked_ms > old);
-                    if referenced.contains(&d) || young {
-                        kept.insert(d);
-                    } else {
+                    if !referenced.contains(&d) && !young {
                         candidates.push((r.clone(), d));
                     }
                 }
@@ -786,26 +806,26 @@ impl Hosted {
             match self.store.hosted_blob_link(&r, &d).await? {
                 Some(l) if l.linked_ms <= old => {}
                 // Refreshed by a push since the mark, or gone.
-                Some(_) => {
-                    kept.insert(d);
-                    continue;
-                }
-                None => continue,
+                Some(_) | None => continue,
             }
             self.store.hosted_unlink(&r, &d).await?;
             report.unlinked += 1;
         }
-        // Delete what only pushes held and no repository holds now: the
-        // blobs just unlinked, manifests deleted through the API, and what
-        // a crash left between an upload's commit and its link. Each
-        // repository that ever held it is asked again, under the lock.
+        // Delete what only pushes held and nothing holds now: the blobs
+        // just unlinked, manifests deleted through the API, and what a
+        // crash left between an upload's commit and its link. Read under
+        // the lock: every repository's links and manifests, the pins, and
+        // what the mirrored repositories' cached manifests reach (a layer
+        // pushed first and then pulled through the mirror is the cache's).
+        let held = self.store.pinned_digests().await?;
+        let mirrored = self.store.mirror_digests().await?;
         for d in self.store.private_marks().digests_where(|owners| {
             !owners.is_empty()
                 && owners
                     .iter()
                     .all(|o| Self::hosted_owner(o, &config).is_some())
         }) {
-            if kept.contains(&d) || self.held(&d, &config).await? {
+            if held.contains(&d) || mirrored.contains(&d) {
                 continue;
             }
             if let Some(size) = self.store.stat(&d).await? {
@@ -835,26 +855,6 @@ impl Hosted {
             ns,
             repo: repo.parse().ok()?,
         })
-    }
-
-    /// Whether a repository that ever held `d` (by its marks) links it or
-    /// holds it as a manifest.
-    async fn held(
-        &self,
-        d: &Digest,
-        config: &HashMap<UpstreamId, Arc<HostedConfig>>,
-    ) -> Result<bool, Error> {
-        for o in self.store.private_marks().owners(d) {
-            let Some(r) = Self::hosted_owner(&o, config) else {
-                return Ok(true);
-            };
-            if self.store.hosted_blob_link(&r, d).await?.is_some()
-                || self.store.hosted_manifest(&r, d).await?.is_some()
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Runs [`Hosted::sweep_uploads`] every minute and [`Hosted::gc`] at

@@ -72,7 +72,7 @@ fn chunk_start(ctx: &Ctx<'_>) -> Result<Option<u64>, ApiError> {
             StatusCode::RANGE_NOT_SATISFIABLE,
             Code::BlobUploadInvalid,
             Origin::Downstream,
-            "Content-Range must be <from>-<to>",
+            "Content-Range must be <from>-<to>, as long as the body",
         )
     };
     let v = v.to_str().map_err(|_| bad())?.trim();
@@ -82,6 +82,15 @@ fn chunk_start(ctx: &Ctx<'_>) -> Result<Option<u64>, ApiError> {
     let from: u64 = from.trim().parse().map_err(|_| bad())?;
     let to: u64 = to.trim().parse().map_err(|_| bad())?;
     if to < from {
+        return Err(bad());
+    }
+    // The range must be the body's (distribution refuses a mismatch too).
+    let length = ctx
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n != to - from + 1) {
         return Err(bad());
     }
     Ok(Some(from))

@@ -257,7 +257,7 @@ async fn pushed_uploads(fixture: &dyn Fixture, store: &Store, c: &Content) {
     up.append(&id, Some(0), futures_util::stream::iter(chunks), None)
         .await
         .unwrap();
-    let done = store.commit_upload(&id, &d).await.unwrap();
+    let done = store.commit_upload(&id, &d, None).await.unwrap();
     assert_eq!(done.size, data.len() as u64);
     assert!(!done.existed);
     assert_eq!(read_back(store, &d).await.as_ref(), Some(&data));
@@ -265,14 +265,20 @@ async fn pushed_uploads(fixture: &dyn Fixture, store: &Store, c: &Content) {
     let id = up.start("local", "app").await.unwrap();
     let all = futures_util::stream::iter([Ok(data.clone())]);
     up.append(&id, None, all, None).await.unwrap();
-    assert!(store.commit_upload(&id, &d).await.unwrap().existed);
+    assert!(store.commit_upload(&id, &d, None).await.unwrap().existed);
     // A wrong digest: nothing stored, nothing left.
     let other = c.bytes("pushed-other", 4096);
     let id = up.start("local", "app").await.unwrap();
     let one = futures_util::stream::iter([Ok(other.clone())]);
     up.append(&id, None, one, None).await.unwrap();
     let wrong = Digest::sha256_of(b"not these bytes");
-    assert!(store.commit_upload(&id, &wrong).await.is_err());
+    assert!(
+        store
+            .commit_upload(&id, &wrong, Some("local/app".to_owned()))
+            .await
+            .is_err()
+    );
+    assert!(store.private_marks().owners(&wrong).is_empty());
     assert_eq!(store.stat(&wrong).await.unwrap(), None);
     assert_eq!(store.stat(&Digest::sha256_of(&other)).await.unwrap(), None);
     assert!(up.status(&id).await.is_err());

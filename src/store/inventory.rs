@@ -434,6 +434,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Every digest the mirrored repositories' references reach (their
+    /// manifests and blobs, as far as stored): what a hosted namespace's
+    /// collection must leave to the cache.
+    pub async fn mirror_digests(&self) -> Result<HashSet<Digest>, Error> {
+        let mut memo = Memo::default();
+        let mut out = HashSet::new();
+        for r in self.references().await? {
+            let Some(d) = r.digest() else { continue };
+            if out.contains(d) {
+                continue;
+            }
+            let c = self.closure_memo(d, &mut memo).await?;
+            out.extend(c.digests().cloned());
+            out.insert(d.clone());
+        }
+        Ok(out)
+    }
+
     /// Digests of every stored manifest.
     pub async fn manifest_digests(&self) -> Result<Vec<Digest>, Error> {
         let keys = self.records.list(&key(["manifests"])).await?;

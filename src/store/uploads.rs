@@ -33,6 +33,10 @@ use tokio::io::AsyncWriteExt;
 use super::{Error, Store, blocking};
 use crate::oci::{Algorithm, Digest, Digester};
 
+/// Longest wait for the next bytes of a chunk; then what arrived is kept
+/// and the chunk ends as if the connection broke.
+const CHUNK_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Who an upload is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadState {
@@ -152,6 +156,16 @@ impl Uploads {
             .clone()
     }
 
+    /// [`Uploads::status`] while holding the session's lock: a session gone
+    /// meanwhile (committed, cancelled, swept) leaves no live entry.
+    async fn status_held(&self, id: &str) -> Result<Upload, UploadError> {
+        let r = self.status(id).await;
+        if matches!(r, Err(UploadError::Unknown(_))) {
+            self.forget(id);
+        }
+        r
+    }
+
     fn forget(&self, id: &str) {
         let mut m = self
             .live
@@ -227,7 +241,7 @@ impl Uploads {
         self.status(id).await?;
         let live = self.live(id);
         let _held = live.lock().await;
-        self.status(id).await
+        self.status_held(id).await
     }
 
     /// Appends a chunk to session `id`. `at` is where the client says it
@@ -250,7 +264,7 @@ impl Uploads {
         let live = self.live(id);
         // One chunk at a time per session: offsets must not interleave.
         let mut live = live.lock().await;
-        let size = self.status(id).await?.size;
+        let size = self.status_held(id).await?.size;
         if let Some(at) = at
             && at != size
         {
@@ -268,11 +282,21 @@ impl Uploads {
         let mut body = std::pin::pin!(body);
         let mut total = size;
         let mut broke = None;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
+        loop {
+            // A connection gone quiet (half-open) must not hold the session:
+            // its silence ends the chunk like a break.
+            let chunk = match tokio::time::timeout(CHUNK_IDLE, body.next()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(c))) => c,
+                Ok(Some(Err(e))) => {
                     broke = Some(e);
+                    break;
+                }
+                Err(_) => {
+                    broke = Some(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no bytes for {}s", CHUNK_IDLE.as_secs()),
+                    ));
                     break;
                 }
             };
@@ -311,6 +335,7 @@ impl Uploads {
         self.status(id).await?;
         let live = self.live(id);
         let _held = live.lock().await;
+        self.status_held(id).await?;
         remove_dir(dir).await?;
         self.forget(id);
         Ok(())
@@ -410,13 +435,22 @@ impl Store {
     /// to it, stores them through the verified writer unless the store
     /// holds the blob already, and removes the session. A mismatch removes
     /// the session too (its bytes can never become anything).
-    pub async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<Committed, UploadError> {
+    ///
+    /// `owner` (`<namespace>/<repository>`) marks a blob the store did not
+    /// hold private to it, after its bytes check out and before it is
+    /// published (see [`super::PrivateMarks`]).
+    pub async fn commit_upload(
+        &self,
+        id: &str,
+        digest: &Digest,
+        owner: Option<String>,
+    ) -> Result<Committed, UploadError> {
         let uploads = &self.uploads;
         let dir = uploads.session(id)?;
         uploads.status(id).await?;
         let live = uploads.live(id);
         let mut live = live.lock().await;
-        let size = uploads.status(id).await?.size;
+        let size = uploads.status_held(id).await?.size;
         let data = dir.join("data");
         // The hash of the bytes as they arrived, when it covers them all
         // and is of the digest's algorithm; else the file is read again.
@@ -441,7 +475,12 @@ impl Store {
             // verified by the store's writer like any other write.
             let mut w = self.blobs.create_from(digest, data.clone(), hashed).await?;
             match w.verify(Some(size)) {
-                Ok(_) => w.commit().await?,
+                Ok(_) => {
+                    if let Some(owner) = owner {
+                        self.mark_private(digest, owner).await?;
+                    }
+                    w.commit().await?
+                }
                 Err(Error::DigestMismatch { actual, .. }) => {
                     return Err(self.mismatch(&dir, id, digest, actual, size).await);
                 }
@@ -537,7 +576,7 @@ mod tests {
         let d = Digest::sha256_of(b"hello world");
         // A restart: the in-memory hash is gone; the commit hashes the file.
         let again = Store::open_local(dir.path(), None).await.unwrap();
-        let c = again.commit_upload(&id, &d).await.unwrap();
+        let c = again.commit_upload(&id, &d, None).await.unwrap();
         assert_eq!(
             c,
             Committed {
@@ -564,9 +603,13 @@ mod tests {
             .unwrap();
         let wrong = Digest::sha256_of(b"abd");
         assert!(matches!(
-            store.commit_upload(&id, &wrong).await,
+            store
+                .commit_upload(&id, &wrong, Some("local/app".to_owned()))
+                .await,
             Err(UploadError::DigestMismatch { size: 3, .. })
         ));
+        // A refused push marks nothing.
+        assert!(store.private_marks().owners(&wrong).is_empty());
         assert_eq!(store.stat(&wrong).await.unwrap(), None);
         assert_eq!(store.stat(&Digest::sha256_of(b"abc")).await.unwrap(), None);
         // Ids that could name a path are unknown, never opened.

@@ -97,10 +97,12 @@ impl BlobWriter {
     }
 
     /// A writer over bytes already in the local file `from` (a pushed
-    /// upload's), moved to `tmp` instead of copied (`from` must be on the
-    /// same filesystem). `hashed` has seen every byte of it when given;
-    /// otherwise the file is hashed here. Then [`verify`](Self::verify) and
-    /// [`commit`](Self::commit) as for any write. Blocking.
+    /// upload's), hard-linked to `tmp` instead of copied (copied only when
+    /// `from` is on another filesystem), so that `from` stays whole for a
+    /// retry when the commit fails. `hashed` has seen every byte of it when
+    /// given; otherwise the file is hashed here. Then
+    /// [`verify`](Self::verify) and [`commit`](Self::commit) as for any
+    /// write. Blocking.
     pub(crate) fn adopt(
         tmp: PathBuf,
         from: &std::path::Path,
@@ -109,33 +111,37 @@ impl BlobWriter {
         guard: Option<super::InUseGuard>,
         mut publish: Box<dyn Publish>,
     ) -> Result<Self, Error> {
-        let opened = std::fs::rename(from, &tmp)
-            .map_err(Error::io("rename", from))
-            .and_then(|()| {
-                let file = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&tmp)
-                    .map_err(Error::io("open", &tmp))?;
-                let reader = std::fs::File::open(&tmp).map_err(Error::io("open", &tmp))?;
-                let written = file.metadata().map_err(Error::io("stat", &tmp))?.len();
-                let hasher = match hashed {
-                    Some(h) => h,
-                    None => {
-                        let mut h = Digester::new(digest.algorithm());
-                        let mut f = std::fs::File::open(&tmp).map_err(Error::io("open", &tmp))?;
-                        let mut buf = vec![0u8; 1 << 20];
-                        loop {
-                            let n = std::io::Read::read(&mut f, &mut buf)
-                                .map_err(Error::io("read", &tmp))?;
-                            if n == 0 {
-                                break h;
-                            }
-                            h.update(&buf[..n]);
+        let linked = match std::fs::hard_link(from, &tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                std::fs::copy(from, &tmp).map(drop)
+            }
+            r => r,
+        };
+        let opened = linked.map_err(Error::io("link", from)).and_then(|()| {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&tmp)
+                .map_err(Error::io("open", &tmp))?;
+            let reader = std::fs::File::open(&tmp).map_err(Error::io("open", &tmp))?;
+            let written = file.metadata().map_err(Error::io("stat", &tmp))?.len();
+            let hasher = match hashed {
+                Some(h) => h,
+                None => {
+                    let mut h = Digester::new(digest.algorithm());
+                    let mut f = std::fs::File::open(&tmp).map_err(Error::io("open", &tmp))?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = std::io::Read::read(&mut f, &mut buf)
+                            .map_err(Error::io("read", &tmp))?;
+                        if n == 0 {
+                            break h;
                         }
+                        h.update(&buf[..n]);
                     }
-                };
-                Ok((file, reader, written, hasher))
-            });
+                }
+            };
+            Ok((file, reader, written, hasher))
+        });
         let (file, reader, written, hasher) = match opened {
             Ok(o) => o,
             Err(e) => {

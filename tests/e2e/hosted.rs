@@ -157,6 +157,15 @@ async fn uploads_monolithic_chunked_resumed_and_cancelled() {
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()["range"], "0-99999");
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_INVALID");
+    // A range that is not the body's length: 416 too, nothing taken.
+    let r = p
+        .req(Method::PATCH, &loc)
+        .header("content-range", "100000-100009")
+        .body(vec![0u8; 5])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
 
     // The connection drops in the middle of the second chunk: what arrived
     // is kept, and the client resumes from the offset it reads back.
@@ -907,15 +916,34 @@ async fn max_size_bounds_a_namespace() {
             .await,
         StatusCode::NOT_FOUND
     );
-    // Deleting frees the room.
+    // Deleting frees the room, once no repository holds the blob.
     let da = image::sha256_digest(&a);
-    for repo in ["a", "b"] {
-        assert_eq!(
-            p.status(Method::DELETE, &format!("/v2/local/{repo}/blobs/{da}"))
-                .await,
-            StatusCode::ACCEPTED
-        );
-    }
+    let unlink = |repo: &'static str| {
+        let (p, da) = (&p, da.clone());
+        async move {
+            assert_eq!(
+                p.status(Method::DELETE, &format!("/v2/local/{repo}/blobs/{da}"))
+                    .await,
+                StatusCode::ACCEPTED
+            );
+        }
+    };
+    unlink("a").await;
+    let r = p
+        .req(
+            Method::POST,
+            &format!("/v2/local/a/blobs/uploads/?digest={d}"),
+        )
+        .body(b.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "b still holds it"
+    );
+    unlink("b").await;
     p.blob("local/a", &b).await;
 }
 
@@ -953,4 +981,63 @@ async fn routed_by_host_and_pinned_listener_with_deny_rules() {
         .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(error_code(r).await, "DENIED");
+}
+
+#[tokio::test]
+async fn a_layer_pushed_first_and_then_pulled_through_the_mirror_stays_for_the_cache() {
+    let up = FakeUpstream::start(Options::default()).await;
+    let img = docker_image(50, &[5000]);
+    up.add_image("library/shared", "1", &img);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&hosted_config(&up, "anonymous_push = true", ""), dir.path()).await;
+    let p = Pusher::new(&gw.url(0));
+    // Pushed before the mirror ever fetched it: pushed content.
+    p.image("local/shared", "1", &img).await;
+    // Then pulled through the mirror from the public upstream repository.
+    let c = client();
+    let r = c
+        .get(format!("{}/v2/library/shared/manifests/1", gw.url(0)))
+        .header("accept", ACCEPT_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
+    for b in img.layers.iter().chain([&img.config]) {
+        let r = c
+            .get(format!(
+                "{}/v2/library/shared/blobs/{}",
+                gw.url(0),
+                b.digest
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.bytes().await.unwrap(), b.bytes);
+    }
+    gw.settle().await;
+    // The push goes, and is collected: the cache keeps what it serves.
+    assert_eq!(
+        p.status(
+            Method::DELETE,
+            &format!("/v2/local/shared/manifests/{}", img.manifest.digest)
+        )
+        .await,
+        StatusCode::ACCEPTED
+    );
+    let later = SystemTime::now() + Duration::from_secs(7200);
+    let report = gw.app().hosted().gc_at(later).await.unwrap();
+    assert_eq!(report.deleted, 0, "{report:?}");
+    up.set_down(true);
+    for b in img.layers.iter().chain([&img.config]) {
+        let r = c
+            .get(format!(
+                "{}/v2/library/shared/blobs/{}",
+                gw.url(0),
+                b.digest
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{} still cached", b.digest);
+    }
 }
