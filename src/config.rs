@@ -1030,6 +1030,21 @@ fn validate(raw: file::File, base: &Path, secrets: Secrets) -> Result<Config, Er
     })
 }
 
+/// The repository patterns of `<section>.<field>`.
+fn repo_patterns(
+    section: &str,
+    field: &str,
+    v: &[String],
+) -> Result<Vec<crate::access::RepoPattern>, Error> {
+    v.iter()
+        .enumerate()
+        .map(|(j, p)| {
+            p.parse()
+                .map_err(|e: String| invalid(format!("{section}.{field}[{j}]"), e))
+        })
+        .collect()
+}
+
 fn validate_hosted(
     raw: Vec<file::Hosted>,
     names: &mut HashSet<String>,
@@ -1071,15 +1086,8 @@ fn validate_hosted(
             .enumerate()
             .map(|(j, x)| host_name(&key(&format!("hosts[{j}]")), x))
             .collect::<Result<Vec<_>, _>>()?;
-        let patterns = |field: &str, v: &[String]| {
-            v.iter()
-                .enumerate()
-                .map(|(j, p)| {
-                    p.parse()
-                        .map_err(|e: String| invalid(key(&format!("{field}[{j}]")), e))
-                })
-                .collect::<Result<Vec<crate::access::RepoPattern>, _>>()
-        };
+        let section = format!("hosted[{i}]");
+        let patterns = |field: &str, v: &[String]| repo_patterns(&section, field, v);
         let access = crate::access::RepoRules {
             allow: patterns("allow", &h.allow)?,
             deny: patterns("deny", &h.deny)?,
@@ -1389,15 +1397,7 @@ fn validate_upstream(
             ),
         ));
     }
-    let patterns = |field: &str, v: &[String]| {
-        v.iter()
-            .enumerate()
-            .map(|(j, p)| {
-                p.parse()
-                    .map_err(|e: String| invalid(format!("{key}.{field}[{j}]"), e))
-            })
-            .collect::<Result<Vec<crate::access::RepoPattern>, _>>()
-    };
+    let patterns = |field: &str, v: &[String]| repo_patterns(&key, field, v);
     let (allow, deny, private) = (
         patterns("allow", &u.allow)?,
         patterns("deny", &u.deny)?,

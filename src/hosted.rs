@@ -863,8 +863,12 @@ impl Hosted {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut last_gc = tokio::time::Instant::now();
+            let every_minute = Duration::from_secs(60);
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + every_minute, every_minute);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                tick.tick().await;
                 let Some(h) = me.upgrade() else { return };
                 match h.sweep_uploads().await {
                     Ok(0) => {}

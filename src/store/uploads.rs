@@ -20,7 +20,7 @@
 //! any path is built from one.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -464,7 +464,9 @@ impl Store {
                 Some(h) => h.finish(),
                 None => {
                     let (path, alg) = (data.clone(), digest.algorithm());
-                    blocking(move || hash_file(&path, alg)).await?
+                    blocking(move || super::writer::hash_file(&path, alg))
+                        .await?
+                        .finish()
                 }
             };
             if actual != *digest {
@@ -512,19 +514,6 @@ impl Store {
             actual,
             size,
         }
-    }
-}
-
-fn hash_file(path: &Path, alg: Algorithm) -> Result<Digest, Error> {
-    let mut f = std::fs::File::open(path).map_err(Error::io("open", path))?;
-    let mut h = Digester::new(alg);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(Error::io("read", path))?;
-        if n == 0 {
-            return Ok(h.finish());
-        }
-        h.update(&buf[..n]);
     }
 }
 

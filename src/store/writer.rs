@@ -306,6 +306,23 @@ impl BlobWriter {
     }
 }
 
+/// A hasher that has read the whole file at `path`. Blocking.
+pub(super) fn hash_file(
+    path: &std::path::Path,
+    alg: crate::oci::Algorithm,
+) -> Result<Digester, Error> {
+    let mut f = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    let mut h = Digester::new(alg);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).map_err(Error::io("read", path))?;
+        if n == 0 {
+            return Ok(h);
+        }
+        h.update(&buf[..n]);
+    }
+}
+
 /// Runs a backend's abort in the background (from `Drop`, which cannot
 /// wait). Without a runtime (shutting down) it is dropped: a remote
 /// backend's sweeper removes what is left.

@@ -107,6 +107,23 @@ impl Pusher {
 
 use crate::support::image;
 
+/// Pulls `img`'s config and layers through the mirror at `url` from the
+/// mirrored repository `repo` (checking every byte), and waits until they
+/// are stored.
+async fn pull_blobs(gw: &Gateway, repo: &str, img: &Image) {
+    let c = client();
+    for b in img.layers.iter().chain([&img.config]) {
+        let r = c
+            .get(format!("{}/v2/{repo}/blobs/{}", gw.url(0), b.digest))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", b.digest);
+        assert_eq!(r.bytes().await.unwrap(), b.bytes);
+    }
+    gw.settle().await;
+}
+
 fn hosted_config(up: &FakeUpstream, hosted: &str, upstream_extra: &str) -> String {
     format!(
         "[[listener]]\naddr = \"127.0.0.1:0\"\n{}[[hosted]]\nname = \"local\"\n{hosted}\n",
@@ -605,16 +622,8 @@ async fn who_may_push_and_what_other_repositories_see() {
     // A base pulled through the mirror: its layers are there for a pushed
     // image built on it (HEAD finds them, no upload), and mountable from
     // the mirrored repository.
+    pull_blobs(&gw, "library/base", &base).await;
     let c = client();
-    for b in base.layers.iter().chain([&base.config]) {
-        let r = c
-            .get(format!("{url}/v2/library/base/blobs/{}", b.digest))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.bytes().await.unwrap(), b.bytes);
-    }
-    gw.settle().await;
     assert_eq!(
         alice
             .status(
@@ -741,17 +750,7 @@ async fn sessions_survive_a_restart_abandoned_ones_go_and_gc_collects() {
     // manifest is then deleted. Kept: a pushed image's blobs, and (only
     // unlinked) a base layer the mirror holds for its upstream.
     let kept = docker_image_on(22, &base.layers, &[1200]);
-    let c = client();
-    for b in base.layers.iter().chain([&base.config]) {
-        c.get(format!("{}/v2/library/base/blobs/{}", gw.url(0), b.digest))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-    }
-    gw.settle().await;
+    pull_blobs(&gw, "library/base", &base).await;
     p.image("local/app", "kept", &kept).await;
     let dropped = docker_image_on(23, &base.layers, &[1300]);
     p.image("local/gone", "1", &dropped).await;
@@ -1002,19 +1001,7 @@ async fn a_layer_pushed_first_and_then_pulled_through_the_mirror_stays_for_the_c
         .await
         .unwrap();
     assert_eq!(r.bytes().await.unwrap(), img.manifest.bytes);
-    for b in img.layers.iter().chain([&img.config]) {
-        let r = c
-            .get(format!(
-                "{}/v2/library/shared/blobs/{}",
-                gw.url(0),
-                b.digest
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.bytes().await.unwrap(), b.bytes);
-    }
-    gw.settle().await;
+    pull_blobs(&gw, "library/shared", &img).await;
     // The push goes, and is collected: the cache keeps what it serves.
     assert_eq!(
         p.status(
@@ -1027,17 +1014,7 @@ async fn a_layer_pushed_first_and_then_pulled_through_the_mirror_stays_for_the_c
     let later = SystemTime::now() + Duration::from_secs(7200);
     let report = gw.app().hosted().gc_at(later).await.unwrap();
     assert_eq!(report.deleted, 0, "{report:?}");
+    // Still cached: served with upstream down.
     up.set_down(true);
-    for b in img.layers.iter().chain([&img.config]) {
-        let r = c
-            .get(format!(
-                "{}/v2/library/shared/blobs/{}",
-                gw.url(0),
-                b.digest
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{} still cached", b.digest);
-    }
+    pull_blobs(&gw, "library/shared", &img).await;
 }
